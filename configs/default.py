@@ -1,0 +1,158 @@
+"""FlatAI-JAX training configuration: task × size variants.
+
+Commands (run from the repository root):
+
+  flatai train --config=configs/default.py:flat,quickstart --workdir=runs/quick
+  flatai train --config=configs/default.py:combined,base --workdir=runs/base \
+      --config.train.batch_size=64
+  flatai train --config=configs/default.py:psf,large,seed=7 --workdir=runs/large
+
+Arguments: task ``flat | psf | combined``; size ``quickstart | base | large``
+(quickstart: ~0.3 M parameters, 64-px crops, minutes on 2 CPU cores; base: the
+seed's ~40 M network; large: 1.5× wider); ``seed=N``; ``channels=1|3``.
+"""
+import ml_collections
+
+from flatai_jax.config_args import parse_arg
+
+TASKS = ("flat", "psf", "combined")
+SIZES = ("quickstart", "base", "large")
+
+
+def get_config(arg=None):
+  arg = parse_arg(arg, choices={"task": TASKS, "size": SIZES},
+                  task="flat", size="base", seed=0, channels=1)
+  c = ml_collections.ConfigDict()
+  c.task = arg.task
+  c.size = arg.size
+  c.seed = arg.seed  # base of every PRNG key: same config → same run
+
+  # --- Data: clean images and where crops sit on the sensor -----------------
+  c.data = ml_collections.ConfigDict()
+  c.data.source = "procedural"  # 'procedural' skies made on device
+  c.data.channels = arg.channels  # 1 mono, 3 RGB
+  c.data.crop_size = 128  # training crop side, px (multiple of 2**depth)
+  c.data.sensor_hw = (2048, 3072)  # virtual sensor (H, W), px; crops get its global coordinates
+
+  # --- Procedural sky (units: 1.0 = saturation) -----------------------------
+  c.sky = ml_collections.ConfigDict()
+  c.sky.background = (0.01, 0.08)  # uniform range of the sky level
+  c.sky.max_stars = 400  # static upper bound of stars per crop
+  c.sky.star_fraction = (0.2, 1.0)  # fraction of max_stars present (sparse … crowded)
+  c.sky.star_flux_min = 0.02  # faintest star, total flux (sum over its pixels)
+  c.sky.star_flux_alpha = 1.3  # power-law index of N(>flux) ∝ flux^-alpha
+  c.sky.star_flux_max = 60.0  # brightest star total flux (saturates its core)
+  c.sky.star_color_spread = 0.25  # RGB only: relative spread of star colours
+  c.sky.fwhm_px = (1.8, 4.0)  # seeing FWHM range, px
+  c.sky.moffat_beta = 3.0  # Moffat index of star profiles
+  c.sky.psf_size = 25  # star rendering kernel side, px (odd)
+  c.sky.nebula_probability = 0.5  # fraction of frames with nebulosity
+  c.sky.nebula_amplitude = (0.02, 0.3)  # nebula brightness range
+
+  # --- Degradation: the forward model's random parts -------------------------
+  c.degrade = ml_collections.ConfigDict()
+  c.degrade.apply_flat = arg.task in ("flat", "combined")
+  c.degrade.apply_psf = arg.task in ("psf", "combined")
+  c.degrade.saturation = 1.0  # full-well level in sky units
+  f = c.degrade.flat = ml_collections.ConfigDict()
+  f.vignetting = True
+  f.vignetting_strength = (0.0, 0.4)  # corner darkening: corner/centre = 1 - s (0.6 … 1.0)
+  f.vignetting_power = 2.0  # radial exponent of the falloff
+  f.centre_offset = 0.1  # max optical-axis offset, in [-1, 1] sensor units
+  f.dust = True
+  f.max_dust = 6  # static upper bound of dust shadows per frame
+  f.dust_radius = (0.01, 0.05)  # shadow radius, in units of the sensor half-width
+  f.dust_depth = (0.005, 0.10)  # fractional darkening (0.5 % … 10 %)
+  f.dust_softness = 0.15  # edge softness as a fraction of the radius
+  f.obstruction = 0.3  # central obstruction ratio; 0 = refractor (discs), > 0 = rings
+  f.prnu = True
+  f.prnu_sigma = 0.004  # pixel response non-uniformity, relative RMS
+  f.gradient = True
+  f.gradient_level = (0.0, 0.05)  # additive pedestal range
+  f.gradient_slope = 0.02  # max linear gradient across half the sensor
+  f.glow_amplitude = 0.05  # max amplifier-glow level at its corner
+  f.glow_scale = 0.3  # glow e-folding distance, sensor half-widths
+  n = c.degrade.noise = ml_collections.ConfigDict()
+  n.enabled = True
+  n.full_well_e = (8000.0, 50000.0)  # electrons at saturation (sets shot noise)
+  n.read_noise_e = (1.5, 8.0)  # read noise, electrons RMS
+
+  # --- Model ----------------------------------------------------------------
+  c.model = ml_collections.ConfigDict()
+  c.model.base_width = 64  # width of the first level
+  c.model.width_multipliers = (1, 2, 4, 8, 16)  # per level; last = bottleneck
+  c.model.groups = 32  # GroupNorm groups
+  c.model.attention_gates = True
+  c.model.bottleneck_heads = 0  # self-attention heads at the bottleneck (0 = off)
+  c.model.f_max = 3.0  # F bounded to [1/f_max, f_max]
+  c.model.dtype = "float32"  # compute dtype: 'float32' or 'bfloat16'
+  c.model.remat = False  # rematerialise residual blocks
+
+  # --- Loss weights ---------------------------------------------------------
+  c.loss = ml_collections.ConfigDict()
+  c.loss.clean_l1 = 1.0  # L1 of the corrected image vs the truth, normalised units
+  c.loss.log_f_l1 = 1.0  # L1 of log F vs the known F
+  c.loss.g_l1 = 1.0  # L1 of G vs the known G, normalised units
+
+  # --- Optimiser ------------------------------------------------------------
+  c.optim = ml_collections.ConfigDict()
+  c.optim.learning_rate = 3e-4  # peak learning rate
+  c.optim.warmup_steps = 200
+  c.optim.weight_decay = 1e-4  # AdamW decoupled weight decay
+  c.optim.clip_norm = 1.0  # global-norm clipping of the true gradients
+
+  # --- Training loop --------------------------------------------------------
+  c.train = ml_collections.ConfigDict()
+  c.train.steps = 100_000
+  c.train.batch_size = 16  # global batch, divisible by the number of devices
+  c.train.log_every = 50  # steps between metric writes
+  c.train.sample_every = 1000  # steps between sample-grid / loss-curve PNGs
+  c.train.checkpoint_every = 1000  # steps between checkpoints
+  c.train.eval_every = 5000  # steps between held-out evaluations (0 = only at the end)
+  c.train.max_to_keep = 3  # checkpoints kept
+
+  # --- Mesh -----------------------------------------------------------------
+  c.mesh = ml_collections.ConfigDict()
+  c.mesh.data = -1  # data-parallel axis size (-1 = all remaining devices)
+  c.mesh.fsdp = 1  # parameter-sharding axis size
+  c.mesh.rules = (("conv_out", "fsdp"),)  # logical parameter axis → mesh axis
+
+  # --- Evaluation and correction -------------------------------------------
+  c.eval = ml_collections.ConfigDict()
+  c.eval.num_examples = 64  # fixed held-out set size
+  c.eval.batch_size = 16
+  c.eval.seed = 1_000_003  # held-out keys never meet training keys
+  c.predict = ml_collections.ConfigDict()
+  c.predict.tile = 128  # tile side at correction time, px
+  c.predict.overlap = 32  # tile overlap, px
+  c.predict.batch_size = 8  # tiles per forward pass
+
+  if arg.size == "quickstart":
+    c.model.base_width = 16
+    c.model.width_multipliers = (1, 2, 4, 8)
+    c.model.groups = 8
+    c.data.crop_size = 64
+    c.data.sensor_hw = (384, 576)
+    c.sky.max_stars = 60
+    c.sky.psf_size = 15
+    c.optim.learning_rate = 2e-3
+    c.optim.warmup_steps = 50
+    c.train.steps = 600
+    c.train.batch_size = 8
+    c.train.log_every = 20
+    c.train.sample_every = 200
+    c.train.checkpoint_every = 200
+    c.train.eval_every = 0
+    c.eval.num_examples = 32
+    c.eval.batch_size = 8
+    c.predict.tile = 64
+    c.predict.overlap = 16
+  elif arg.size == "large":
+    c.model.base_width = 96
+    c.model.bottleneck_heads = 8
+    c.model.dtype = "bfloat16"
+    c.model.remat = True
+    c.data.crop_size = 256
+    c.predict.tile = 256
+    c.predict.overlap = 64
+  return c

@@ -1,0 +1,1 @@
+"""Training data: host-side example indices and on-device clean/degraded examples."""

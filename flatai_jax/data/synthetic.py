@@ -1,0 +1,97 @@
+"""On-device examples: keys, procedural clean crops, degradation, model inputs and targets.
+
+Keys follow the design: ``key = fold_in(fold_in(base_key, step), example_index)``,
+so the same config gives the same run on any number of devices.
+"""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from flatai_jax.physics import forward, geometry, noise, normalize, sky
+
+
+def example_keys(base_key, step, indices):
+  """``(B,)`` keys for examples ``indices (B,) int32`` at ``step``."""
+  step_key = jax.random.fold_in(base_key, step)
+  return jax.vmap(lambda i: jax.random.fold_in(step_key, i))(indices)
+
+
+def sensor_aspect(config) -> float:
+  h, w = config.data.sensor_hw
+  return float(h) / float(w)
+
+
+def procedural_example(key, config, crop_hw=None, offset_yx=None):
+  """One clean sky crop and its global coordinates.
+
+  Args:
+    key: example key.
+    config: full config.
+    crop_hw: static crop size; default ``(crop_size, crop_size)``.
+    offset_yx: top-left on the sensor; default uniformly random.
+  Returns:
+    clean ``(h, w, C) float32`` linear; coords ``(h, w, 2) float32``.
+  """
+  k_sky, k_pos = jax.random.split(key)
+  if crop_hw is None:
+    crop_hw = (config.data.crop_size, config.data.crop_size)
+  sensor_hw = jnp.asarray(config.data.sensor_hw, jnp.float32)
+  if offset_yx is None:
+    span = jnp.asarray(config.data.sensor_hw, jnp.float32) - jnp.asarray(crop_hw, jnp.float32)
+    offset_yx = jnp.floor(jax.random.uniform(k_pos, (2,)) * (span + 1.0))
+  clean = sky.render_sky(k_sky, crop_hw, config.data.channels, config.sky)
+  return clean, geometry.frame_coords(offset_yx, crop_hw, sensor_hw)
+
+
+def degrade_example(key, clean, coords, config):
+  """The forward model applied to one example (see physics.forward.degrade)."""
+  return forward.degrade(jax.random.fold_in(key, 1), clean, coords, config.degrade,
+                         sensor_aspect(config))
+
+
+def model_inputs(observed):
+  """Normalises observed images and computes the noise map — the model's input contract.
+
+  Args:
+    observed: ``(N, H, W, C) float32`` linear.
+  Returns:
+    dict: ``observed`` normalised, ``noise`` ``(N, H, W, C)`` σ map in
+    normalised units, ``offset`` and ``scale`` ``(N, 1, 1, 1)``.
+  """
+  offset, scale = normalize.robust_stats(observed)
+  x = normalize.normalize(observed, offset, scale)
+  return {"observed": x, "noise": jax.vmap(noise.estimate_noise_map)(x),
+          "offset": offset, "scale": scale}
+
+
+def normalized_targets(clean, f_field, g_field, offset, scale):
+  """Truth in the units of the model's input (``normalize.fields_to_normalized``)."""
+  clean_n, f_field, g_n = normalize.fields_to_normalized(clean, f_field, g_field, offset, scale)
+  return {"clean": clean_n, "F": f_field, "G": g_n}
+
+
+def make_batch(base_key, step, indices, config):
+  """A full training/eval batch made on device from example indices.
+
+  Args:
+    base_key: PRNG key from the config seed.
+    step: int32 scalar.
+    indices: ``(B,) int32`` global example indices.
+    config: full config.
+  Returns:
+    dict of ``(B, H, W, ·) float32``: ``observed``/``noise`` (normalised model
+    inputs), ``coords``, targets ``clean``/``F``/``G`` (normalised units), and
+    ``offset``/``scale``.
+  """
+  keys = example_keys(base_key, step, indices)
+
+  def one(key):
+    clean, coords = procedural_example(key, config)
+    deg = degrade_example(key, clean, coords, config)
+    return clean, coords, deg
+
+  clean, coords, deg = jax.vmap(one)(keys)
+  inputs = model_inputs(deg["observed"])
+  targets = normalized_targets(clean, deg["F"], deg["G"], inputs["offset"], inputs["scale"])
+  return {**inputs, "coords": coords, **targets}

@@ -1,0 +1,328 @@
+"""Reading and writing astronomical images: FITS, XISF, PNG, JPEG, TIFF.
+
+Every reader returns ``(H, W, C) float32`` **linear** pixel values plus an
+:class:`ImageMeta` that carries what is needed to write the result back in the
+same spirit (FITS header, XISF metadata, source dtype).
+
+Scaling rule (the only one): floating-point data are kept as they are; integer
+data in FITS are scaled by the file's own BSCALE/BZERO (physical ADU);
+integer data in PNG/JPEG/TIFF/XISF are divided by the largest value of their
+type (255 for 8-bit, 65535 for 16-bit, 2**32-1 for 32-bit), so they land in
+[0, 1]. No gamma or display stretch is undone: use linear data (FITS, XISF,
+16-bit TIFF straight from the stacker) for real corrections.
+
+Bad input raises :class:`ImageError` whose message names the file and the
+problem. Outputs are written to a temporary name in the target folder and
+renamed, so a failure never leaves a half-written file; a writer refuses to
+overwrite any path listed in ``protect`` (the inputs).
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+import tempfile
+import warnings
+from pathlib import Path
+from typing import Any, Iterable
+
+import numpy as np
+
+FITS_SUFFIXES = (".fits", ".fit", ".fts", ".fits.gz", ".fit.gz")
+XISF_SUFFIXES = (".xisf",)
+PIL_SUFFIXES = (".png", ".jpg", ".jpeg")
+TIFF_SUFFIXES = (".tif", ".tiff")
+
+
+class ImageError(Exception):
+  """A file that cannot be used as an image; the message names file and problem."""
+
+  def __init__(self, path: str | os.PathLike, problem: str):
+    self.path = str(path)
+    self.problem = problem
+    super().__init__(f"{self.path}: {problem}")
+
+
+@dataclasses.dataclass
+class ImageMeta:
+  """What a reader learned about a file besides its pixels.
+
+  Attributes:
+    format: one of 'fits', 'xisf', 'png', 'jpeg', 'tiff'.
+    source_dtype: numpy dtype name of the stored pixels (e.g. 'uint16', '>f4').
+    fits_header: astropy Header of the image HDU (FITS only).
+    xisf_image_metadata / xisf_file_metadata: dicts from the xisf package.
+    int_scale: the divisor that mapped integer pixels to [0, 1] (1.0 if none).
+  """
+  format: str
+  source_dtype: str
+  fits_header: Any = None
+  xisf_image_metadata: dict | None = None
+  xisf_file_metadata: dict | None = None
+  int_scale: float = 1.0
+
+
+def image_format(path: str | os.PathLike) -> str:
+  """The format name from a file's suffix; raises ImageError for unknown ones."""
+  name = str(path).lower()
+  if name.endswith(FITS_SUFFIXES):
+    return "fits"
+  if name.endswith(XISF_SUFFIXES):
+    return "xisf"
+  if name.endswith((".jpg", ".jpeg")):
+    return "jpeg"
+  if name.endswith(".png"):
+    return "png"
+  if name.endswith(TIFF_SUFFIXES):
+    return "tiff"
+  raise ImageError(path, "unsupported file type (use .fits/.fit/.fts, .xisf, "
+                   ".png, .jpg/.jpeg or .tif/.tiff)")
+
+
+def _int_divisor(dtype: np.dtype) -> float:
+  return float(np.iinfo(dtype).max)
+
+
+def _to_hwc(path, data: np.ndarray, channels_first: bool) -> np.ndarray:
+  """(H, W) / (C, H, W) / (H, W, C) → (H, W, C); rejects other layouts."""
+  if data.ndim == 2:
+    return data[:, :, None]
+  if data.ndim == 3:
+    if channels_first:
+      data = np.moveaxis(data, 0, -1)
+    if data.shape[-1] not in (1, 3):
+      raise ImageError(path, f"unsupported number of channels {data.shape[-1]} "
+                       f"(shape {tuple(data.shape)}); expected 1 (mono) or 3 (RGB)")
+    return data
+  raise ImageError(path, f"unsupported dimensions: {data.ndim}-D array of shape "
+                   f"{tuple(data.shape)}; expected a 2-D image or a 3-channel cube")
+
+
+def _validate(path, data: np.ndarray) -> np.ndarray:
+  if data.size == 0 or 0 in data.shape:
+    raise ImageError(path, f"empty image (shape {tuple(data.shape)})")
+  if data.dtype.kind not in "uif":
+    raise ImageError(path, f"unsupported pixel type {data.dtype}; expected "
+                     "integer or floating-point pixels")
+  out = np.asarray(data, dtype=np.float32)  # native byte order
+  finite = np.isfinite(out)
+  if not finite.any():
+    raise ImageError(path, "all pixels are NaN or Inf")
+  if not finite.all():
+    bad = int(out.size - finite.sum())
+    raise ImageError(path, f"{bad} of {out.size} pixels are NaN or Inf; "
+                     "replace them (e.g. by the local background) before correcting")
+  return out
+
+
+def _fits_stored_dtype(header) -> str:
+  """The dtype as stored on disk, e.g. 'uint16' for BITPIX=16 with BZERO=32768."""
+  bitpix = int(header["BITPIX"])
+  if bitpix < 0:
+    return f">f{-bitpix // 8}"
+  if bitpix == 8:
+    return "uint8"
+  if header.get("BSCALE", 1) == 1 and header.get("BZERO", 0) == 2 ** (bitpix - 1):
+    return f"uint{bitpix}"
+  return f">i{bitpix // 8}"
+
+
+def _read_fits(path: Path) -> tuple[np.ndarray, ImageMeta]:
+  from astropy.io import fits
+  try:
+    with warnings.catch_warnings():
+      warnings.simplefilter("error")  # astropy only *warns* on truncation
+      with fits.open(path, memmap=False) as hdul:
+        hdu = next((h for h in hdul if getattr(h, "data", None) is not None
+                    and h.is_image), None)
+        if hdu is None:
+          raise ImageError(path, "contains no image data (no HDU with pixels)")
+        raw_dtype = _fits_stored_dtype(hdu.header)
+        data = np.array(hdu.data)  # applies BSCALE/BZERO
+        header = hdu.header.copy()
+  except ImageError:
+    raise
+  except FileNotFoundError:
+    raise ImageError(path, "file not found") from None
+  except Exception as e:  # astropy raises many types for damaged files
+    raise ImageError(path, f"unreadable FITS (truncated or corrupt): {e}") from None
+  if data.ndim == 3:
+    data = _to_hwc(path, data, channels_first=True)
+  else:
+    data = _to_hwc(path, data, channels_first=False)
+  meta = ImageMeta("fits", str(raw_dtype), fits_header=header)
+  return data, meta
+
+
+def _read_xisf(path: Path) -> tuple[np.ndarray, ImageMeta]:
+  from xisf import XISF
+  try:
+    x = XISF(str(path))
+    image_meta = x.get_images_metadata()
+    if not image_meta:
+      raise ImageError(path, "contains no image data")
+    data = x.read_image(0)
+    file_meta = x.get_file_metadata()
+  except ImageError:
+    raise
+  except FileNotFoundError:
+    raise ImageError(path, "file not found") from None
+  except Exception as e:
+    raise ImageError(path, f"unreadable XISF (truncated or corrupt): {e}") from None
+  data = np.asarray(data)
+  raw_dtype = data.dtype
+  scale = 1.0
+  if data.dtype.kind in "ui":
+    scale = _int_divisor(data.dtype)
+    data = data.astype(np.float64) / scale
+  return _to_hwc(path, data, channels_first=False), ImageMeta(
+      "xisf", str(raw_dtype), xisf_image_metadata=image_meta[0],
+      xisf_file_metadata=file_meta, int_scale=scale)
+
+
+def _read_raster(path: Path, fmt: str) -> tuple[np.ndarray, ImageMeta]:
+  try:
+    if fmt == "tiff":
+      import tifffile
+      data = tifffile.imread(path)
+    else:
+      from PIL import Image
+      with Image.open(path) as im:
+        im.load()
+        data = np.asarray(im)
+  except FileNotFoundError:
+    raise ImageError(path, "file not found") from None
+  except Exception as e:
+    raise ImageError(path, f"unreadable {fmt.upper()} (truncated or corrupt): {e}") from None
+  data = np.asarray(data)
+  if data.ndim == 3 and data.shape[-1] == 4:  # RGBA: drop alpha
+    data = data[..., :3]
+  raw_dtype = data.dtype
+  scale = 1.0
+  if data.dtype.kind in "ui":
+    scale = _int_divisor(data.dtype)
+    data = data.astype(np.float64) / scale
+  elif data.dtype == bool:
+    raise ImageError(path, "1-bit images are not supported")
+  return _to_hwc(path, data, channels_first=False), ImageMeta(
+      fmt, str(raw_dtype), int_scale=scale)
+
+
+def read_image(path: str | os.PathLike) -> tuple[np.ndarray, ImageMeta]:
+  """Reads an image file.
+
+  Returns:
+    pixels: ``(H, W, C) float32``, C in {1, 3}, linear, finite.
+    meta: :class:`ImageMeta` for writing outputs back.
+  Raises:
+    ImageError: missing, truncated, corrupt, empty, non-finite, or an
+      unsupported shape or dtype; the message names the file.
+  """
+  path = Path(path)
+  fmt = image_format(path)
+  if not path.exists():
+    raise ImageError(path, "file not found")
+  if path.is_dir():
+    raise ImageError(path, "is a directory, not an image file")
+  if path.stat().st_size == 0:
+    raise ImageError(path, "file is empty (0 bytes)")
+  if fmt == "fits":
+    data, meta = _read_fits(path)
+  elif fmt == "xisf":
+    data, meta = _read_xisf(path)
+  else:
+    data, meta = _read_raster(path, fmt)
+  return _validate(path, data), meta
+
+
+def _atomic_write(path: Path, write_fn, protect: Iterable[str | os.PathLike]) -> None:
+  """Calls ``write_fn(tmp_path)`` then renames tmp → path; never touches ``protect``."""
+  path = Path(path)
+  for p in protect:
+    if Path(p).exists() and path.exists() and os.path.samefile(p, path):
+      raise ImageError(path, "refusing to overwrite an input file; choose another output name")
+    if Path(p).resolve() == path.resolve():
+      raise ImageError(path, "refusing to overwrite an input file; choose another output name")
+  path.parent.mkdir(parents=True, exist_ok=True)
+  suffix = "".join(path.suffixes) or ".tmp"
+  fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=suffix, dir=path.parent)
+  os.close(fd)
+  os.unlink(tmp)  # writers want to create the file themselves
+  try:
+    write_fn(Path(tmp))
+    os.replace(tmp, path)
+  except Exception as e:
+    if os.path.exists(tmp):
+      os.unlink(tmp)
+    if isinstance(e, ImageError):
+      raise
+    raise ImageError(path, f"could not write: {e}") from e
+
+
+def write_image(path: str | os.PathLike, pixels: np.ndarray, meta: ImageMeta | None = None,
+                history: str | None = None,
+                protect: Iterable[str | os.PathLike] = ()) -> None:
+  """Writes ``(H, W, C)`` or ``(H, W)`` float pixels to ``path`` atomically.
+
+  FITS and XISF keep float32 values unclipped (FITS: the input header with a
+  HISTORY line added; XISF: the input's metadata). TIFF is float32 too. PNG and
+  JPEG invert the reading rule (× 65535 for PNG, × 255 for JPEG) and must clip
+  to their integer range; prefer FITS/XISF/TIFF for results.
+  """
+  path = Path(path)
+  fmt = image_format(path)
+  data = np.asarray(pixels, dtype=np.float32)
+  if data.ndim == 2:
+    data = data[:, :, None]
+  if data.ndim != 3 or data.shape[-1] not in (1, 3):
+    raise ImageError(path, f"cannot write array of shape {data.shape}; expected (H, W, 1|3)")
+
+  def write(tmp: Path):
+    if fmt == "fits":
+      from astropy.io import fits
+      header = meta.fits_header.copy() if meta is not None and meta.fits_header is not None \
+          else fits.Header()
+      for key in ("BZERO", "BSCALE", "BLANK"):
+        header.remove(key, ignore_missing=True, remove_all=True)
+      if history:
+        header.add_history(history)
+      arr = data[:, :, 0] if data.shape[-1] == 1 else np.moveaxis(data, -1, 0)
+      fits.PrimaryHDU(np.ascontiguousarray(arr), header=_primary_safe(header)).writeto(tmp)
+    elif fmt == "xisf":
+      from xisf import XISF
+      image_meta = dict(meta.xisf_image_metadata) if meta is not None and \
+          meta.xisf_image_metadata else {}
+      for key in ("geometry", "location", "sampleFormat", "compression", "bounds"):
+        image_meta.pop(key, None)
+      if history:
+        kw = dict(image_meta.get("FITSKeywords", {}))
+        kw.setdefault("HISTORY", [])
+        kw["HISTORY"] = list(kw["HISTORY"]) + [{"value": "", "comment": history}]
+        image_meta["FITSKeywords"] = kw
+      XISF.write(str(tmp), np.ascontiguousarray(data), creator_app="flatai-jax",
+                 image_metadata=image_meta,
+                 xisf_metadata=dict(meta.xisf_file_metadata or {}) if meta else {})
+    elif fmt == "tiff":
+      import tifffile
+      tifffile.imwrite(tmp, data[:, :, 0] if data.shape[-1] == 1 else data)
+    else:
+      from PIL import Image
+      if fmt == "png":
+        q = np.clip(np.rint(data * 65535.0), 0, 65535).astype(np.uint16)
+        if q.shape[-1] == 1:
+          Image.fromarray(q[:, :, 0]).save(tmp, format="PNG")
+        else:  # PIL has no 16-bit RGB: write 8-bit RGB
+          Image.fromarray((q >> 8).astype(np.uint8)).save(tmp, format="PNG")
+      else:
+        q = np.clip(np.rint(data * 255.0), 0, 255).astype(np.uint8)
+        Image.fromarray(q[:, :, 0] if q.shape[-1] == 1 else q).save(
+            tmp, format="JPEG", quality=95)
+
+  _atomic_write(path, write, protect)
+
+
+def _primary_safe(header):
+  """Drops keywords that only make sense in an extension HDU."""
+  h = header.copy()
+  for key in ("XTENSION", "PCOUNT", "GCOUNT", "EXTNAME", "SIMPLE", "EXTEND"):
+    h.remove(key, ignore_missing=True, remove_all=True)
+  return h

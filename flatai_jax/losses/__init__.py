@@ -1,0 +1,1 @@
+"""Loss terms and the weighted training objective."""

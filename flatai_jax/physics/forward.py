@@ -1,0 +1,64 @@
+"""The one forward model of image formation, and its flat-field inverse.
+
+    observed = min((clean ⊛ PSF) · F + G, saturation) + noise
+
+Used by the training step, ``flatai synth`` and evaluation. The PSF part is
+the identity until the optics model is configured (``cfg.apply_psf``).
+"""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from flatai_jax.physics import flat, noise
+
+
+def expected_signal(clean, f_field, g_field, saturation, blur=None):
+  """Noise-free observed signal.
+
+  Args:
+    clean: ``(H, W, C) float32`` true sky, linear.
+    f_field: ``(H, W, C)`` multiplicative flat F.
+    g_field: ``(H, W, C)`` additive field G (same unit as ``clean``).
+    saturation: full-well level in the same unit.
+    blur: optional callable ``clean -> clean ⊛ PSF``.
+  Returns:
+    ``(H, W, C) float32``.
+  """
+  blurred = clean if blur is None else blur(clean)
+  return jnp.minimum(blurred * f_field + g_field, saturation)
+
+
+def invert_flat(observed, f_field, g_field):
+  """The flat-field correction ``(observed − G) / F`` — the only place it is computed."""
+  return (observed - g_field) / f_field
+
+
+def degrade(key, clean, coords, cfg, aspect: float):
+  """Degrades one clean image with fields drawn from ``key``.
+
+  Args:
+    key: PRNG key of this example.
+    clean: ``(H, W, C) float32`` linear, 1.0 = saturation.
+    coords: ``(H, W, 2)`` global sensor coordinates of the crop.
+    cfg: ``config.degrade``.
+    aspect: sensor height / width.
+  Returns:
+    dict with ``observed``, ``F``, ``G`` — each ``(H, W, C) float32``.
+  """
+  k_flat, k_gain, k_read, k_noise = jax.random.split(key, 4)
+  c = clean.shape[-1]
+  if cfg.apply_flat:
+    f_field, g_field = flat.draw_flat_fields(k_flat, coords, c, cfg.flat, aspect)
+  else:
+    f_field, g_field = jnp.ones_like(clean), jnp.zeros_like(clean)
+  signal = expected_signal(clean, f_field, g_field, cfg.saturation)
+  if cfg.noise.enabled:
+    full_well = jax.random.uniform(k_gain, (), minval=cfg.noise.full_well_e[0],
+                                   maxval=cfg.noise.full_well_e[1])
+    read = jax.random.uniform(k_read, (), minval=cfg.noise.read_noise_e[0],
+                              maxval=cfg.noise.read_noise_e[1])
+    observed = noise.add_sensor_noise(k_noise, signal, full_well, read)
+  else:
+    observed = signal
+  return {"observed": observed, "F": f_field, "G": g_field}

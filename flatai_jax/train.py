@@ -1,0 +1,155 @@
+"""Host-side training loop: mesh, sharded state, jitted step, periodic work, preemption.
+
+``train_and_evaluate(config, workdir)`` is the whole job. A run restarted on
+the same workdir resumes from its latest checkpoint, including the data
+position (a pure function of the step for procedural skies).
+"""
+from __future__ import annotations
+
+import json
+import math
+import signal
+from pathlib import Path
+
+import jax
+import numpy as np
+from absl import logging
+
+from flatai_jax import checkpointing, evaluate, metrics, sharding
+from flatai_jax.data import indices as data_indices
+from flatai_jax.train_step import abstract_train_state, bind_train_step, init_state, \
+    make_optimizer
+
+
+class _Preemption:
+  """Records SIGTERM/SIGINT so the loop can save and exit cleanly."""
+
+  def __init__(self):
+    self.requested = False
+    self._old = {}
+
+  def __enter__(self):
+    for sig in (signal.SIGTERM, signal.SIGINT):
+      try:
+        self._old[sig] = signal.signal(sig, self._handle)
+      except ValueError:  # not the main thread
+        pass
+    return self
+
+  def _handle(self, signum, frame):
+    logging.warning("signal %d received: saving a checkpoint and stopping", signum)
+    self.requested = True
+
+  def __exit__(self, *exc):
+    for sig, old in self._old.items():
+      signal.signal(sig, old)
+
+
+def _write_config(workdir: Path, config) -> None:
+  if jax.process_index() != 0:
+    return
+  workdir.mkdir(parents=True, exist_ok=True)
+  tmp = workdir / ".config.json.tmp"
+  tmp.write_text(config.to_json_best_effort(indent=2))
+  tmp.replace(workdir / "config.json")
+
+
+def _is_time(step: int, every: int, total: int) -> bool:
+  return step == total or (every > 0 and step % every == 0)
+
+
+def train_and_evaluate(config, workdir) -> dict:
+  """Trains ``config`` in ``workdir`` (resuming if it holds a checkpoint).
+
+  Returns:
+    The last reported training scalars and, if run, the final evaluation.
+  """
+  workdir = Path(workdir)
+  total = int(config.train.steps)
+  batch = int(config.train.batch_size)
+  # --- Mesh and shardings -------------------------------------------------
+  mesh = sharding.make_mesh(config.mesh)
+  if batch % mesh.size:
+    raise ValueError(f"train.batch_size={batch} must be divisible by {mesh.size} devices")
+  logging.info("mesh %s over %d devices (%d processes)", dict(mesh.shape), mesh.size,
+               jax.process_count())
+  tx = make_optimizer(config)
+  graphdef, abstract = abstract_train_state(config, tx)
+  state_sh = sharding.state_shardings(abstract, mesh, config.mesh.rules)
+  batch_sh = sharding.batch_sharding(mesh)
+
+  # --- State: restore or initialise, sharded from birth ---------------------
+  manager = checkpointing.create_manager(workdir, config.train.max_to_keep)
+  restored = checkpointing.restore(manager, checkpointing.abstract_with_shardings(abstract, state_sh))
+  if restored is not None:
+    state, data_state = restored
+    start = int(jax.device_get(state.step))
+    if int(data_state.get("next_step", start)) != start:
+      raise RuntimeError(f"{workdir}: checkpoint data position {data_state} does not match "
+                         f"step {start}")
+    logging.info("resumed from step %d", start)
+  else:
+    state = jax.jit(lambda: init_state(config, tx)[1], out_shardings=state_sh)()
+    start = 0
+  _write_config(workdir, config)
+  n_params = sum(math.prod(x.shape) for x in jax.tree.leaves(abstract.params))
+  logging.info("model: %s task, %.3f M parameters", config.task, n_params / 1e6)
+
+  step_fn = jax.jit(bind_train_step(graphdef, tx, config),
+                    in_shardings=(state_sh, batch_sh),
+                    out_shardings=(state_sh, sharding.replicated(mesh)), donate_argnums=0)
+  eval_fn = evaluate.make_eval_fn(graphdef, config)
+  sample_indices = jax.device_put(np.arange(config.eval.batch_size, dtype=np.int32), batch_sh)
+
+  is_lead = jax.process_index() == 0
+  writer = metrics.MetricWriter(workdir, enabled=is_lead)
+  report = metrics.ProgressReporter(total, config.train.log_every,
+                                    print_fn=print if is_lead else (lambda *a, **k: None))
+  report(start)
+  last = {}
+  acc = None
+  step = start
+  with _Preemption() as preempt:
+    while step < total:
+      local = data_indices.process_indices(step, batch, jax.process_index(), jax.process_count())
+      state, m = step_fn(state, sharding.host_batch_to_global(local, mesh))
+      acc = m if acc is None else acc.merge(m)
+      step += 1
+      if _is_time(step, config.train.log_every, total) or preempt.requested:
+        last = {k: float(v) for k, v in jax.device_get(acc.compute()).items()}
+        acc = None
+        if not all(np.isfinite(v) for v in last.values()):
+          raise FloatingPointError(f"non-finite metrics at step {step}: {last}")
+        writer.write_scalars(step, last)
+        report(step, {k: last[k] for k in ("loss",) if k in last})
+      if is_lead and _is_time(step, config.train.sample_every, total):
+        b, pred, _ = eval_fn(state.params, sample_indices)
+        b, pred = jax.device_get((b, pred))
+        cols = {"observed": b["observed"], "prediction": pred["clean"], "truth": b["clean"]}
+        if "F" in pred:
+          cols.update({"F pred": pred["F"], "F true": b["F"], "G pred": pred["G"], "G true": b["G"]})
+        metrics.save_sample_grid(workdir / "samples" / f"step_{step:06d}.png", cols)
+        metrics.save_sample_grid(workdir / "samples.png", cols)
+        metrics.save_loss_curve(workdir / "loss_curve.png", writer.jsonl_path)
+      if config.train.eval_every and step % config.train.eval_every == 0 and step != total:
+        ev = evaluate.evaluate_params(graphdef, state.params, config, mesh)
+        writer.write_scalars(step, ev, prefix="eval")
+      if _is_time(step, config.train.checkpoint_every, total) or preempt.requested:
+        checkpointing.save(manager, step, state, data_indices.iterator_state(step, batch),
+                           config, force=True)
+      if preempt.requested:
+        logging.warning("stopped at step %d after a signal; rerun to resume", step)
+        break
+  manager.wait_until_finished()
+  manager.close()
+  result = {"step": step, "train": last}
+  if step == total and start < total:
+    ev = evaluate.evaluate_params(graphdef, state.params, config, mesh)
+    writer.write_scalars(step, ev, prefix="eval")
+    result["eval"] = ev
+    if is_lead:
+      evaluate.save_metric_chart(workdir / "eval_final.png", {"step": step, **ev})
+      (workdir / "eval_final.json").write_text(json.dumps({"step": step, **ev}, indent=2))
+      metrics.save_loss_curve(workdir / "loss_curve.png", writer.jsonl_path)
+  writer.close()
+  return result
