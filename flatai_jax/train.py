@@ -71,8 +71,10 @@ def train_and_evaluate(config, workdir) -> dict:
   mesh = sharding.make_mesh(config.mesh)
   if batch % mesh.size:
     raise ValueError(f"train.batch_size={batch} must be divisible by {mesh.size} devices")
-  logging.info("mesh %s over %d devices (%d processes)", dict(mesh.shape), mesh.size,
-               jax.process_count())
+  is_lead = jax.process_index() == 0
+  say = print if is_lead else (lambda *a, **k: None)
+  say(f"mesh {dict(mesh.shape)} over {mesh.size} {jax.devices()[0].platform} devices "
+      f"({jax.process_count()} process(es))")
   tx = make_optimizer(config)
   graphdef, abstract = abstract_train_state(config, tx)
   state_sh = sharding.state_shardings(abstract, mesh, config.mesh.rules)
@@ -87,13 +89,14 @@ def train_and_evaluate(config, workdir) -> dict:
     if int(data_state.get("next_step", start)) != start:
       raise RuntimeError(f"{workdir}: checkpoint data position {data_state} does not match "
                          f"step {start}")
-    logging.info("resumed from step %d", start)
+    say(f"resumed from step {start} of {workdir}")
   else:
     state = jax.jit(lambda: init_state(config, tx)[1], out_shardings=state_sh)()
     start = 0
   _write_config(workdir, config)
   n_params = sum(math.prod(x.shape) for x in jax.tree.leaves(abstract.params))
-  logging.info("model: %s task, %.3f M parameters", config.task, n_params / 1e6)
+  say(f"model: {config.task} task, {n_params / 1e6:.3f} M parameters; "
+      f"training steps {start}..{total}, global batch {batch}")
 
   step_fn = jax.jit(bind_train_step(graphdef, tx, config),
                     in_shardings=(state_sh, batch_sh),
@@ -101,10 +104,8 @@ def train_and_evaluate(config, workdir) -> dict:
   eval_fn = evaluate.make_eval_fn(graphdef, config)
   sample_indices = jax.device_put(np.arange(config.eval.batch_size, dtype=np.int32), batch_sh)
 
-  is_lead = jax.process_index() == 0
   writer = metrics.MetricWriter(workdir, enabled=is_lead)
-  report = metrics.ProgressReporter(total, config.train.log_every,
-                                    print_fn=print if is_lead else (lambda *a, **k: None))
+  report = metrics.ProgressReporter(total, config.train.log_every, print_fn=say)
   report(start)
   last = {}
   acc = None

@@ -78,6 +78,16 @@ def image_format(path: str | os.PathLike) -> str:
                    ".png, .jpg/.jpeg or .tif/.tiff)")
 
 
+def split_suffix(path: str | os.PathLike) -> tuple[str, str]:
+  """``('name', '.fits.gz')`` for ``dir/name.fits.gz``: the stem and the image suffix."""
+  name = Path(path).name
+  for suffix in sorted(FITS_SUFFIXES + XISF_SUFFIXES + PIL_SUFFIXES + TIFF_SUFFIXES,
+                       key=len, reverse=True):
+    if name.lower().endswith(suffix):
+      return name[:-len(suffix)], name[-len(suffix):]
+  return Path(name).stem, Path(name).suffix
+
+
 def _int_divisor(dtype: np.dtype) -> float:
   return float(np.iinfo(dtype).max)
 

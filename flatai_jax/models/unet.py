@@ -21,10 +21,10 @@ TASK_HEADS = {"flat": ("F", "G", "confidence"), "psf": ("residual",),
               "combined": ("F", "G", "confidence", "residual")}
 
 
-def _conv(cin, cout, k, *, dtype, rngs):
+def _conv(cin, cout, k, *, dtype, rngs, init=None):
   return nnx.Conv(
       cin, cout, (k, k), padding="SAME", dtype=dtype, rngs=rngs,
-      kernel_init=nnx.with_partitioning(nnx.initializers.lecun_normal(),
+      kernel_init=nnx.with_partitioning(init or nnx.initializers.lecun_normal(),
                                         (None, None, "conv_in", "conv_out")),
       bias_init=nnx.with_partitioning(nnx.initializers.zeros_init(), ("conv_out",)))
 
@@ -115,7 +115,10 @@ class AttentionResUNet(nnx.Module):
     self.dec = nnx.List([ResBlock(2 * widths[i], widths[i], groups=groups, **kw)
                          for i in range(self.depth)])
     self.head_norm = _norm(widths[0], groups, **kw)
-    self.head = _conv(widths[0], channels * len(TASK_HEADS[task]), 1, **kw)
+    # Zero-initialised head: the untrained model returns F = 1, G = 0, residual = 0,
+    # i.e. the observed image unchanged — training starts from the do-nothing baseline.
+    self.head = _conv(widths[0], channels * len(TASK_HEADS[task]), 1,
+                      init=nnx.initializers.zeros_init(), **kw)
 
   def _block(self, block, x):
     if self.remat:

@@ -1,0 +1,137 @@
+"""``flatai`` command line: train | evaluate | correct | synth.
+
+  flatai train    --config=configs/default.py:flat,quickstart --workdir=runs/x [--config.train.steps=200]
+  flatai evaluate --workdir=runs/x [--step=N] [--output_dir=runs/x/eval]
+  flatai correct  IMAGE --checkpoint=runs/x [--output=out.fits] [--reference=clean.fits]
+  flatai synth    --config=configs/default.py:flat,quickstart --output_dir=synth [--num=8] [--full_frame]
+
+Only parsing and dispatch live here.
+"""
+from __future__ import annotations
+
+import json
+import sys
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+COMMANDS = ("train", "evaluate", "correct", "synth")
+
+config_flags.DEFINE_config_file("config", None, "Config file with optional ':arguments'.",
+                                lock_config=True)
+flags.DEFINE_string("workdir", None, "Run directory: checkpoints, metrics, samples (train, evaluate).")
+flags.DEFINE_string("checkpoint", None, "Run directory whose latest checkpoint corrects (correct).")
+flags.DEFINE_integer("step", None, "Checkpoint step (evaluate, correct); default: the latest.")
+flags.DEFINE_string("output", None, "Output image path (correct); default: <input>_corrected.<ext>.")
+flags.DEFINE_string("output_dir", None, "Output folder (synth, evaluate).")
+flags.DEFINE_string("reference", None, "Known clean image to score the correction against (correct).")
+flags.DEFINE_integer("tile", None, "Tile side in px (correct); default: config.predict.tile.")
+flags.DEFINE_integer("overlap", None, "Tile overlap in px (correct); default: config.predict.overlap.")
+flags.DEFINE_integer("num", 8, "Number of examples (synth).")
+flags.DEFINE_bool("full_frame", False, "Synthesise whole sensor frames instead of crops (synth).")
+flags.DEFINE_string("coordinator_address", None, "Multi-host: host:port of process 0.")
+flags.DEFINE_integer("num_processes", None, "Multi-host: number of processes.")
+flags.DEFINE_integer("process_id", None, "Multi-host: index of this process.")
+FLAGS = flags.FLAGS
+
+
+def _require(name: str, command: str):
+  value = FLAGS[name].value
+  if value is None:
+    raise app.UsageError(f"flatai {command} needs --{name}")
+  return value
+
+
+def _init_distributed():
+  """Multi-host JAX when asked for or when a cluster environment says so (TPU pods, SLURM)."""
+  import os
+  import jax
+  explicit = FLAGS.coordinator_address or (FLAGS.num_processes or 1) > 1
+  cluster = int(os.environ.get("SLURM_NTASKS", "1")) > 1 or "TPU_WORKER_HOSTNAMES" in os.environ \
+      or "JAX_COORDINATOR_ADDRESS" in os.environ
+  if explicit:
+    jax.distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
+  elif cluster:
+    jax.distributed.initialize()
+
+
+def _train():
+  from flatai_jax import train
+  config = _require("config", "train")
+  workdir = _require("workdir", "train")
+  _init_distributed()
+  import jax
+  logging.info("JAX %s: process %d/%d, %d local / %d global devices (%s)", jax.__version__,
+               jax.process_index(), jax.process_count(), jax.local_device_count(),
+               jax.device_count(), jax.devices()[0].platform)
+  result = train.train_and_evaluate(config, workdir)
+  if jax.process_index() == 0:
+    print(json.dumps(result, indent=2))
+
+
+def _evaluate():
+  from flatai_jax import evaluate
+  workdir = _require("workdir", "evaluate")
+  result = evaluate.evaluate_checkpoint(workdir, FLAGS.step, FLAGS.output_dir)
+  print(json.dumps(result, indent=2))
+
+
+def _correct(argv):
+  from flatai_jax import evaluate, predict
+  if len(argv) != 3:
+    raise app.UsageError("usage: flatai correct IMAGE --checkpoint=RUN_DIR [--output=PATH]")
+  checkpoint = _require("checkpoint", "correct")
+  config, graphdef, params, step = evaluate.restore_params(checkpoint, FLAGS.step)
+  print(f"model: {config.task} task, step {step}, from {checkpoint}")
+  report = predict.correct_file(graphdef, params, config, argv[2], FLAGS.output,
+                                FLAGS.reference, FLAGS.tile, FLAGS.overlap)
+  print(f"background non-uniformity: before {report['background_nonuniformity_before']:.4f}"
+        f"  after {report['background_nonuniformity_after']:.4f}")
+  if "mae_before" in report:
+    print(f"error vs reference: MAE {report['mae_before']:.5f} → {report['mae_after']:.5f}"
+          f"   PSNR {report['psnr_before']:.2f} → {report['psnr_after']:.2f} dB")
+  for k, v in report["outputs"].items():
+    print(f"wrote {k}: {v}")
+
+
+def _synth():
+  from flatai_jax import synth
+  config = _require("config", "synth")
+  out = _require("output_dir", "synth")
+  if FLAGS.num < 1:
+    raise app.UsageError("--num must be at least 1")
+  paths = synth.write_examples(config, out, FLAGS.num, FLAGS.full_frame)
+  print(f"wrote {len(paths)} FITS files and {out}/contact_sheet.png")
+
+
+def main(argv):
+  if len(argv) < 2 or argv[1] not in COMMANDS:
+    raise app.UsageError(f"usage: flatai {{{'|'.join(COMMANDS)}}} [flags]  (see flatai --help)")
+  from flatai_jax.io.images import ImageError
+  command = argv[1]
+  if command != "correct" and len(argv) > 2:
+    raise app.UsageError(f"flatai {command}: unexpected arguments {argv[2:]}")
+  try:
+    if command == "train":
+      _train()
+    elif command == "evaluate":
+      _evaluate()
+    elif command == "correct":
+      _correct(argv)
+    else:
+      _synth()
+  except ImageError as e:
+    print(f"flatai {command}: error: {e}", file=sys.stderr)
+    sys.exit(2)
+  except FileNotFoundError as e:
+    print(f"flatai {command}: error: {e}", file=sys.stderr)
+    sys.exit(2)
+
+
+def run():
+  """Console-script entry point."""
+  app.run(main)
+
+
+if __name__ == "__main__":
+  run()
