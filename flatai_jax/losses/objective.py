@@ -9,7 +9,19 @@ import jax.numpy as jnp
 
 
 def l1(a, b):
+  """Mean absolute difference, float32."""
   return jnp.mean(jnp.abs(a.astype(jnp.float32) - b.astype(jnp.float32)))
+
+
+def centred_l1(a, b):
+  """L1 after removing each example's mean difference.
+
+  A constant pedestal cannot be told apart between the sky and G from one
+  crop, so it is not penalised; its shape across the crop still is.
+  Args: ``(N, H, W, C)`` arrays.
+  """
+  d = a.astype(jnp.float32) - b.astype(jnp.float32)
+  return jnp.mean(jnp.abs(d - jnp.mean(d, axis=(1, 2, 3), keepdims=True)))
 
 
 def objective(pred: dict, batch: dict, weights) -> tuple[jnp.ndarray, dict]:
@@ -22,9 +34,9 @@ def objective(pred: dict, batch: dict, weights) -> tuple[jnp.ndarray, dict]:
   Returns:
     total float32 scalar, dict of float32 scalar terms (unweighted) and total.
   """
-  terms = {"clean_l1": l1(pred["clean"], batch["clean"])}
+  terms = {"clean_l1": centred_l1(pred["clean"], batch["clean"])}
   if "F" in pred:
     terms["log_f_l1"] = l1(jnp.log(pred["F"]), jnp.log(batch["F"]))
-    terms["g_l1"] = l1(pred["G"], batch["G"])
+    terms["g_l1"] = centred_l1(pred["G"], batch["G"])
   total = sum(weights[name] * value for name, value in terms.items())
   return total, {**terms, "loss": total}

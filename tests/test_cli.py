@@ -1,0 +1,127 @@
+"""The ``flatai`` command end to end on a tiny config: train → evaluate → synth → correct,
+resume, and the bad-input contract (one message naming the file, non-zero exit)."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from flatai_jax.io import images
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIG = "--config=configs/default.py:flat,quickstart"
+TINY = [
+    "--config.model.base_width=8", "--config.model.width_multipliers=(1,2,4)",
+    "--config.model.groups=4", "--config.data.crop_size=32", "--config.data.sensor_hw=(96,128)",
+    "--config.sky.max_stars=16", "--config.sky.psf_size=9", "--config.train.batch_size=8",
+    "--config.train.log_every=10", "--config.train.sample_every=60",
+    "--config.train.checkpoint_every=30", "--config.eval.num_examples=8",
+    "--config.eval.batch_size=8", "--config.predict.tile=32", "--config.predict.overlap=8",
+    "--config.degrade.flat.vignetting_strength=(0.3,0.5)", "--config.degrade.flat.dust=False",
+    "--config.degrade.flat.prnu=False", "--config.optim.warmup_steps=5",
+    "--config.optim.learning_rate=0.003",
+]
+
+
+def flatai(*args, check=True):
+  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu")
+  out = subprocess.run([sys.executable, "-m", "flatai_jax.main", *map(str, args)], cwd=ROOT,
+                       capture_output=True, text=True, env=env, timeout=900)
+  if check and out.returncode != 0:
+    raise AssertionError(f"flatai {args[0]} failed ({out.returncode}):\n{out.stdout}\n{out.stderr}")
+  return out
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+  workdir = tmp_path_factory.mktemp("run")
+  flatai("train", CONFIG, *TINY, "--config.train.steps=60", f"--workdir={workdir}")
+  return workdir
+
+
+def test_training_writes_everything_and_the_loss_falls(run_dir):
+  for name in ("config.json", "metrics.jsonl", "samples.png", "loss_curve.png",
+               "eval_final.json"):
+    assert (run_dir / name).is_file(), name
+  assert list((run_dir / "tensorboard").glob("events.out.tfevents.*"))
+  assert sorted(int(p.name) for p in (run_dir / "checkpoints").iterdir() if p.name.isdigit()) == [30, 60]
+  rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+  train = [r["loss"] for r in rows if r["split"] == "train"]
+  assert len(train) == 6 and train[-1] < 0.7 * train[0], train
+  saved = json.loads((run_dir / "config.json").read_text())
+  assert saved["train"]["steps"] == 60 and saved["model"]["base_width"] == 8
+  ev = json.loads((run_dir / "eval_final.json").read_text())
+  assert ev["mae"] < ev["mae_identity"] and ev["f_mae"] < ev["f_mae_identity"]
+
+
+def test_evaluate_command_scores_the_checkpoint(run_dir, tmp_path):
+  out = flatai("evaluate", f"--workdir={run_dir}", f"--output_dir={tmp_path}")
+  result = json.loads((tmp_path / "metrics_60.json").read_text())
+  assert result["step"] == 60 and (tmp_path / "metrics_60.png").is_file()
+  final = json.loads((run_dir / "eval_final.json").read_text())
+  np.testing.assert_allclose(result["mae"], final["mae"], rtol=1e-5)  # same held-out set
+  assert '"step": 60' in out.stdout
+
+
+def test_synth_and_correct_improve_a_full_frame(run_dir, tmp_path):
+  flatai("synth", CONFIG, *TINY, f"--output_dir={tmp_path}", "--num=2", "--full_frame")
+  observed, _ = images.read_image(tmp_path / "0000_observed.fits")
+  clean, _ = images.read_image(tmp_path / "0000_clean.fits")
+  f_true, _ = images.read_image(tmp_path / "0000_F.fits")
+  assert observed.shape == clean.shape == (96, 128, 1)
+  assert (tmp_path / "contact_sheet.png").is_file()
+  before = observed.tobytes()
+  out = flatai("correct", tmp_path / "0000_observed.fits", f"--checkpoint={run_dir}",
+               f"--output={tmp_path / 'fixed.fits'}", f"--reference={tmp_path / '0000_clean.fits'}")
+  assert "error vs reference" in out.stdout
+  corrected, meta = images.read_image(tmp_path / "fixed.fits")
+  f_pred, _ = images.read_image(tmp_path / "fixed_F.fits")
+  assert (tmp_path / "fixed_G.fits").is_file() and (tmp_path / "fixed_preview.png").is_file()
+  assert any("flatai correct" in str(h) for h in meta.fits_header["HISTORY"])
+  from flatai_jax.predict import error_vs_reference
+  assert error_vs_reference(corrected, clean)["mae"] < error_vs_reference(observed, clean)["mae"]
+  assert np.abs(f_pred - f_true).mean() < np.abs(1.0 - f_true).mean()
+  assert images.read_image(tmp_path / "0000_observed.fits")[0].tobytes() == before  # input untouched
+
+
+def test_rerun_resumes_from_the_workdir(run_dir, tmp_path):
+  import shutil
+  copy = tmp_path / "run"
+  shutil.copytree(run_dir, copy)
+  out = flatai("train", CONFIG, *TINY, "--config.train.steps=62", f"--workdir={copy}")
+  assert "resumed from step 60" in out.stdout
+  assert sorted(int(p.name) for p in (copy / "checkpoints").iterdir() if p.name.isdigit())[-1] == 62
+
+
+def test_bad_inputs_fail_with_one_clear_message(run_dir, tmp_path):
+  cases = {
+      "missing.fits": (None, "file not found"),
+      "empty.fits": (b"", "file is empty"),
+      "junk.fits": (os.urandom(4000), "truncated or corrupt"),
+  }
+  for name, (content, fragment) in cases.items():
+    path = tmp_path / name
+    if content is not None:
+      path.write_bytes(content)
+    out = flatai("correct", path, f"--checkpoint={run_dir}", check=False)
+    assert out.returncode == 2, out.stderr
+    lines = [l for l in out.stderr.splitlines() if "error:" in l]
+    assert len(lines) == 1 and str(path) in lines[0] and fragment in lines[0], out.stderr
+  from astropy.io import fits
+  nan = np.full((40, 40), np.nan, np.float32)
+  fits.PrimaryHDU(nan).writeto(tmp_path / "nan.fits")
+  out = flatai("correct", tmp_path / "nan.fits", f"--checkpoint={run_dir}", check=False)
+  assert out.returncode == 2 and "all pixels are NaN" in out.stderr
+  assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+      ["empty.fits", "junk.fits", "nan.fits"])  # nothing half-written
+  fits.PrimaryHDU(np.ones((40, 40), np.float32)).writeto(tmp_path / "ok.fits")
+  out = flatai("correct", tmp_path / "ok.fits", f"--checkpoint={run_dir}",
+               f"--output={tmp_path / 'ok.fits'}", check=False)
+  assert out.returncode == 2 and "refusing to overwrite the input" in out.stderr
+  out = flatai("correct", tmp_path / "ok.fits", f"--checkpoint={tmp_path / 'nothing'}", check=False)
+  assert out.returncode == 2 and "no checkpoint" in out.stderr
+  out = flatai("frobnicate", check=False)
+  assert out.returncode != 0 and "usage: flatai" in out.stderr
