@@ -1,0 +1,36 @@
+# FlatAI-JAX — the two commands:
+#   make quickstart   set up .venv, train the quickstart config on CPU, correct an example frame
+#   make test         set up .venv and run the test suite (what .ci/run calls)
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+RUN    ?= runs/quickstart
+CONFIG ?= configs/default.py:flat,quickstart
+STAMP  := $(VENV)/.stamp-install
+export XLA_FLAGS ?= --xla_force_host_platform_device_count=8
+
+.PHONY: setup quickstart test test-fast clean-run
+
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e '.[test]'
+	@touch $(STAMP)
+
+setup: $(STAMP)
+
+quickstart: setup
+	XLA_FLAGS= $(BIN)/flatai train --config=$(CONFIG) --workdir=$(RUN)
+	XLA_FLAGS= $(BIN)/flatai synth --config=$(CONFIG) --output_dir=$(RUN)/example --num=1 --full_frame
+	XLA_FLAGS= $(BIN)/flatai correct $(RUN)/example/0000_observed.fits --checkpoint=$(RUN) \
+	  --output=$(RUN)/example/0000_corrected.fits --reference=$(RUN)/example/0000_clean.fits
+	@echo "outputs: $(RUN)/{samples.png,loss_curve.png,metrics.jsonl,tensorboard/,checkpoints/,example/}"
+
+test: setup
+	$(BIN)/python -m pytest
+
+test-fast: setup
+	$(BIN)/python -m pytest -m "not slow"
+
+clean-run:
+	rm -rf $(RUN)
