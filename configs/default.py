@@ -90,9 +90,10 @@ def get_config(arg=None):
 
   # --- Loss weights ---------------------------------------------------------
   c.loss = ml_collections.ConfigDict()
-  c.loss.clean_l1 = 1.0  # L1 of the corrected image vs the truth, normalised units
+  c.loss.clean_l1 = 1.0  # L1 of the corrected image vs the truth after removing the mean difference
   c.loss.log_f_l1 = 1.0  # L1 of log F vs the known F
-  c.loss.g_l1 = 1.0  # L1 of G vs the known G, normalised units
+  c.loss.g_l1 = 1.0  # L1 of G vs the known G after removing the mean difference, normalised units
+  c.loss.pedestal_l1 = 0.1  # L1 of the mean of G (the sky/G pedestal split), normalised units
 
   # --- Optimiser ------------------------------------------------------------
   c.optim = ml_collections.ConfigDict()

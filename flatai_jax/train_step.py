@@ -75,7 +75,7 @@ def metric_collection(config):
   """clu collection of averaged scalars for this task's loss terms."""
   names = ["loss", "clean_l1", "grad_norm"]
   if config.degrade.apply_flat:
-    names += ["log_f_l1", "g_l1"]
+    names += ["log_f_l1", "g_l1", "pedestal_l1"]
   return clu_metrics.Collection.create(
       **{n: clu_metrics.Average.from_output(n) for n in names})
 

@@ -50,7 +50,7 @@ def test_training_writes_everything_and_the_loss_falls(run_dir):
   assert sorted(int(p.name) for p in (run_dir / "checkpoints").iterdir() if p.name.isdigit()) == [30, 60]
   rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
   train = [r["loss"] for r in rows if r["split"] == "train"]
-  assert len(train) == 6 and train[-1] < 0.7 * train[0], train
+  assert len(train) == 6 and train[-1] < 0.8 * train[0], train
   saved = json.loads((run_dir / "config.json").read_text())
   assert saved["train"]["steps"] == 60 and saved["model"]["base_width"] == 8
   ev = json.loads((run_dir / "eval_final.json").read_text())

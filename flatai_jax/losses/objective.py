@@ -16,8 +16,9 @@ def l1(a, b):
 def centred_l1(a, b):
   """L1 after removing each example's mean difference.
 
-  A constant pedestal cannot be told apart between the sky and G from one
-  crop, so it is not penalised; its shape across the crop still is.
+  A constant pedestal can hardly be told apart between the sky and G from one
+  crop, so it is penalised separately (``pedestal_l1``, small weight) and
+  the shape across the crop here.
   Args: ``(N, H, W, C)`` arrays.
   """
   d = a.astype(jnp.float32) - b.astype(jnp.float32)
@@ -38,5 +39,7 @@ def objective(pred: dict, batch: dict, weights) -> tuple[jnp.ndarray, dict]:
   if "F" in pred:
     terms["log_f_l1"] = l1(jnp.log(pred["F"]), jnp.log(batch["F"]))
     terms["g_l1"] = centred_l1(pred["G"], batch["G"])
+    terms["pedestal_l1"] = jnp.mean(jnp.abs(jnp.mean(
+        pred["G"].astype(jnp.float32) - batch["G"], axis=(1, 2, 3))))
   total = sum(weights[name] * value for name, value in terms.items())
   return total, {**terms, "loss": total}
