@@ -77,6 +77,12 @@ def get_config(arg=None):
   n.full_well_e = (8000.0, 50000.0)  # electrons at saturation (sets shot noise)
   n.read_noise_e = (1.5, 8.0)  # read noise, electrons RMS
 
+  # --- Augmentation of clean crops, in the train step ---------------------
+  c.augment = ml_collections.ConfigDict()
+  c.augment.flips = True  # random left-right flip
+  c.augment.rot90 = True  # random quarter turns (square crops)
+  c.augment.intensity_scale = (0.7, 1.4)  # log-uniform brightness factor; (1, 1) = off
+
   # --- Model ----------------------------------------------------------------
   c.model = ml_collections.ConfigDict()
   c.model.base_width = 64  # width of the first level
@@ -101,6 +107,9 @@ def get_config(arg=None):
   c.optim.warmup_steps = 200
   c.optim.weight_decay = 1e-4  # AdamW decoupled weight decay
   c.optim.clip_norm = 1.0  # global-norm clipping of the true gradients
+  c.optim.grad_accum = 1  # micro-batches per update (scanned inside one step)
+  c.optim.ema_decay = 0.0  # EMA of parameters for evaluation (0 = off, e.g. 0.999)
+  c.optim.max_nonfinite = 10  # consecutive NaN/Inf updates skipped before the run fails
 
   # --- Training loop --------------------------------------------------------
   c.train = ml_collections.ConfigDict()
@@ -111,6 +120,7 @@ def get_config(arg=None):
   c.train.checkpoint_every = 1000  # steps between checkpoints
   c.train.eval_every = 5000  # steps between held-out evaluations (0 = only at the end)
   c.train.max_to_keep = 3  # checkpoints kept
+  c.train.profile_steps = ()  # (first, last) step of a jax.profiler trace in <workdir>/profile
 
   # --- Mesh -----------------------------------------------------------------
   c.mesh = ml_collections.ConfigDict()

@@ -49,32 +49,42 @@ def batch_metrics(batch: dict, pred: dict) -> dict:
   return out
 
 
-def make_eval_fn(graphdef, config):
-  """Jitted ``(params, indices) -> (batch, predictions, metrics)`` on held-out examples."""
+def make_eval_fn(graphdef, config, mesh=None, with_images=False):
+  """Jitted ``(params, indices) -> metrics`` on held-out examples.
+
+  With ``with_images`` it returns ``(batch, predictions, metrics)``. On a
+  mesh the outputs are replicated, so every process can read them (all
+  processes must call it).
+  """
   key = eval_key(config)
 
-  @jax.jit
   def fn(params, indices):
     batch = synthetic.make_batch(key, jnp.int32(0), indices, config)
     pred = forward(graphdef, params, batch)
-    return batch, pred, batch_metrics(batch, pred)
+    m = batch_metrics(batch, pred)
+    return (batch, pred, m) if with_images else m
 
-  return fn
+  if mesh is None:
+    return jax.jit(fn)
+  return jax.jit(fn, out_shardings=sharding.replicated(mesh))
+
+
+def eval_indices(start: int, size: int, mesh=None):
+  """Held-out example indices ``[start, start + size)``, sharded over the batch axes."""
+  indices = np.arange(start, start + size, dtype=np.int32)
+  return indices if mesh is None else jax.device_put(indices, sharding.batch_sharding(mesh))
 
 
 def evaluate_params(graphdef, params, config, mesh=None) -> dict:
   """Mean metrics over ``config.eval.num_examples`` held-out examples."""
-  fn = make_eval_fn(graphdef, config)
+  fn = make_eval_fn(graphdef, config, mesh)
   bs = config.eval.batch_size
   n = (config.eval.num_examples // bs) * bs
   if n == 0:
     raise ValueError(f"eval.num_examples={config.eval.num_examples} < eval.batch_size={bs}")
   sums = {}
   for start in range(0, n, bs):
-    indices = np.arange(start, start + bs, dtype=np.int32)
-    if mesh is not None:
-      indices = jax.device_put(indices, sharding.batch_sharding(mesh))
-    _, _, m = fn(params, indices)
+    m = fn(params, eval_indices(start, bs, mesh))
     for k, v in jax.device_get(m).items():
       sums[k] = sums.get(k, 0.0) + float(np.sum(v))
   return {k: v / n for k, v in sums.items()}
@@ -93,7 +103,7 @@ def restore_params(workdir, step=None, mesh=None):
   if restored is None:
     raise FileNotFoundError(f"{checkpointing.checkpoint_dir(workdir)}: no checkpoint found")
   state, _ = restored
-  return config, graphdef, state.params, int(jax.device_get(state.step))
+  return config, graphdef, state.eval_params(), int(jax.device_get(state.step))
 
 
 def evaluate_checkpoint(workdir, step=None, output_dir=None, plot=True) -> dict:

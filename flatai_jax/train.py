@@ -18,7 +18,7 @@ from absl import logging
 from flatai_jax import checkpointing, evaluate, metrics, sharding
 from flatai_jax.data import indices as data_indices
 from flatai_jax.train_step import abstract_train_state, bind_train_step, init_state, \
-    make_optimizer
+    make_optimizer, nonfinite_count
 
 
 class _Preemption:
@@ -58,9 +58,13 @@ def _is_time(step: int, every: int, total: int) -> bool:
   return step == total or (every > 0 and step % every == 0)
 
 
-def train_and_evaluate(config, workdir) -> dict:
+def train_and_evaluate(config, workdir, devices=None) -> dict:
   """Trains ``config`` in ``workdir`` (resuming if it holds a checkpoint).
 
+  Args:
+    config: the full config.
+    workdir: run directory.
+    devices: devices of the mesh (default: all devices of all processes).
   Returns:
     The last reported training scalars and, if run, the final evaluation.
   """
@@ -68,7 +72,7 @@ def train_and_evaluate(config, workdir) -> dict:
   total = int(config.train.steps)
   batch = int(config.train.batch_size)
   # --- Mesh and shardings -------------------------------------------------
-  mesh = sharding.make_mesh(config.mesh)
+  mesh = sharding.make_mesh(config.mesh, devices)
   if batch % mesh.size:
     raise ValueError(f"train.batch_size={batch} must be divisible by {mesh.size} devices")
   is_lead = jax.process_index() == 0
@@ -98,11 +102,11 @@ def train_and_evaluate(config, workdir) -> dict:
   say(f"model: {config.task} task, {n_params / 1e6:.3f} M parameters; "
       f"training steps {start}..{total}, global batch {batch}")
 
-  step_fn = jax.jit(bind_train_step(graphdef, tx, config),
+  step_fn = jax.jit(bind_train_step(graphdef, tx, config, batch_sh),
                     in_shardings=(state_sh, batch_sh),
                     out_shardings=(state_sh, sharding.replicated(mesh)), donate_argnums=0)
-  eval_fn = evaluate.make_eval_fn(graphdef, config)
-  sample_indices = jax.device_put(np.arange(config.eval.batch_size, dtype=np.int32), batch_sh)
+  sample_fn = evaluate.make_eval_fn(graphdef, config, mesh, with_images=True)
+  sample_indices = evaluate.eval_indices(0, config.eval.batch_size, mesh)
 
   writer = metrics.MetricWriter(workdir, enabled=is_lead)
   report = metrics.ProgressReporter(total, config.train.log_every, print_fn=say)
@@ -110,30 +114,41 @@ def train_and_evaluate(config, workdir) -> dict:
   last = {}
   acc = None
   step = start
+  profile = tuple(config.train.profile_steps)
   with _Preemption() as preempt:
     while step < total:
+      if profile and step == profile[0] and is_lead:
+        jax.profiler.start_trace(str(workdir / "profile"))
       local = data_indices.process_indices(step, batch, jax.process_index(), jax.process_count())
       state, m = step_fn(state, sharding.host_batch_to_global(local, mesh))
       acc = m if acc is None else acc.merge(m)
       step += 1
+      if profile and step == profile[1] and is_lead:
+        jax.block_until_ready(state)
+        jax.profiler.stop_trace()
+        say(f"profile of steps {profile[0]}..{profile[1]} written to {workdir / 'profile'}")
       if _is_time(step, config.train.log_every, total) or preempt.requested:
         last = {k: float(v) for k, v in jax.device_get(acc.compute()).items()}
         acc = None
-        if not all(np.isfinite(v) for v in last.values()):
-          raise FloatingPointError(f"non-finite metrics at step {step}: {last}")
+        skipped = int(jax.device_get(nonfinite_count(state.opt_state)))
+        if skipped >= config.optim.max_nonfinite or not all(np.isfinite(v) for v in last.values()):
+          raise FloatingPointError(
+              f"non-finite loss or gradients in {skipped} consecutive steps up to step {step}; "
+              f"last metrics {last}. Lower optim.learning_rate or check the data.")
         writer.write_scalars(step, last)
         report(step, {k: last[k] for k in ("loss",) if k in last})
-      if is_lead and _is_time(step, config.train.sample_every, total):
-        b, pred, _ = eval_fn(state.params, sample_indices)
+      if _is_time(step, config.train.sample_every, total):
+        b, pred, _ = sample_fn(state.eval_params(), sample_indices)  # every process computes
         b, pred = jax.device_get((b, pred))
         cols = {"observed": b["observed"], "prediction": pred["clean"], "truth": b["clean"]}
         if "F" in pred:
           cols.update({"F pred": pred["F"], "F true": b["F"], "G pred": pred["G"], "G true": b["G"]})
-        metrics.save_sample_grid(workdir / "samples" / f"step_{step:06d}.png", cols)
-        metrics.save_sample_grid(workdir / "samples.png", cols)
-        metrics.save_loss_curve(workdir / "loss_curve.png", writer.jsonl_path)
+        if is_lead:
+          metrics.save_sample_grid(workdir / "samples" / f"step_{step:06d}.png", cols)
+          metrics.save_sample_grid(workdir / "samples.png", cols)
+          metrics.save_loss_curve(workdir / "loss_curve.png", writer.jsonl_path)
       if config.train.eval_every and step % config.train.eval_every == 0 and step != total:
-        ev = evaluate.evaluate_params(graphdef, state.params, config, mesh)
+        ev = evaluate.evaluate_params(graphdef, state.eval_params(), config, mesh)
         writer.write_scalars(step, ev, prefix="eval")
       if _is_time(step, config.train.checkpoint_every, total) or preempt.requested:
         checkpointing.save(manager, step, state, data_indices.iterator_state(step, batch),
@@ -145,7 +160,7 @@ def train_and_evaluate(config, workdir) -> dict:
   manager.close()
   result = {"step": step, "train": last}
   if step == total and start < total:
-    ev = evaluate.evaluate_params(graphdef, state.params, config, mesh)
+    ev = evaluate.evaluate_params(graphdef, state.eval_params(), config, mesh)
     writer.write_scalars(step, ev, prefix="eval")
     result["eval"] = ev
     if is_lead:

@@ -26,6 +26,11 @@ class TrainState:
   step: jax.Array  # int32 scalar
   params: nnx.State  # float32 parameters
   opt_state: optax.OptState
+  ema_params: nnx.State | None = None  # EMA of params when config.optim.ema_decay > 0
+
+  def eval_params(self):
+    """The parameters to evaluate and export: the EMA if kept, else the live ones."""
+    return self.params if self.ema_params is None else self.ema_params
 
 
 def base_keys(seed: int):
@@ -35,13 +40,21 @@ def base_keys(seed: int):
 
 
 def make_optimizer(config) -> optax.GradientTransformation:
-  """Global-norm clipping of the true gradients, then AdamW on a warmup-cosine schedule."""
+  """Global-norm clipping of the true (float32, unscaled) gradients, then AdamW on a
+  warmup-cosine schedule; an update with a NaN/Inf gradient is skipped and counted
+  (``optax.apply_if_finite``)."""
   o = config.optim
   schedule = optax.warmup_cosine_decay_schedule(
       init_value=0.0, peak_value=o.learning_rate, warmup_steps=o.warmup_steps,
       decay_steps=max(config.train.steps, o.warmup_steps + 1), end_value=o.learning_rate * 0.01)
-  return optax.chain(optax.clip_by_global_norm(o.clip_norm),
-                     optax.adamw(schedule, weight_decay=o.weight_decay))
+  inner = optax.chain(optax.clip_by_global_norm(o.clip_norm),
+                      optax.adamw(schedule, weight_decay=o.weight_decay))
+  return optax.apply_if_finite(inner, max_consecutive_errors=o.max_nonfinite)
+
+
+def nonfinite_count(opt_state) -> jax.Array:
+  """Consecutive skipped (non-finite) updates so far."""
+  return opt_state.notfinite_count
 
 
 def split_model(config):
@@ -54,7 +67,9 @@ def split_model(config):
 def init_state(config, tx) -> tuple[nnx.GraphDef, TrainState]:
   """Initial state (call under ``jax.jit`` with ``out_shardings`` to create it sharded)."""
   graphdef, params = split_model(config)
-  state = TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params))
+  ema = jax.tree.map(jnp.copy, params) if config.optim.ema_decay > 0 else None
+  state = TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
+                     ema_params=ema)
   return graphdef, state
 
 
@@ -73,7 +88,7 @@ def abstract_train_state(config, tx):
 
 def metric_collection(config):
   """clu collection of averaged scalars for this task's loss terms."""
-  names = ["loss", "clean_l1", "grad_norm"]
+  names = ["loss", "clean_l1", "grad_norm", "skipped"]
   if config.degrade.apply_flat:
     names += ["log_f_l1", "g_l1", "pedestal_l1"]
   return clu_metrics.Collection.create(
@@ -86,30 +101,61 @@ def forward(graphdef, params, batch):
   return model(batch["observed"], batch["coords"], batch["noise"])
 
 
-def train_step(state: TrainState, indices: jax.Array, *, graphdef, tx, config):
-  """One optimisation step.
+def train_step(state: TrainState, indices: jax.Array, *, graphdef, tx, config,
+               batch_sharding=None):
+  """One optimisation step (``config.optim.grad_accum`` micro-batches, one update).
 
   Args:
     state: current TrainState.
     indices: ``(B,) int32`` global example indices, sharded over the batch axes.
+    batch_sharding: optional sharding of a micro-batch's indices.
   Returns:
     new state, clu metric collection (device arrays; read them on report steps).
+    Loss terms of a skipped (non-finite) step are logged as 0 and ``skipped`` as 1.
   """
   data_key, _ = base_keys(config.seed)
-  batch = synthetic.make_batch(data_key, state.step, indices, config)
+  accum = int(config.optim.grad_accum)
 
-  def loss_fn(params):
-    pred = forward(graphdef, params, batch)
-    return objective(pred, batch, config.loss)
+  def loss_and_grads(params, micro_indices):
+    if batch_sharding is not None:
+      micro_indices = jax.lax.with_sharding_constraint(micro_indices, batch_sharding)
+    batch = synthetic.make_batch(data_key, state.step, micro_indices, config, augment=True)
 
-  (_, terms), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    def loss_fn(p):
+      return objective(forward(graphdef, p, batch), batch, config.loss)
+
+    return jax.value_and_grad(loss_fn, has_aux=True)(params)
+
+  if accum == 1:
+    (_, terms), grads = loss_and_grads(state.params, indices)
+  else:
+    if indices.shape[0] % accum:
+      raise ValueError(f"batch {indices.shape[0]} not divisible by grad_accum={accum}")
+    micro = indices.reshape(indices.shape[0] // accum, accum).T  # (accum, B/accum)
+
+    def body(carry, idx):
+      (_, t), g = loss_and_grads(state.params, idx)
+      return jax.tree.map(jnp.add, carry, (t, g)), None
+
+    zeros = jax.tree.map(jnp.zeros_like, jax.eval_shape(loss_and_grads, state.params, micro[0]))
+    ((_, terms), grads), _ = jax.lax.scan(body, zeros, micro)
+    terms, grads = jax.tree.map(lambda x: x / accum, (terms, grads))
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
+  finite = opt_state.last_finite
+  ema = state.ema_params
+  if ema is not None:
+    d = config.optim.ema_decay
+    ema = jax.tree.map(lambda e, p: jnp.where(finite, d * e + (1.0 - d) * p, e), ema, params)
   terms["grad_norm"] = optax.global_norm(grads)
-  new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state)
+  terms = {k: jnp.where(finite, v, 0.0) for k, v in terms.items()}
+  terms["skipped"] = 1.0 - finite.astype(jnp.float32)
+  new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state,
+                            ema_params=ema)
   return new_state, metric_collection(config).single_from_model_output(**terms)
 
 
-def bind_train_step(graphdef, tx, config):
+def bind_train_step(graphdef, tx, config, batch_sharding=None):
   """``train_step`` with its static parts bound, ready for ``jax.jit``."""
-  return functools.partial(train_step, graphdef=graphdef, tx=tx, config=config)
+  return functools.partial(train_step, graphdef=graphdef, tx=tx, config=config,
+                           batch_sharding=batch_sharding)

@@ -1,18 +1,8 @@
 #!/usr/bin/env bash
-# Train on this machine (all local devices: CPU, one or more GPUs).
+# Train on this machine with all its local devices (CPU, or every GPU of this host).
 #   launch/local.sh CONFIG=configs/default.py:flat,quickstart WORKDIR=runs/local [--dry-run] [--config.x=y ...]
 set -euo pipefail
-CONFIG=configs/default.py:flat,quickstart
-WORKDIR=runs/local
-DRY=0
-EXTRA=()
-for arg in "$@"; do
-  case "$arg" in
-    CONFIG=*) CONFIG="${arg#CONFIG=}" ;;
-    WORKDIR=*) WORKDIR="${arg#WORKDIR=}" ;;
-    --dry-run) DRY=1 ;;
-    *) EXTRA+=("$arg") ;;
-  esac
-done
-cmd=(flatai train "--config=${CONFIG}" "--workdir=${WORKDIR}" "${EXTRA[@]}")
-if [[ $DRY == 1 ]]; then echo "${cmd[@]}"; else exec "${cmd[@]}"; fi
+source "$(dirname "$0")/common.sh"
+CONFIG=configs/default.py:flat,quickstart WORKDIR=runs/local
+parse_launch_args "$@"
+run_or_print flatai train "--config=${CONFIG}" "--workdir=${WORKDIR}" "${EXTRA[@]}"

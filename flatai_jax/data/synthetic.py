@@ -8,6 +8,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from flatai_jax.data.augment import augment_clean
 from flatai_jax.physics import forward, geometry, noise, normalize, sky
 
 
@@ -71,7 +72,7 @@ def normalized_targets(clean, f_field, g_field, offset, scale):
   return {"clean": clean_n, "F": f_field, "G": g_n}
 
 
-def make_batch(base_key, step, indices, config):
+def make_batch(base_key, step, indices, config, augment: bool = False):
   """A full training/eval batch made on device from example indices.
 
   Args:
@@ -79,6 +80,7 @@ def make_batch(base_key, step, indices, config):
     step: int32 scalar.
     indices: ``(B,) int32`` global example indices.
     config: full config.
+    augment: apply ``config.augment`` to the clean crops (training only).
   Returns:
     dict of ``(B, H, W, ·) float32``: ``observed``/``noise`` (normalised model
     inputs), ``coords``, targets ``clean``/``F``/``G`` (normalised units), and
@@ -88,6 +90,8 @@ def make_batch(base_key, step, indices, config):
 
   def one(key):
     clean, coords = procedural_example(key, config)
+    if augment:
+      clean = augment_clean(jax.random.fold_in(key, 2), clean, config.augment)
     deg = degrade_example(key, clean, coords, config)
     return clean, coords, deg
 
