@@ -4,13 +4,16 @@ A PSF field is sampled on a regular ``gy × gx`` grid of nodes whose outer
 nodes sit on the corner pixels of the (inner) frame. Each node has a bilinear
 "tent" weight that is 1 on the node and falls to 0 on its neighbours; the
 weights of all nodes sum to 1 everywhere (pixels outside the outer nodes, e.g.
-in a margin, take the nearest edge nodes' weights). The image is
+in a margin, extrapolate the outer two linearly). The image is
 
     out = Σ_ij (w_ij · image) ⊛ PSF_ij,
 
 so the light of every source pixel is spread by the bilinear interpolation of
 the PSFs of the nodes around it: the total flux is conserved exactly (each
-PSF sums to 1) and the PSF varies smoothly across the frame. Each weighted
+PSF sums to 1) and the PSF varies smoothly across the frame. A flat image
+stays flat up to the second difference of the PSFs' widths between nodes
+(~1e-4 for the default optics) when their centroids are centred
+(``psf.recenter``); a drift of the centroids would act as a distortion. Each weighted
 window is non-zero only between a node's neighbours, so each product is a
 small FFT convolution, added back at the window's place (overlap-add).
 
@@ -40,14 +43,26 @@ def node_positions(inner: int, count: int, margin: int = 0) -> np.ndarray:
 def tent_weights(length: int, nodes: np.ndarray) -> np.ndarray:
   """``(count, length)`` bilinear weights of evenly spaced nodes; columns sum to 1.
 
-  Positions beyond the outer nodes are clamped onto them.
+  Between the outer nodes each weight is a tent (1 on its node, 0 on its
+  neighbours). Beyond them (a margin) the two outer weights continue linearly
+  (the outer one above 1, its neighbour below 0), so the interpolated PSF is
+  extrapolated without a kink: a kink would turn the PSFs' different widths
+  into a brightness ripple of a flat image.
   """
   count = len(nodes)
   if count == 1:
     return np.ones((1, length))
-  pos = np.clip(np.arange(length, dtype=np.float64), nodes[0], nodes[-1])
+  pos = np.arange(length, dtype=np.float64)
   spacing = nodes[1] - nodes[0]
-  return np.maximum(0.0, 1.0 - np.abs(pos[None, :] - nodes[:, None]) / spacing)
+  w = np.maximum(0.0, 1.0 - np.abs(np.clip(pos, nodes[0], nodes[-1])[None, :] - nodes[:, None])
+                 / spacing)
+  before = np.minimum(pos - nodes[0], 0.0) / spacing  # ≤ 0 left of the first node
+  after = np.maximum(pos - nodes[-1], 0.0) / spacing  # ≥ 0 right of the last node
+  w[0] -= before
+  w[1] += before
+  w[-1] += after
+  w[-2] -= after
+  return w
 
 
 def node_coords(coords, grid: tuple[int, int]):
@@ -95,8 +110,8 @@ def _axis_plan(length: int, count: int, margin: int):
   """Window starts ``(count,)``, window length, and window weights ``(count, L)``."""
   nodes = node_positions(length - 2 * margin, count, margin)
   w = tent_weights(length, nodes)
-  first = np.array([np.flatnonzero(row > 0)[0] for row in w])
-  last = np.array([np.flatnonzero(row > 0)[-1] for row in w])
+  first = np.array([np.flatnonzero(row != 0)[0] for row in w])
+  last = np.array([np.flatnonzero(row != 0)[-1] for row in w])
   win = int(np.max(last - first + 1))
   padded = np.pad(w, ((0, 0), (0, win)))
   win_w = np.stack([padded[i, s:s + win] for i, s in enumerate(first)])

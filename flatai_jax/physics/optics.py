@@ -5,18 +5,24 @@ the half-diagonal (``|h| = 1`` at the corners; x along columns, y along rows,
 pixels square). Seidel-like model, Noll coefficients in waves RMS at λ_ref:
 
 - coma ∝ h, oriented radially: ``(Z8, Z7) = coma · (hx, hy)``; a positive
-  ``coma`` throws the flare away from the centre;
+  ``coma`` throws the flare away from the centre (its sharp core inwards);
 - astigmatism ∝ h², oriented with the field angle φ:
   ``(Z6, Z5) = astigmatism · |h|² (cos 2φ, sin 2φ) = astigmatism · (hx² − hy², 2 hx hy)``;
 - field curvature ∝ h² and sensor tilt ∝ h add to the defocus:
   ``Z4 = defocus + field_curvature · |h|² + tilt · h``;
-- constant spherical (Z11) and trefoil (Z9, Z10, a random orientation).
+- constant spherical (Z11) and trefoil (Z9, Z10, a random orientation);
+- no distortion: Zernike coma has a mean slope (its PSF centroid moves by
+  ``2√8 q · coma`` px, ``(1 + 3ε²)`` times that with a central obstruction ε), so
+  a tilt ``(Z2, Z3) = −√2 (1 + 3ε²) (Z8, Z7)`` puts every PSF's centroid back on
+  its chief ray; a flat image then stays flat through the PSF field (the flat
+  field F alone owns brightness changes across the sensor).
 
 ``draw_system`` draws one such system per training example from the ranges in
 ``config.degrade.psf``; ``psf_field`` turns it into the PSF grid of a crop.
 """
 from __future__ import annotations
 
+import math
 from typing import NamedTuple
 
 import jax
@@ -49,15 +55,17 @@ def field_position(coords, aspect: float):
   return jnp.stack([coords[..., 0], coords[..., 1] * aspect], axis=-1) / norm
 
 
-def field_coefficients(system: OpticalSystem, h, num_modes: int):
+def field_coefficients(system: OpticalSystem, h, num_modes: int, obstruction: float = 0.0):
   """Noll coefficients of the system at field positions.
 
   Args:
     system: OpticalSystem (scalars or arrays broadcasting against ``h[..., 0]``).
     h: ``(..., 2)`` field vectors (:func:`field_position`).
     num_modes: static ``J ≥ 11``.
+    obstruction: static central obstruction ratio of the pupil (sets the tilt
+      that cancels coma's mean slope).
   Returns:
-    ``(..., J) float32`` waves RMS; piston and tilt are zero.
+    ``(..., J) float32`` waves RMS; piston is zero, tilt only cancels coma's.
   """
   if num_modes < 11:
     raise ValueError(f"the field model needs num_modes >= 11, got {num_modes}")
@@ -65,6 +73,9 @@ def field_coefficients(system: OpticalSystem, h, num_modes: int):
   h2 = hx * hx + hy * hy
   zero = jnp.zeros_like(hx)
   coeffs = [zero] * num_modes
+  g_tilt = -math.sqrt(2.0) * (1.0 + 3.0 * obstruction ** 2) * system.coma
+  coeffs[1] = g_tilt * hx
+  coeffs[2] = g_tilt * hy
   coeffs[3] = system.defocus + system.field_curvature * h2 + system.tilt[0] * hx + system.tilt[1] * hy
   coeffs[4] = system.astigmatism * 2.0 * hx * hy  # Z5 sin 2θ
   coeffs[5] = system.astigmatism * (hx * hx - hy * hy)  # Z6 cos 2θ
@@ -112,13 +123,16 @@ def psf_field(key, coords, cfg, aspect: float):
     aspect: sensor height / width.
   Returns:
     ``(gy, gx, k, k) float32`` PSFs at the grid nodes of the crop
-    (:func:`convolve.node_coords`), each summing to 1.
+    (:func:`convolve.node_coords`), each summing to 1 with its centroid on the
+    centre pixel (``psf.recenter``: the kernel cuts an asymmetric PSF's far
+    wing, which would otherwise move its centroid and distort the image).
   """
   spec = psf.PSFSpec.from_config(cfg)
   system = draw_system(key, cfg)
   nodes = convolve.node_coords(coords, tuple(cfg.grid))
-  coeffs = field_coefficients(system, field_position(nodes, aspect), spec.num_modes)
-  return psf.psf(coeffs, spec)
+  coeffs = field_coefficients(system, field_position(nodes, aspect), spec.num_modes,
+                              spec.obstruction)
+  return psf.recenter(psf.psf(coeffs, spec))
 
 
 def blur(image, psfs):
