@@ -156,6 +156,7 @@ def get_config(arg=None):
     c.data.sensor_hw = (384, 576)
     c.sky.max_stars = 60
     c.sky.psf_size = 15
+    c.degrade.psf.grid = (2, 2)  # PSF nodes on the 64-px crop's corners (4 PSFs per example)
     c.optim.learning_rate = 2e-3
     c.optim.warmup_steps = 50
     c.train.steps = 600
