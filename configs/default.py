@@ -72,6 +72,27 @@ def get_config(arg=None):
   f.gradient_slope = 0.02  # max linear gradient across half the sensor
   f.glow_amplitude = 0.05  # max amplifier-glow level at its corner
   f.glow_scale = 0.3  # glow e-folding distance, sensor half-widths
+  p = c.degrade.psf = ml_collections.ConfigDict()  # optics: physics/psf.py, optics.py, convolve.py
+  p.n_pupil = 64  # pupil samples across the diameter (rays beyond q·n_pupil/2 px would wrap)
+  p.q = 2.0  # PSF sampling, detector px per λ/D at the reference wavelength (≥ 2: Nyquist)
+  p.oversample = 4  # sub-samples per pixel side summed into each pixel (pixel integration)
+  p.kernel_size = 31  # PSF side, px (odd); each PSF sums to 1 over it
+  p.num_modes = 11  # Noll modes carried, j = 1 … num_modes (≥ 11: up to primary spherical)
+  p.obstruction = 0.0  # central obstruction, fraction of the pupil diameter (0 = refractor)
+  p.spider_vanes = 0  # straight spider vanes from the centre (0 = none)
+  p.spider_width = 0.01  # vane width, fraction of the pupil diameter
+  p.wavelengths = (1.0,)  # band, λ / λ_ref; e.g. (0.85, 1.0, 1.15) for a polychromatic PSF
+  p.wavelength_weights = (1.0,)  # relative photon weight of each wavelength
+  p.pupil_supersample = 4  # sub-samples per pupil sample side for anti-aliased pupil edges
+  p.grid = (3, 3)  # PSF nodes (rows, cols) across each crop; bilinear in between
+  # Random optical system per example; waves RMS at λ_ref; field |h| = 1 at the sensor corner.
+  p.defocus = (-0.1, 0.1)  # constant Z4, uniform range
+  p.spherical = (-0.05, 0.05)  # constant Z11, uniform range
+  p.trefoil = (0.0, 0.05)  # constant Z9/Z10 magnitude, uniform range, random orientation
+  p.coma = (-0.2, 0.2)  # Z7/Z8 at the corner, ∝ h, radial; > 0 = flare pointing outwards
+  p.astigmatism = (-0.15, 0.15)  # Z5/Z6 at the corner, ∝ h², oriented with the field angle
+  p.field_curvature = (-0.12, 0.12)  # Z4 added at the corner, ∝ h²
+  p.sensor_tilt = 0.06  # max Z4 gradient per unit field (random direction): tilted sensor
   n = c.degrade.noise = ml_collections.ConfigDict()
   n.enabled = True
   n.full_well_e = (8000.0, 50000.0)  # electrons at saturation (sets shot noise)
@@ -146,6 +167,7 @@ def get_config(arg=None):
     c.data.sensor_hw = (384, 576)
     c.sky.max_stars = 60
     c.sky.psf_size = 15
+    c.degrade.psf.grid = (2, 2)  # PSF nodes on the 64-px crop's corners (4 PSFs per example)
     c.optim.learning_rate = 2e-3
     c.optim.warmup_steps = 50
     c.train.steps = 600

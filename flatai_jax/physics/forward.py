@@ -2,15 +2,16 @@
 
     observed = min((clean ⊛ PSF) · F + G, saturation) + noise
 
-Used by the training step, ``flatai synth`` and evaluation. The PSF part is
-the identity until the optics model is configured (``cfg.apply_psf``).
+Used by the training step, ``flatai synth`` and evaluation. The PSF part
+(``cfg.apply_psf``) is a random field-dependent optical system per example
+(``physics.optics``), applied by spatially varying convolution.
 """
 from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
 
-from flatai_jax.physics import flat, noise
+from flatai_jax.physics import flat, noise, optics
 
 
 def expected_signal(clean, f_field, g_field, saturation, blur=None):
@@ -44,7 +45,9 @@ def degrade(key, clean, coords, cfg, aspect: float):
     cfg: ``config.degrade``.
     aspect: sensor height / width.
   Returns:
-    dict with ``observed``, ``F``, ``G`` — each ``(H, W, C) float32``.
+    dict with ``observed``, ``F``, ``G`` — each ``(H, W, C) float32`` — and,
+    when ``cfg.apply_psf``, ``psf`` ``(gy, gx, k, k) float32``: the true PSFs at
+    the crop's grid nodes (``physics.convolve.node_coords``), each summing to 1.
   """
   k_flat, k_gain, k_read, k_noise = jax.random.split(key, 4)
   c = clean.shape[-1]
@@ -52,7 +55,11 @@ def degrade(key, clean, coords, cfg, aspect: float):
     f_field, g_field = flat.draw_flat_fields(k_flat, coords, c, cfg.flat, aspect)
   else:
     f_field, g_field = jnp.ones_like(clean), jnp.zeros_like(clean)
-  signal = expected_signal(clean, f_field, g_field, cfg.saturation)
+  blur, extra = None, {}
+  if cfg.apply_psf:
+    psfs = optics.psf_field(jax.random.fold_in(key, 5), coords, cfg.psf, aspect)
+    blur, extra = (lambda image: optics.blur(image, psfs)), {"psf": psfs}
+  signal = expected_signal(clean, f_field, g_field, cfg.saturation, blur)
   if cfg.noise.enabled:
     full_well = jax.random.uniform(k_gain, (), minval=cfg.noise.full_well_e[0],
                                    maxval=cfg.noise.full_well_e[1])
@@ -61,4 +68,4 @@ def degrade(key, clean, coords, cfg, aspect: float):
     observed = noise.add_sensor_noise(k_noise, signal, full_well, read)
   else:
     observed = signal
-  return {"observed": observed, "F": f_field, "G": g_field}
+  return {"observed": observed, "F": f_field, "G": g_field, **extra}

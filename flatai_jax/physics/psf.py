@@ -1,0 +1,282 @@
+"""Point spread functions from Zernike wavefronts: pupil, zero-padded FFT, pixel integration.
+
+A PSF is the detector image of a point source, ``(k, k) float32``, rows = y,
+columns = x, the optical axis on the centre pixel ``k // 2``; it sums to 1.
+
+Sampling: ``q`` detector pixels per ``λ_ref / D`` (``q ≥ 2`` is Nyquist). The
+pupil is sampled with ``n_pupil`` points across its diameter and zero-padded
+to ``n_fft = oversample · q · n_pupil`` points, so one FFT sample is
+``1 / (oversample · q)`` of ``λ_ref / D``; ``oversample²`` samples are summed
+into each detector pixel (pixel integration). The FFT image repeats every
+``q · n_pupil`` detector pixels: a ray more than half of that from the axis
+would wrap around (``geometric_radius_px`` checks it), and the kernel must be
+smaller than that period. Only the ``k · oversample`` output rows/columns of
+the kernel are computed (a pruned 2-D FFT: rows of the pupil, then columns).
+
+Sign convention: the wavefront ``W`` (waves) multiplies the pupil by
+``exp(+2πi W)`` and the focal field is its forward DFT, so a positive
+Zernike tilt Z2 moves the PSF towards +x (larger column index), Z3 towards +y
+(larger row index); a ray at pupil point ``p`` lands at ``2 q ∇W(p)``
+pixels, ``∇W`` in waves per pupil radius. Positive coma Z8 puts its flare and
+its centroid on the +x side.
+
+Polychromatic: for relative wavelengths ``λ_i / λ_ref`` the same optical path
+difference is ``c · λ_ref / λ_i`` waves, and the pupil spans
+``n_pupil · λ_ref / λ_i`` samples so that every wavelength lands on the same
+pixel grid; the PSFs are summed with the band weights.
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from flatai_jax.physics import zernike
+
+
+@dataclasses.dataclass(frozen=True)
+class PSFSpec:
+  """Static description of the PSF computation (hashable; build with :meth:`from_config`)."""
+  n_pupil: int = 64  # pupil samples across the diameter at λ_ref
+  q: float = 2.0  # detector px per λ_ref / D
+  oversample: int = 2  # sub-samples per detector pixel side, summed (pixel integration)
+  kernel_size: int = 31  # PSF side, detector px (odd)
+  num_modes: int = 11  # Noll modes j = 1 … num_modes
+  obstruction: float = 0.0  # central obstruction, fraction of the diameter
+  spider_vanes: int = 0  # number of straight vanes from the centre
+  spider_width: float = 0.0  # vane width, fraction of the diameter
+  wavelengths: tuple[float, ...] = (1.0,)  # λ_i / λ_ref
+  weights: tuple[float, ...] = (1.0,)  # relative photon weights of the band
+  pupil_supersample: int = 4  # sub-samples per pupil sample side for grey edges
+
+  def __post_init__(self):
+    if self.kernel_size % 2 != 1:
+      raise ValueError(f"kernel_size must be odd, got {self.kernel_size}")
+    n_fft = self.oversample * self.q * self.n_pupil
+    if abs(n_fft - round(n_fft)) > 1e-6:
+      raise ValueError(f"oversample·q·n_pupil must be an integer, got {n_fft}")
+    if self.kernel_size + 1 > self.period_px:
+      raise ValueError(f"kernel_size {self.kernel_size} must be below the FFT period "
+                       f"q·n_pupil = {self.period_px} px")
+    if len(self.wavelengths) != len(self.weights):
+      raise ValueError("wavelengths and weights must have the same length")
+    if self.grid_size > self.n_fft:
+      raise ValueError("pupil grid larger than the FFT; raise q or the shortest wavelength")
+
+  @classmethod
+  def from_config(cls, cfg) -> "PSFSpec":
+    """From ``config.degrade.psf``."""
+    return cls(n_pupil=cfg.n_pupil, q=float(cfg.q), oversample=cfg.oversample,
+               kernel_size=cfg.kernel_size, num_modes=cfg.num_modes,
+               obstruction=float(cfg.obstruction), spider_vanes=cfg.spider_vanes,
+               spider_width=float(cfg.spider_width),
+               wavelengths=tuple(float(w) for w in cfg.wavelengths),
+               weights=tuple(float(w) for w in cfg.wavelength_weights),
+               pupil_supersample=cfg.pupil_supersample)
+
+  @property
+  def n_fft(self) -> int:
+    return int(round(self.oversample * self.q * self.n_pupil))
+
+  @property
+  def period_px(self) -> float:
+    """Detector pixels after which the FFT image repeats (= ``n_pupil`` λ_ref/D)."""
+    return self.q * self.n_pupil
+
+  @property
+  def grid_size(self) -> int:
+    """Pupil array side: the pupil at the shortest wavelength fits in it."""
+    return int(math.ceil(self.n_pupil / min(self.wavelengths) - 1e-9))
+
+
+def aperture(x, y, obstruction=0.0, spider_vanes=0, spider_width=0.0):
+  """Transmission of the pupil at points ``(x, y)`` (numpy, radius units): 1 inside, 0 outside.
+
+  Vane ``v`` runs from the centre along angle ``2π v / spider_vanes`` from +x.
+  """
+  r = np.hypot(x, y)
+  inside = (r <= 1.0) & (r >= obstruction)
+  for v in range(spider_vanes):
+    phi = 2.0 * np.pi * v / spider_vanes
+    along = x * np.cos(phi) + y * np.sin(phi)
+    across = np.abs(-x * np.sin(phi) + y * np.cos(phi))
+    inside &= ~((along >= 0.0) & (across <= spider_width))  # width/D = half-width/R
+  return inside.astype(np.float64)
+
+
+def pupil_coords(size: int, diameter_samples: float, offset: float = 0.0):
+  """``(size,)`` sample positions in pupil-radius units, centred on the array centre."""
+  idx = np.arange(size, dtype=np.float64) + offset
+  return (idx - (size - 1) / 2.0) / (diameter_samples / 2.0)
+
+
+@functools.lru_cache(maxsize=32)
+def pupil_tables(spec: PSFSpec):
+  """Per-wavelength constants of the PSF computation (numpy, cached per spec).
+
+  Returns:
+    field0: ``(L, G, G) complex64`` pupil amplitude times the centring phase ramp.
+    phase_basis: ``(L, J, G, G) float32`` radians of phase per wave of each
+      Noll mode at λ_ref (``2π λ_ref / λ_i · Z_j``), zero outside the pupil.
+    flux: ``(L,) float32`` ``n_fft² Σ |field0|²``, the total flux of the
+      un-cropped FFT image (Parseval), so ``|FFT|² / flux`` sums to 1 over the plane.
+    weights: ``(L,) float32`` band weights normalised to sum 1.
+  """
+  g, n = spec.grid_size, spec.n_fft
+  ss = spec.pupil_supersample
+  # Shift the optical axis to the centre of its detector pixel: the FFT puts it
+  # on the first sub-sample of the pixel, (oversample - 1) / 2 sub-samples off.
+  shift = (spec.oversample - 1) / 2.0
+  ramp1 = np.exp(2j * np.pi * shift * np.arange(g) / n)
+  ramp = ramp1[:, None] * ramp1[None, :]
+  fields, bases, fluxes = [], [], []
+  for lam in spec.wavelengths:
+    diameter = spec.n_pupil / lam
+    c = pupil_coords(g, diameter)
+    yy, xx = np.meshgrid(c, c, indexing="ij")
+    sub = (np.arange(ss) + 0.5) / ss - 0.5
+    amp = np.zeros((g, g))
+    for dy in sub:
+      for dx in sub:
+        amp += aperture(xx + dx * 2.0 / diameter, yy + dy * 2.0 / diameter,
+                        spec.obstruction, spec.spider_vanes, spec.spider_width)
+    amp /= ss * ss
+    with jax.ensure_compile_time_eval():  # constants, even when first called under jit
+      basis = np.asarray(zernike.zernike_basis(spec.num_modes, xx, yy), np.float64)
+    basis = basis * (amp > 0) * (2.0 * np.pi / lam)
+    fields.append(amp * ramp)
+    bases.append(basis)
+    fluxes.append(n * n * np.sum(amp ** 2))
+  w = np.asarray(spec.weights, np.float64)
+  return (np.stack(fields).astype(np.complex64), np.stack(bases).astype(np.float32),
+          np.asarray(fluxes, np.float32), (w / w.sum()).astype(np.float32))
+
+
+def focal_intensity(field, spec: PSFSpec):
+  """``|DFT|²`` of pupil fields on the kernel's sub-sample grid (pruned FFT).
+
+  Args:
+    field: ``(..., G, G) complex64`` pupil field.
+    spec: static PSFSpec.
+  Returns:
+    ``(..., k·s, k·s) float32`` (s = oversample), the optical axis at the
+    centre of detector pixel ``k // 2``; un-normalised.
+  """
+  n, s, k = spec.n_fft, spec.oversample, spec.kernel_size
+  # sub-sample indices of the kernel, as FFT indices (zero frequency = index 0)
+  idx = (np.arange(k * s) - (k // 2) * s) % n
+  a = jnp.fft.fft(field, n=n, axis=-1)
+  a = jnp.take(a, idx, axis=-1)
+  b = jnp.fft.fft(a, n=n, axis=-2)
+  b = jnp.take(b, idx, axis=-2)
+  return jnp.real(b) ** 2 + jnp.imag(b) ** 2
+
+
+def psf(coeffs, spec: PSFSpec, normalize: bool = True):
+  """PSF of Noll Zernike coefficients.
+
+  Args:
+    coeffs: ``(..., J) float32`` Noll coefficients ``j = 1 … J`` in waves RMS at
+      λ_ref (``J = spec.num_modes``).
+    spec: static PSFSpec.
+    normalize: True → each PSF sums to 1 over the kernel. False → fraction of
+      the total flux per pixel (sums to the energy inside the kernel; the
+      unaberrated peak / aberrated peak is the Strehl ratio).
+  Returns:
+    ``(..., k, k) float32``, rows y, columns x.
+  """
+  coeffs = jnp.asarray(coeffs, jnp.float32)
+  if coeffs.shape[-1] != spec.num_modes:
+    raise ValueError(f"expected {spec.num_modes} coefficients, got {coeffs.shape[-1]}")
+  field0, phase_basis, flux, weights = (jnp.asarray(t) for t in pupil_tables(spec))
+  k, s = spec.kernel_size, spec.oversample
+  batch = coeffs.shape[:-1]
+
+  def one(c):
+    phase = jnp.tensordot(c, phase_basis, axes=[[0], [1]])  # (L, G, G)
+    field = field0 * jax.lax.complex(jnp.cos(phase), jnp.sin(phase))
+    img = focal_intensity(field, spec) / flux[:, None, None]
+    img = img.reshape(-1, k, s, k, s).sum(axis=(2, 4))
+    out = jnp.tensordot(weights, img, axes=1)
+    return out / jnp.sum(out) if normalize else out
+
+  flat = coeffs.reshape(-1, spec.num_modes)
+  return jax.vmap(one)(flat).reshape(*batch, k, k)
+
+
+def geometric_radius_px(coeffs, spec: PSFSpec, samples: int = 64):
+  """Largest geometric ray distance from the axis, detector px.
+
+  ``2 q max |∇W|`` over the pupil (``∇W`` in waves at λ_ref per pupil radius;
+  a ray's angle does not depend on the wavelength). Keep it below ``kernel_size // 2`` for a complete PSF
+  and below ``period_px / 2`` so that nothing wraps.
+
+  Args:
+    coeffs: ``(J,)`` Noll coefficients, waves at λ_ref.
+    samples: even number of pupil samples per side (no sample at the centre,
+      where the polar form has no gradient).
+  Returns:
+    float32 scalar, px.
+  """
+  coeffs = jnp.asarray(coeffs, jnp.float32)
+  c = pupil_coords(samples, samples)
+  yy, xx = np.meshgrid(c, c, indexing="ij")
+  keep = aperture(xx, yy, spec.obstruction) > 0
+  px, py = jnp.asarray(xx[keep], jnp.float32), jnp.asarray(yy[keep], jnp.float32)
+
+  def w(x, y):
+    return zernike.wavefront(coeffs, zernike.zernike_basis(coeffs.shape[-1], x, y))
+
+  gx = jax.vmap(jax.grad(w, argnums=0))(px, py)
+  gy = jax.vmap(jax.grad(w, argnums=1))(px, py)
+  return 2.0 * spec.q * jnp.max(jnp.hypot(gx, gy))
+
+
+def centroid(p):
+  """Intensity centroid of PSFs relative to the centre pixel.
+
+  Args:
+    p: ``(..., k, k)`` PSFs (any positive total).
+  Returns:
+    ``(..., 2) float32`` ``(y, x)``, px.
+  """
+  k = p.shape[-1]
+  r = jnp.arange(k, dtype=jnp.float32) - k // 2
+  total = jnp.sum(p, axis=(-1, -2))
+  return jnp.stack([jnp.einsum("...ij,i->...", p, r), jnp.einsum("...ij,j->...", p, r)],
+                   axis=-1) / total[..., None]
+
+
+def _shift_to_centroid(p):
+  k = p.shape[-1]
+  c = centroid(p)
+  idx = jnp.arange(k, dtype=jnp.float32)
+  # interpolation matrices M[..., i, j] = max(0, 1 − |j − (i + c)|)
+  my = jnp.maximum(0.0, 1.0 - jnp.abs(idx[None, :] - idx[:, None] - c[..., 0, None, None]))
+  mx = jnp.maximum(0.0, 1.0 - jnp.abs(idx[None, :] - idx[:, None] - c[..., 1, None, None]))
+  out = jnp.einsum("...ia,...ab,...jb->...ij", my, p, mx)
+  return out / jnp.sum(out, axis=(-1, -2), keepdims=True)
+
+
+def recenter(p, passes: int = 2):
+  """Moves each PSF's centroid onto the centre pixel, by linear interpolation.
+
+  Sampling ``p`` at ``(y + c_y, x + c_x)`` with linear interpolation shifts the
+  centroid by exactly ``−c``, except for light pushed past the kernel border
+  (dropped; the sum is renormalised to 1), hence a second, smaller pass. Each
+  pass widens the PSF by at most ¼ px² of variance per axis. Used for field
+  PSFs so that a truncated, asymmetric PSF does not act as a distortion.
+
+  Args:
+    p: ``(..., k, k)`` PSFs.
+    passes: static number of interpolation passes.
+  Returns:
+    ``(..., k, k) float32`` summing to 1, centroid within ~0.01 px of the centre.
+  """
+  for _ in range(passes):
+    p = _shift_to_centroid(p)
+  return p
