@@ -147,7 +147,7 @@ def train_step(state: TrainState, indices: jax.Array, *, graphdef, tx, config,
   if ema is not None:
     d = config.optim.ema_decay
     ema = jax.tree.map(lambda e, p: jnp.where(finite, d * e + (1.0 - d) * p, e), ema, params)
-  terms["grad_norm"] = optax.global_norm(grads)
+  terms["grad_norm"] = optax.tree.norm(grads)
   terms = {k: jnp.where(finite, v, 0.0) for k, v in terms.items()}
   terms["skipped"] = 1.0 - finite.astype(jnp.float32)
   new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state,
