@@ -121,6 +121,10 @@ def get_config(arg=None):
   c.loss.log_f_l1 = 1.0  # L1 of log F vs the known F
   c.loss.g_l1 = 1.0  # L1 of G vs the known G after removing the mean difference, normalised units
   c.loss.pedestal_l1 = 0.1  # L1 of the mean of G (the sky/G pedestal split), normalised units
+  c.loss.consistency = 0.5  # predicted clean re-rendered with the true F, G, PSF vs observed
+  c.loss.flux = 0.0  # relative total-flux error of the corrected image
+  c.loss.smooth_f = 0.0  # roughness of log F beyond the true field's
+  c.loss.smooth_g = 0.0  # roughness of G beyond the true field's
 
   # --- Optimiser ------------------------------------------------------------
   c.optim = ml_collections.ConfigDict()

@@ -16,7 +16,7 @@ from clu import metrics as clu_metrics
 from flax import nnx
 
 from flatai_jax.data import synthetic
-from flatai_jax.losses.objective import objective
+from flatai_jax.losses.objective import objective, term_names
 from flatai_jax.models import build_model
 
 
@@ -88,9 +88,7 @@ def abstract_train_state(config, tx):
 
 def metric_collection(config):
   """clu collection of averaged scalars for this task's loss terms."""
-  names = ["loss", "clean_l1", "grad_norm", "skipped"]
-  if config.degrade.apply_flat:
-    names += ["log_f_l1", "g_l1", "pedestal_l1"]
+  names = ["loss", "grad_norm", "skipped", *term_names(config)]
   return clu_metrics.Collection.create(
       **{n: clu_metrics.Average.from_output(n) for n in names})
 

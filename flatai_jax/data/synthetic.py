@@ -83,8 +83,9 @@ def make_batch(base_key, step, indices, config, augment: bool = False):
     augment: apply ``config.augment`` to the clean crops (training only).
   Returns:
     dict of ``(B, H, W, ·) float32``: ``observed``/``noise`` (normalised model
-    inputs), ``coords``, targets ``clean``/``F``/``G`` (normalised units), and
-    ``offset``/``scale``.
+    inputs), ``coords``, targets ``clean``/``F``/``G`` (normalised units),
+    ``offset``/``scale``/``saturation`` ``(B, 1, 1, 1)`` and, for the psf and
+    combined tasks, the true PSF grid ``psf`` ``(B, gy, gx, k, k)``.
   """
   keys = example_keys(base_key, step, indices)
 
@@ -98,4 +99,7 @@ def make_batch(base_key, step, indices, config, augment: bool = False):
   clean, coords, deg = jax.vmap(one)(keys)
   inputs = model_inputs(deg["observed"])
   targets = normalized_targets(clean, deg["F"], deg["G"], inputs["offset"], inputs["scale"])
-  return {**inputs, "coords": coords, **targets}
+  extra = {"psf": deg["psf"]} if "psf" in deg else {}
+  return {**inputs, "coords": coords, **targets, **extra,
+          "saturation": normalize.normalize(config.degrade.saturation, inputs["offset"],
+                                            inputs["scale"])}

@@ -1,25 +1,38 @@
-"""The weighted training objective; every term is returned for logging.
+"""The weighted training objective; every term is returned on its own for logging.
 
-All terms are supervised on the *known* truth of the forward model (clean
-image, F, G), never on the model's own predictions re-applied to themselves.
+Terms (weights in ``config.loss``; a term whose weight is 0 is not computed):
+
+- ``clean_l1``: corrected image vs the true clean image (mean difference removed);
+- ``log_f_l1``, ``g_l1``, ``pedestal_l1``: supervised on the known F and G (flat/combined);
+- ``consistency``: predicted clean re-rendered with the true F, G and PSF vs observed;
+- ``flux``: relative total-flux error of the corrected image;
+- ``smooth_f``, ``smooth_g``: roughness of predicted fields beyond the truth's own.
+
+All are supervised on the *known* truth of the forward model, never on the
+model's own predictions re-applied to themselves.
 """
 from __future__ import annotations
 
 import jax.numpy as jnp
 
+from flatai_jax.losses import physics
 
-def l1(a, b):
-  """Mean absolute difference, float32."""
-  return jnp.mean(jnp.abs(a.astype(jnp.float32) - b.astype(jnp.float32)))
+FLAT_TERMS = ("log_f_l1", "g_l1", "pedestal_l1", "smooth_f", "smooth_g")
+
+
+def term_names(config) -> list[str]:
+  """The loss terms a config computes (weight > 0 and meaningful for its task)."""
+  names = [n for n, w in config.loss.items() if w > 0]
+  if not config.degrade.apply_flat:
+    names = [n for n in names if n not in FLAT_TERMS]
+  return names
 
 
 def centred_l1(a, b):
-  """L1 after removing each example's mean difference.
+  """L1 after removing each example's mean difference, ``(N, H, W, C)`` arrays.
 
   A constant pedestal can hardly be told apart between the sky and G from one
-  crop, so it is penalised separately (``pedestal_l1``, small weight) and
-  the shape across the crop here.
-  Args: ``(N, H, W, C)`` arrays.
+  crop, so it is penalised separately (``pedestal_l1``) and only the shape here.
   """
   d = a.astype(jnp.float32) - b.astype(jnp.float32)
   return jnp.mean(jnp.abs(d - jnp.mean(d, axis=(1, 2, 3), keepdims=True)))
@@ -29,17 +42,26 @@ def objective(pred: dict, batch: dict, weights) -> tuple[jnp.ndarray, dict]:
   """Weighted total loss.
 
   Args:
-    pred: model outputs (``clean`` and, for flat/combined, ``F``, ``G``).
-    batch: targets ``clean``, ``F``, ``G`` in normalised units.
-    weights: ``config.loss``.
+    pred: model outputs (``clean`` and, for flat/combined, ``F``, ``G``), float32.
+    batch: targets and inputs from ``data.synthetic.make_batch`` (normalised units).
+    weights: ``config.loss``; only terms with weight > 0 are computed.
   Returns:
-    total float32 scalar, dict of float32 scalar terms (unweighted) and total.
+    total float32 scalar; dict of the unweighted float32 terms plus ``loss``.
   """
-  terms = {"clean_l1": centred_l1(pred["clean"], batch["clean"])}
-  if "F" in pred:
-    terms["log_f_l1"] = l1(jnp.log(pred["F"]), jnp.log(batch["F"]))
-    terms["g_l1"] = centred_l1(pred["G"], batch["G"])
-    terms["pedestal_l1"] = jnp.mean(jnp.abs(jnp.mean(
-        pred["G"].astype(jnp.float32) - batch["G"], axis=(1, 2, 3))))
+  active = {n for n, w in weights.items() if w > 0}
+  has_flat = "F" in pred
+  terms = {}
+  if "clean_l1" in active:
+    terms["clean_l1"] = centred_l1(pred["clean"], batch["clean"])
+  if has_flat and active & {"log_f_l1", "g_l1", "pedestal_l1"}:
+    mask = physics.unsaturated_mask(batch)
+    terms.update({k: v for k, v in physics.flat_supervision(pred, batch, mask).items()
+                  if k in active})
+  if "consistency" in active:
+    terms["consistency"] = physics.consistency(pred, batch, physics.unsaturated_mask(batch))
+  if "flux" in active:
+    terms["flux"] = physics.flux_error(pred, batch)
+  if has_flat and active & {"smooth_f", "smooth_g"}:
+    terms.update({k: v for k, v in physics.smoothness(pred, batch).items() if k in active})
   total = sum(weights[name] * value for name, value in terms.items())
   return total, {**terms, "loss": total}
