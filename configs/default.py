@@ -29,7 +29,10 @@ def get_config(arg=None):
 
   # --- Data: clean images and where crops sit on the sensor -----------------
   c.data = ml_collections.ConfigDict()
-  c.data.source = "procedural"  # 'procedural' skies made on device
+  c.data.source = "procedural"  # 'procedural' skies made on device, or 'images' (tfds_dir)
+  c.data.tfds_dir = ""  # data_dir given to `flatai build_dataset` (source='images')
+  c.data.procedural_fraction = 0.0  # source='images': share of examples that are procedural skies
+  c.data.workers = 0  # grain worker processes for image decoding/cropping (0 = in-process)
   c.data.channels = arg.channels  # 1 mono, 3 RGB
   c.data.crop_size = 128  # training crop side, px (multiple of 2**depth)
   c.data.sensor_hw = (2048, 3072)  # virtual sensor (H, W), px; crops get its global coordinates

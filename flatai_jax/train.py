@@ -17,6 +17,7 @@ from absl import logging
 
 from flatai_jax import checkpointing, evaluate, metrics, sharding
 from flatai_jax.data import indices as data_indices
+from flatai_jax.data.pipeline import Pipeline
 from flatai_jax.train_step import abstract_train_state, bind_train_step, init_state, \
     make_optimizer, nonfinite_count
 
@@ -87,9 +88,11 @@ def train_and_evaluate(config, workdir, devices=None) -> dict:
   # --- State: restore or initialise, sharded from birth ---------------------
   manager = checkpointing.create_manager(workdir, config.train.max_to_keep)
   restored = checkpointing.restore(manager, checkpointing.abstract_with_shardings(abstract, state_sh))
+  pipeline = Pipeline(config, jax.process_index(), jax.process_count())
   if restored is not None:
     state, data_state = restored
     start = int(jax.device_get(state.step))
+    pipeline.restore_state(workdir, start)
     if int(data_state.get("next_step", start)) != start:
       raise RuntimeError(f"{workdir}: checkpoint data position {data_state} does not match "
                          f"step {start}")
@@ -119,7 +122,7 @@ def train_and_evaluate(config, workdir, devices=None) -> dict:
     while step < total:
       if profile and step == profile[0] and is_lead:
         jax.profiler.start_trace(str(workdir / "profile"))
-      local = data_indices.process_indices(step, batch, jax.process_index(), jax.process_count())
+      local = pipeline.next_batch(step)
       state, m = step_fn(state, sharding.host_batch_to_global(local, mesh))
       acc = m if acc is None else acc.merge(m)
       step += 1
@@ -151,6 +154,7 @@ def train_and_evaluate(config, workdir, devices=None) -> dict:
         ev = evaluate.evaluate_params(graphdef, state.eval_params(), config, mesh)
         writer.write_scalars(step, ev, prefix="eval")
       if _is_time(step, config.train.checkpoint_every, total) or preempt.requested:
+        pipeline.save_state(workdir, step)
         checkpointing.save(manager, step, state, data_indices.iterator_state(step, batch),
                            config, force=True)
       if preempt.requested:

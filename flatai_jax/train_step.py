@@ -1,6 +1,6 @@
 """The pure training step: degrade on device → model → objective → optax update.
 
-``train_step(state, indices) -> (state, metrics)`` is a pure function of a
+``train_step(state, inputs) -> (state, metrics)`` is a pure function of a
 :class:`TrainState` pytree; NNX split/merge happens only at its boundary.
 ``flatai_jax.train`` jits it once with shardings from ``flatai_jax.sharding``.
 """
@@ -99,14 +99,16 @@ def forward(graphdef, params, batch):
   return model(batch["observed"], batch["coords"], batch["noise"])
 
 
-def train_step(state: TrainState, indices: jax.Array, *, graphdef, tx, config,
+def train_step(state: TrainState, inputs, *, graphdef, tx, config,
                batch_sharding=None):
   """One optimisation step (``config.optim.grad_accum`` micro-batches, one update).
 
   Args:
     state: current TrainState.
-    indices: ``(B,) int32`` global example indices, sharded over the batch axes.
-    batch_sharding: optional sharding of a micro-batch's indices.
+    inputs: ``(B,) int32`` global example indices, or the dict of
+      ``data.pipeline.Pipeline.next_batch`` (indices plus image crops), every
+      leaf sharded over the batch axes on its leading axis.
+    batch_sharding: optional sharding of a micro-batch's inputs.
   Returns:
     new state, clu metric collection (device arrays; read them on report steps).
     Loss terms of a skipped (non-finite) step are logged as 0 and ``skipped`` as 1.
@@ -114,10 +116,10 @@ def train_step(state: TrainState, indices: jax.Array, *, graphdef, tx, config,
   data_key, _ = base_keys(config.seed)
   accum = int(config.optim.grad_accum)
 
-  def loss_and_grads(params, micro_indices):
+  def loss_and_grads(params, micro):
     if batch_sharding is not None:
-      micro_indices = jax.lax.with_sharding_constraint(micro_indices, batch_sharding)
-    batch = synthetic.make_batch(data_key, state.step, micro_indices, config, augment=True)
+      micro = jax.lax.with_sharding_constraint(micro, batch_sharding)
+    batch = synthetic.make_batch(data_key, state.step, micro, config, augment=True)
 
     def loss_fn(p):
       return objective(forward(graphdef, p, batch), batch, config.loss)
@@ -125,17 +127,20 @@ def train_step(state: TrainState, indices: jax.Array, *, graphdef, tx, config,
     return jax.value_and_grad(loss_fn, has_aux=True)(params)
 
   if accum == 1:
-    (_, terms), grads = loss_and_grads(state.params, indices)
+    (_, terms), grads = loss_and_grads(state.params, inputs)
   else:
-    if indices.shape[0] % accum:
-      raise ValueError(f"batch {indices.shape[0]} not divisible by grad_accum={accum}")
-    micro = indices.reshape(indices.shape[0] // accum, accum).T  # (accum, B/accum)
+    b = jax.tree.leaves(inputs)[0].shape[0]
+    if b % accum:
+      raise ValueError(f"batch {b} not divisible by grad_accum={accum}")
+    micro = jax.tree.map(  # (accum, B/accum, ...): micro-batch j takes every accum-th example
+        lambda x: jnp.swapaxes(x.reshape((b // accum, accum) + x.shape[1:]), 0, 1), inputs)
 
     def body(carry, idx):
       (_, t), g = loss_and_grads(state.params, idx)
       return jax.tree.map(jnp.add, carry, (t, g)), None
 
-    zeros = jax.tree.map(jnp.zeros_like, jax.eval_shape(loss_and_grads, state.params, micro[0]))
+    zeros = jax.tree.map(jnp.zeros_like, jax.eval_shape(
+        loss_and_grads, state.params, jax.tree.map(lambda x: x[0], micro)))
     ((_, terms), grads), _ = jax.lax.scan(body, zeros, micro)
     terms, grads = jax.tree.map(lambda x: x / accum, (terms, grads))
   updates, opt_state = tx.update(grads, state.opt_state, state.params)

@@ -72,13 +72,15 @@ def normalized_targets(clean, f_field, g_field, offset, scale):
   return {"clean": clean_n, "F": f_field, "G": g_n}
 
 
-def make_batch(base_key, step, indices, config, augment: bool = False):
-  """A full training/eval batch made on device from example indices.
+def make_batch(base_key, step, inputs, config, augment: bool = False):
+  """A full training/eval batch made on device.
 
   Args:
     base_key: PRNG key from the config seed.
     step: int32 scalar.
-    indices: ``(B,) int32`` global example indices.
+    inputs: ``(B,) int32`` global example indices, or a dict from
+      ``data.pipeline.Pipeline.next_batch``: ``index`` and, for image data,
+      ``clean (B, h, w, C)``, ``offset (B, 2)``, ``sensor_hw (B, 2)``, ``real (B,)``.
     config: full config.
     augment: apply ``config.augment`` to the clean crops (training only).
   Returns:
@@ -87,19 +89,32 @@ def make_batch(base_key, step, indices, config, augment: bool = False):
     ``offset``/``scale``/``saturation`` ``(B, 1, 1, 1)`` and, for the psf and
     combined tasks, the true PSF grid ``psf`` ``(B, gy, gx, k, k)``.
   """
-  keys = example_keys(base_key, step, indices)
+  if not isinstance(inputs, dict):
+    inputs = {"index": inputs}
+  keys = example_keys(base_key, step, inputs["index"])
+  has_files = "clean" in inputs
+  mixes = has_files and config.data.procedural_fraction > 0
 
-  def one(key):
-    clean, coords = procedural_example(key, config)
+  def one(key, inp):
+    if has_files:
+      crop = inp["clean"].shape[:2]
+      clean = inp["clean"]
+      coords = geometry.frame_coords(inp["offset"], crop, inp["sensor_hw"])
+      if mixes:
+        p_clean, p_coords = procedural_example(key, config)
+        clean = jnp.where(inp["real"], clean, p_clean)
+        coords = jnp.where(inp["real"], coords, p_coords)
+    else:
+      clean, coords = procedural_example(key, config)
     if augment:
       clean = augment_clean(jax.random.fold_in(key, 2), clean, config.augment)
     deg = degrade_example(key, clean, coords, config)
     return clean, coords, deg
 
-  clean, coords, deg = jax.vmap(one)(keys)
-  inputs = model_inputs(deg["observed"])
-  targets = normalized_targets(clean, deg["F"], deg["G"], inputs["offset"], inputs["scale"])
+  clean, coords, deg = jax.vmap(one)(keys, inputs)
+  inputs_n = model_inputs(deg["observed"])
+  targets = normalized_targets(clean, deg["F"], deg["G"], inputs_n["offset"], inputs_n["scale"])
   extra = {"psf": deg["psf"]} if "psf" in deg else {}
-  return {**inputs, "coords": coords, **targets, **extra,
-          "saturation": normalize.normalize(config.degrade.saturation, inputs["offset"],
-                                            inputs["scale"])}
+  return {**inputs_n, "coords": coords, **targets, **extra,
+          "saturation": normalize.normalize(config.degrade.saturation, inputs_n["offset"],
+                                            inputs_n["scale"])}
