@@ -4,6 +4,7 @@
   flatai evaluate --workdir=runs/x [--step=N] [--output_dir=runs/x/eval]
   flatai correct  IMAGE --checkpoint=runs/x [--output=out.fits] [--reference=clean.fits]
   flatai synth    --config=configs/default.py:flat,quickstart --output_dir=synth [--num=8] [--full_frame]
+  flatai build_dataset --input_dir=my_clean_images --output_dir=data/mine [--min_size=128] [--val_percent=10]
 
 Only parsing and dispatch live here.
 """
@@ -15,7 +16,7 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-COMMANDS = ("train", "evaluate", "correct", "synth")
+COMMANDS = ("train", "evaluate", "correct", "synth", "build_dataset")
 
 config_flags.DEFINE_config_file("config", None, "Config file with optional ':arguments'.",
                                 lock_config=True)
@@ -27,6 +28,9 @@ flags.DEFINE_string("output_dir", None, "Output folder (synth, evaluate).")
 flags.DEFINE_string("reference", None, "Known clean image to score the correction against (correct).")
 flags.DEFINE_integer("tile", None, "Tile side in px (correct); default: config.predict.tile.")
 flags.DEFINE_integer("overlap", None, "Tile overlap in px (correct); default: config.predict.overlap.")
+flags.DEFINE_string("input_dir", None, "Folder tree of clean images (build_dataset).")
+flags.DEFINE_integer("min_size", 128, "Images smaller than this per side are skipped (build_dataset).")
+flags.DEFINE_integer("val_percent", 10, "Share of images in the validation split (build_dataset).")
 flags.DEFINE_integer("num", 8, "Number of examples (synth).")
 flags.DEFINE_bool("full_frame", False, "Synthesise whole sensor frames instead of crops (synth).")
 flags.DEFINE_string("coordinator_address", None, "Multi-host: host:port of process 0.")
@@ -104,6 +108,18 @@ def _synth():
   print(f"wrote {len(paths)} FITS files and {out}/contact_sheet.png")
 
 
+def _build_dataset():
+  from flatai_jax.data import image_dataset
+  src = _require("input_dir", "build_dataset")
+  out = _require("output_dir", "build_dataset")
+  summary = image_dataset.build_dataset(src, out, FLAGS.min_size, FLAGS.val_percent)
+  print(f"examples: {summary['examples']}")
+  for s in summary["skipped"]:
+    print(f"skipped {s['path']}: {s['reason']}")
+  print(f"summary: {out}/build_summary.json — train with "
+        f"--config.data.source=images --config.data.tfds_dir={out}")
+
+
 def main(argv):
   if len(argv) < 2 or argv[1] not in COMMANDS:
     raise app.UsageError(f"usage: flatai {{{'|'.join(COMMANDS)}}} [flags]  (see flatai --help)")
@@ -118,8 +134,10 @@ def main(argv):
       _evaluate()
     elif command == "correct":
       _correct(argv)
-    else:
+    elif command == "synth":
       _synth()
+    else:
+      _build_dataset()
   except ImageError as e:
     print(f"flatai {command}: error: {e}", file=sys.stderr)
     sys.exit(2)

@@ -17,6 +17,7 @@ Bad files (unreadable, truncated, all-NaN, NaN pixels, smaller than
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -64,12 +65,17 @@ def split_of(relative_path: str, val_percent: int) -> str:
   return "validation" if int.from_bytes(digest[:4], "little") % 100 < val_percent else "train"
 
 
+@functools.cache
 def _builder_class():
+  """The TFDS builder, defined on first use so that importing this module stays cheap."""
   import tensorflow_datasets as tfds
 
   class FlataiImages(tfds.core.GeneratorBasedBuilder):
     """Clean linear images from a directory tree."""
     VERSION = tfds.core.Version("1.0.0")
+    # No checksums/URLs to resolve; also avoids TFDS locating the source folder
+    # through importlib.resources, which fails under editable installs.
+    code_path = None
 
     def __init__(self, *, input_dir, min_size=64, val_percent=10, **kwargs):
       self._input_dir = Path(input_dir)

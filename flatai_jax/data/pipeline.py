@@ -51,7 +51,7 @@ class RandomCrop(grain.transforms.RandomMap):
             "sensor_hw": np.asarray([h, w], np.float32)}
 
 
-def image_dataset(source, config, process_index: int, process_count: int) -> grain.IterDataset:
+def crop_stream(source, config, process_index: int, process_count: int) -> grain.IterDataset:
   """Infinite per-process stream of crops from a random-access ``source``."""
   ds = grain.MapDataset.source(source).seed(config.seed).shuffle().repeat(None)
   ds = ds[process_index::process_count]
@@ -81,7 +81,7 @@ class Pipeline:
       if source is None:
         from flatai_jax.data import image_dataset
         source = image_dataset.load_split(config.data.tfds_dir, "train")
-      self._it = iter(image_dataset(source, config, process_index, process_count))
+      self._it = iter(crop_stream(source, config, process_index, process_count))
 
   def next_batch(self, step: int) -> dict:
     """``(B_local,)`` indices and, for image data, crops/offsets/frame sizes/real flags."""
