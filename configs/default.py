@@ -161,6 +161,7 @@ def get_config(arg=None):
   c.eval.num_examples = 64  # fixed held-out set size
   c.eval.batch_size = 16
   c.eval.seed = 1_000_003  # held-out keys never meet training keys
+  c.eval.set_path = ""  # stored held-out set (.npz from data_pipelines/make_eval_set.py); "" = generate
   c.predict = ml_collections.ConfigDict()
   c.predict.tile = 128  # tile side at correction time, px
   c.predict.overlap = 32  # tile overlap, px

@@ -7,6 +7,7 @@ Errors are in normalised units after removing each image's median difference
 """
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -76,18 +77,72 @@ def eval_indices(start: int, size: int, mesh=None):
 
 
 def evaluate_params(graphdef, params, config, mesh=None) -> dict:
-  """Mean metrics over ``config.eval.num_examples`` held-out examples."""
-  fn = make_eval_fn(graphdef, config, mesh)
+  """Mean metrics over the held-out set: the stored set ``config.eval.set_path`` if given
+  (checksum verified), else ``config.eval.num_examples`` examples generated from
+  ``config.eval.seed``."""
   bs = config.eval.batch_size
-  n = (config.eval.num_examples // bs) * bs
-  if n == 0:
-    raise ValueError(f"eval.num_examples={config.eval.num_examples} < eval.batch_size={bs}")
-  sums = {}
-  for start in range(0, n, bs):
-    m = fn(params, eval_indices(start, bs, mesh))
-    for k, v in jax.device_get(m).items():
+  sums, n = {}, 0
+  if config.eval.get("set_path"):
+    data = load_eval_set(config.eval.set_path)
+    total = next(iter(data.values())).shape[0]
+    fn = jax.jit(lambda p, b: batch_metrics(b, forward(graphdef, p, b)),
+                 out_shardings=None if mesh is None else sharding.replicated(mesh))
+    batches = ({k: v[s:s + bs] for k, v in data.items()} for s in range(0, total - bs + 1, bs))
+    run = lambda b: fn(params, b if mesh is None else jax.device_put(b, sharding.batch_sharding(mesh)))
+  else:
+    fn = make_eval_fn(graphdef, config, mesh)
+    total = config.eval.num_examples
+    batches = (eval_indices(s, bs, mesh) for s in range(0, total - bs + 1, bs))
+    run = lambda i: fn(params, i)
+  for b in batches:
+    for k, v in jax.device_get(run(b)).items():
       sums[k] = sums.get(k, 0.0) + float(np.sum(v))
+    n += bs
+  if n == 0:
+    raise ValueError(f"held-out set of {total} examples is smaller than eval.batch_size={bs}")
   return {k: v / n for k, v in sums.items()}
+
+
+def make_eval_set(config) -> dict[str, np.ndarray]:
+  """The held-out set as arrays: every input and target of ``data.synthetic.make_batch``
+  (observed, noise map, coordinates, clean, F, G, PSF grid, offset, scale, saturation)."""
+  fn = jax.jit(lambda i: synthetic.make_batch(eval_key(config), jnp.int32(0), i, config))
+  parts = [jax.device_get(fn(np.arange(s, s + config.eval.batch_size, dtype=np.int32)))
+           for s in range(0, config.eval.num_examples, config.eval.batch_size)]
+  return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+
+
+def eval_set_checksum(data: dict[str, np.ndarray]) -> str:
+  """SHA-256 over the arrays' names, shapes, dtypes and bytes (sorted by name)."""
+  h = hashlib.sha256()
+  for k in sorted(data):
+    a = np.ascontiguousarray(data[k])
+    h.update(f"{k}{a.shape}{a.dtype}".encode())
+    h.update(a.tobytes())
+  return h.hexdigest()
+
+
+def save_eval_set(data: dict[str, np.ndarray], path) -> str:
+  """Writes ``path`` (.npz) and ``path.sha256``; returns the checksum."""
+  path = Path(path)
+  path.parent.mkdir(parents=True, exist_ok=True)
+  digest = eval_set_checksum(data)
+  tmp = path.with_name(f".{path.name}.tmp.npz")
+  np.savez(tmp, **data)
+  tmp.replace(path)
+  path.with_name(path.name + ".sha256").write_text(digest + "\n")
+  return digest
+
+
+def load_eval_set(path) -> dict[str, np.ndarray]:
+  """Loads a stored held-out set and checks it against its recorded checksum."""
+  path = Path(path)
+  with np.load(path, allow_pickle=False) as f:
+    data = {k: f[k] for k in f.files}
+  recorded = path.with_name(path.name + ".sha256")
+  if recorded.exists() and recorded.read_text().strip() != eval_set_checksum(data):
+    raise ValueError(f"{path}: checksum does not match {recorded}; the file was changed")
+  return data
 
 
 def restore_params(workdir, step=None, mesh=None):
