@@ -77,7 +77,7 @@ def _builder_class():
     # through importlib.resources, which fails under editable installs.
     code_path = None
 
-    def __init__(self, *, input_dir, min_size=64, val_percent=10, **kwargs):
+    def __init__(self, *, input_dir=".", min_size=64, val_percent=10, **kwargs):
       self._input_dir = Path(input_dir)
       self._min_size, self._val_percent = min_size, val_percent
       self.skipped: list[dict] = []
@@ -144,5 +144,5 @@ def build_dataset(input_dir, data_dir, min_size: int = 64, val_percent: int = 10
 
 def load_split(data_dir, split: str):
   """Random-access source of a built split (``image``, ``path``, ``shape``, ``scale``)."""
-  builder = _builder_class()(input_dir=".", data_dir=str(data_dir), file_format="array_record")
+  builder = _builder_class()(data_dir=str(data_dir), file_format="array_record")
   return builder.as_data_source()[split]

@@ -58,6 +58,9 @@ def crop_stream(source, config, process_index: int, process_count: int) -> grain
   ds = ds.random_map(RandomCrop(config.data.crop_size, config.data.channels))
   it = ds.to_iter_dataset()
   if config.data.workers > 0:
+    from absl import flags
+    if not flags.FLAGS.is_parsed():  # grain's workers read absl flags (defaults are fine)
+      flags.FLAGS.mark_as_parsed()
     it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=config.data.workers))
   return it
 
