@@ -108,7 +108,9 @@ def save_sample_grid(path, columns: dict[str, np.ndarray], max_rows: int = 4) ->
     black, white = np.percentile(ref, 0.5), np.percentile(ref, 99.9)
     for c, name in enumerate(names):
       img = np.asarray(columns[name][r], dtype=np.float32)
-      if name.startswith(("F", "G")):
+      if name.startswith("PSF"):
+        shown = asinh_stretch(img, 0.0, float(img.max()), softening=0.01)
+      elif name.startswith(("F", "G")):
         shown = linear_levels(img)
       else:
         shown = asinh_stretch(img, black, white)
@@ -121,6 +123,12 @@ def save_sample_grid(path, columns: dict[str, np.ndarray], max_rows: int = 4) ->
   fig.tight_layout()
   _atomic_savefig(fig, Path(path))
   plt.close(fig)
+
+
+def psf_mosaic(psf: np.ndarray) -> np.ndarray:
+  """PSF grids ``(N, gy, gx, k, k)`` → ``(N, gy·k, gx·k, 1)`` images for sample grids."""
+  n, gy, gx, k, _ = psf.shape
+  return np.asarray(psf).transpose(0, 1, 3, 2, 4).reshape(n, gy * k, gx * k, 1)
 
 
 def save_loss_curve(path, jsonl_path, keys=None) -> None:

@@ -146,6 +146,8 @@ def train_and_evaluate(config, workdir, devices=None) -> dict:
         cols = {"observed": b["observed"], "prediction": pred["clean"], "truth": b["clean"]}
         if "F" in pred:
           cols.update({"F pred": pred["F"], "F true": b["F"], "G pred": pred["G"], "G true": b["G"]})
+        if "psf" in b:
+          cols["PSF true"] = metrics.psf_mosaic(b["psf"])
         if is_lead:
           metrics.save_sample_grid(workdir / "samples" / f"step_{step:06d}.png", cols)
           metrics.save_sample_grid(workdir / "samples.png", cols)

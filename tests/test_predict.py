@@ -59,3 +59,16 @@ def test_output_paths():
   assert str(p["F"]) == "/data/m31_corrected_F.fits"
   q = predict.output_paths("/data/m31.fits", "/out/x.xisf")
   assert str(q["G"]) == "/out/x_G.xisf" and str(q["preview"]) == "/out/x_preview.png"
+
+
+def test_psf_mosaic_places_each_grid_psf_in_its_cell():
+  from flatai_jax.metrics import psf_mosaic
+  psf = np.zeros((1, 2, 3, 4, 4), np.float32)
+  for gy in range(2):
+    for gx in range(3):
+      psf[0, gy, gx, 1, 2] = 10 * gy + gx
+  m = psf_mosaic(psf)
+  assert m.shape == (1, 8, 12, 1)
+  for gy in range(2):
+    for gx in range(3):
+      assert m[0, gy * 4 + 1, gx * 4 + 2, 0] == 10 * gy + gx
