@@ -166,6 +166,7 @@ def get_config(arg=None):
   c.predict.tile = 128  # tile side at correction time, px
   c.predict.overlap = 32  # tile overlap, px
   c.predict.batch_size = 8  # tiles per forward pass
+  c.predict.match_tiles = True  # solve per-tile G pedestals so overlapping tiles agree (flat/combined)
 
   if arg.size == "quickstart":
     c.model.base_width = 16

@@ -97,30 +97,105 @@ def correct_image(graphdef, params, config, image: np.ndarray, tile: int | None 
   hp, wp = max(h + 2 * pad, tile), max(w + 2 * pad, tile)
   padded = np.pad(image, ((pad, hp - h - pad), (pad, wp - w - pad), (0, 0)), mode="reflect")
   stride = tile - overlap
-  origins = [(y, x) for y in tile_origins(hp, tile, stride) for x in tile_origins(wp, tile, stride)]
+  ys, xs = tile_origins(hp, tile, stride), tile_origins(wp, tile, stride)
+  grid = [(gy, gx) for gy in range(len(ys)) for gx in range(len(xs))]
   window = blend_window(tile, overlap)[:, :, None]
   fn = make_tile_fn(graphdef)
   sensor_hw = jnp.asarray((h, w), jnp.float32)
   coord_fn = jax.jit(jax.vmap(lambda o: geometry.frame_coords(o, (tile, tile), sensor_hw)))
   acc = {k: np.zeros((hp, wp, c), np.float64) for k in ("clean", "F", "G")}
   weight = np.zeros((hp, wp, 1), np.float64)
-  for b in range(0, len(origins), batch_size):
-    chunk = origins[b:b + batch_size]
+  matcher = TileOffsetMatcher(ys, xs, tile, c)
+  for b in range(0, len(grid), batch_size):
+    chunk = grid[b:b + batch_size]
     real = len(chunk)
     chunk = chunk + [chunk[-1]] * (batch_size - real)
-    tiles = np.stack([padded[y:y + tile, x:x + tile] for y, x in chunk])
-    offsets = np.asarray([(y - pad, x - pad) for y, x in chunk], np.float32)
+    tiles = np.stack([padded[ys[gy]:ys[gy] + tile, xs[gx]:xs[gx] + tile] for gy, gx in chunk])
+    offsets = np.asarray([(ys[gy] - pad, xs[gx] - pad) for gy, gx in chunk], np.float32)
     out = jax.device_get(fn(params, tiles, coord_fn(offsets)))
-    for i, (y, x) in enumerate(chunk[:real]):
+    for i, (gy, gx) in enumerate(chunk[:real]):
+      y, x = ys[gy], xs[gx]
       for k in acc:
         acc[k][y:y + tile, x:x + tile] += out[k][i] * window
       weight[y:y + tile, x:x + tile] += window
+      matcher.add(gy, gx, out["G"][i])
     if progress is not None:
-      progress(min(b + batch_size, len(origins)), len(origins))
-  crop = lambda a: (a / np.maximum(weight, 1e-12))[pad:pad + h, pad:pad + w].astype(np.float32)
+      progress(min(b + real, len(grid)), len(grid))
+  weight = np.maximum(weight, 1e-12)
   has_flat = config.task != "psf"
-  return Correction(corrected=crop(acc["clean"]), F=crop(acc["F"]) if has_flat else None,
-                    G=crop(acc["G"]) if has_flat else None)
+  clean, f_field, g_field = acc["clean"] / weight, acc["F"] / weight, acc["G"] / weight
+  if has_flat and config.predict.get("match_tiles", True) and overlap > 0 and len(grid) > 1:
+    # Shift each tile's G by its solved pedestal; (observed − G)/F moves by −δ/F.
+    delta = matcher.solve()
+    shift = np.zeros_like(g_field)
+    for gy, gx in grid:
+      shift[ys[gy]:ys[gy] + tile, xs[gx]:xs[gx] + tile] += delta[gy, gx] * window
+    shift /= weight
+    g_field = g_field + shift
+    clean = clean - shift / f_field
+  crop = lambda a: a[pad:pad + h, pad:pad + w].astype(np.float32)
+  return Correction(corrected=crop(clean), F=crop(f_field) if has_flat else None,
+                    G=crop(g_field) if has_flat else None)
+
+
+class TileOffsetMatcher:
+  """Per-tile pedestals of G that make overlapping tiles agree.
+
+  From one tile the model cannot tell a constant sky level from a constant
+  part of G, so neighbouring tiles may predict G with different pedestals;
+  left alone they print a blotchy background across the frame. Like mosaic
+  background matching, the offsets ``δ`` minimise
+  ``Σ_pairs (mean_overlap(G_a + δ_a) − mean_overlap(G_b + δ_b))²`` with
+  ``Σ δ = 0`` (the mean pedestal the model predicted is kept). Only the
+  overlap strips of the previous row are held, so memory stays bounded.
+
+  Args:
+    ys, xs: tile origins along each axis, px.
+    tile: tile side, px.
+    channels: C.
+  """
+
+  def __init__(self, ys, xs, tile, channels):
+    self.ys, self.xs, self.tile, self.c = ys, xs, tile, channels
+    self.right, self.below = {}, {}
+    self.pairs, self.diffs = [], []
+
+  def add(self, gy, gx, g_tile):
+    """Registers a tile's ``(tile, tile, C)`` G prediction, in row-major order."""
+    ys, xs, t = self.ys, self.xs, self.tile
+    if gx > 0:
+      left = self.right.pop((gy, gx - 1))
+      self._pair((gy, gx - 1), (gy, gx), left, g_tile[:, :xs[gx - 1] + t - xs[gx]])
+    if gy > 0:
+      above = self.below.pop((gy - 1, gx))
+      self._pair((gy - 1, gx), (gy, gx), above, g_tile[:ys[gy - 1] + t - ys[gy]])
+    if gx + 1 < len(xs):
+      self.right[(gy, gx)] = g_tile[:, xs[gx + 1] - xs[gx]:].astype(np.float64)
+    if gy + 1 < len(ys):
+      self.below[(gy, gx)] = g_tile[ys[gy + 1] - ys[gy]:].astype(np.float64)
+
+  def _pair(self, a, b, g_a, g_b):
+    self.pairs.append((a, b))
+    self.diffs.append(g_b.mean(axis=(0, 1)) - g_a.mean(axis=(0, 1)))
+
+  def solve(self) -> np.ndarray:
+    """``(rows, cols, C)`` float64 pedestal per tile, summing to zero."""
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.linalg import lsqr
+    nx, n = len(self.xs), len(self.ys) * len(self.xs)
+    rows, cols, vals = [], [], []
+    for r, ((ay, ax), (by, bx)) in enumerate(self.pairs):
+      rows += [r, r]
+      cols += [ay * nx + ax, by * nx + bx]
+      vals += [1.0, -1.0]
+    m = len(self.pairs)
+    rows += [m] * n
+    cols += list(range(n))
+    vals += [1.0] * n
+    a = coo_matrix((vals, (rows, cols)), shape=(m + 1, n)).tocsr()
+    d = np.concatenate([np.asarray(self.diffs).reshape(m, self.c), np.zeros((1, self.c))])
+    delta = np.stack([lsqr(a, d[:, k], atol=1e-12, btol=1e-12)[0] for k in range(self.c)], -1)
+    return delta.reshape(len(self.ys), nx, self.c)
 
 
 def background_nonuniformity(image: np.ndarray, blocks: int = 8) -> float:

@@ -72,3 +72,20 @@ def test_psf_mosaic_places_each_grid_psf_in_its_cell():
   for gy in range(2):
     for gx in range(3):
       assert m[0, gy * 4 + 1, gx * 4 + 2, 0] == 10 * gy + gx
+
+
+def test_tile_offset_matcher_recovers_per_tile_pedestals():
+  """Tiles that see one smooth G plus their own constant pedestal: the matcher
+  returns minus those pedestals (up to their mean), so blended tiles agree."""
+  rng = np.random.default_rng(3)
+  tile, ys, xs = 16, [0, 12, 20], [0, 12, 24, 28]
+  yy, xx = np.mgrid[0:36, 0:44] / 40.0
+  g = (0.02 * xx + 0.01 * yy ** 2)[..., None] * np.array([1.0, 2.0])
+  pedestal = rng.normal(0, 0.05, (len(ys), len(xs), 2))
+  m = predict.TileOffsetMatcher(ys, xs, tile, 2)
+  for gy, y in enumerate(ys):
+    for gx, x in enumerate(xs):
+      m.add(gy, gx, g[y:y + tile, x:x + tile] + pedestal[gy, gx])
+  delta = m.solve()
+  np.testing.assert_allclose(delta.sum(axis=(0, 1)), 0.0, atol=1e-9)
+  np.testing.assert_allclose(delta, -(pedestal - pedestal.mean(axis=(0, 1))), atol=1e-8)
