@@ -2,7 +2,8 @@
 
   flatai train    --config=configs/default.py:flat,quickstart --workdir=runs/x [--config.train.steps=200]
   flatai evaluate --workdir=runs/x [--step=N] [--output_dir=runs/x/eval]
-  flatai correct  IMAGE --checkpoint=runs/x [--output=out.fits] [--reference=clean.fits]
+  flatai correct  IMAGE... --checkpoint=runs/x [--out=DIR | --output=out.fits] [--task=flat]
+                  [--reference=clean.fits]
   flatai synth    --config=configs/default.py:flat,quickstart --output_dir=synth [--num=8] [--full_frame]
   flatai build_dataset --input_dir=my_clean_images --output_dir=data/mine [--min_size=128] [--val_percent=10]
 
@@ -23,7 +24,11 @@ config_flags.DEFINE_config_file("config", None, "Config file with optional ':arg
 flags.DEFINE_string("workdir", None, "Run directory: checkpoints, metrics, samples (train, evaluate).")
 flags.DEFINE_string("checkpoint", None, "Run directory whose latest checkpoint corrects (correct).")
 flags.DEFINE_integer("step", None, "Checkpoint step (evaluate, correct); default: the latest.")
-flags.DEFINE_string("output", None, "Output image path (correct); default: <input>_corrected.<ext>.")
+flags.DEFINE_string("output", None, "Output image path (correct, one input); default: "
+                    "<input>_corrected.<ext>.")
+flags.DEFINE_string("out", None, "Output folder (correct); default: beside each input.")
+flags.DEFINE_enum("task", None, ["flat", "psf", "combined"], "Correction to apply (correct); "
+                  "default: the model's task; 'flat' applies only the flat part of a combined model.")
 flags.DEFINE_string("output_dir", None, "Output folder (synth, evaluate).")
 flags.DEFINE_string("reference", None, "Known clean image to score the correction against (correct).")
 flags.DEFINE_integer("tile", None, "Tile side in px (correct); default: config.predict.tile.")
@@ -81,21 +86,41 @@ def _evaluate():
 
 
 def _correct(argv):
-  from flatai_jax import evaluate, predict
-  if len(argv) != 3:
-    raise app.UsageError("usage: flatai correct IMAGE --checkpoint=RUN_DIR [--output=PATH]")
+  from flatai_jax import predict
+  from flatai_jax.io.images import ImageError
+  inputs = argv[2:]
+  if not inputs:
+    raise app.UsageError("usage: flatai correct IMAGE... --checkpoint=RUN_DIR [--out=DIR]")
+  if FLAGS.output and len(inputs) > 1:
+    raise app.UsageError("--output names one file; use --out=DIR for several inputs")
   checkpoint = _require("checkpoint", "correct")
-  config, graphdef, params, step = evaluate.restore_params(checkpoint, FLAGS.step)
-  print(f"model: {config.task} task, step {step}, from {checkpoint}")
-  report = predict.correct_file(graphdef, params, config, argv[2], FLAGS.output,
-                                FLAGS.reference, FLAGS.tile, FLAGS.overlap)
-  print(f"background non-uniformity: before {report['background_nonuniformity_before']:.4f}"
-        f"  after {report['background_nonuniformity_after']:.4f}")
-  if "mae_before" in report:
-    print(f"error vs reference: MAE {report['mae_before']:.5f} → {report['mae_after']:.5f}"
-          f"   PSNR {report['psnr_before']:.2f} → {report['psnr_after']:.2f} dB")
-  for k, v in report["outputs"].items():
-    print(f"wrote {k}: {v}")
+  corrector = predict.load(checkpoint, FLAGS.step)
+  try:
+    task = predict.resolve_task(corrector.config.task, FLAGS.task)
+  except ValueError as e:
+    raise app.UsageError(str(e))
+  print(f"model: {corrector.config.task} task, step {corrector.step}, from {checkpoint}; "
+        f"applying {task}")
+  failed = []
+  for path in inputs:
+    try:
+      report = corrector.correct_file(path, FLAGS.output, FLAGS.out, FLAGS.reference, task,
+                                      FLAGS.tile, FLAGS.overlap)
+    except ImageError as e:  # one bad file does not stop the others
+      print(f"flatai correct: error: {e}", file=sys.stderr)
+      failed.append(path)
+      continue
+    print(f"{path}: background non-uniformity: before "
+          f"{report['background_nonuniformity_before']:.4f}"
+          f"  after {report['background_nonuniformity_after']:.4f}")
+    if "mae_before" in report:
+      print(f"error vs reference: MAE {report['mae_before']:.5f} → {report['mae_after']:.5f}"
+            f"   PSNR {report['psnr_before']:.2f} → {report['psnr_after']:.2f} dB")
+    for k, v in report["outputs"].items():
+      print(f"wrote {k}: {v}")
+  if failed:
+    print(f"flatai correct: {len(failed)} of {len(inputs)} file(s) failed", file=sys.stderr)
+    sys.exit(2)
 
 
 def _synth():

@@ -8,6 +8,7 @@ covered by tiles that extend past it; nothing is clipped.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from pathlib import Path
 
 import jax
@@ -52,13 +53,20 @@ def blend_window(tile: int, overlap: int) -> np.ndarray:
   return np.outer(w, w).astype(np.float32)
 
 
-def make_tile_fn(graphdef):
-  """Jitted ``(params, tiles, coords) -> dict`` of linear-unit predictions for a tile batch."""
+@functools.lru_cache(maxsize=8)
+def make_tile_fn(graphdef, drop_residual: bool = False):
+  """Jitted ``(params, tiles, coords) -> dict`` of linear-unit predictions for a tile batch.
+
+  ``drop_residual``: a combined model applies only its flat correction
+  (``--task flat``), i.e. ``(observed − G) / F`` without the aberration residual.
+  """
 
   @jax.jit
   def fn(params, tiles, coords):
     inputs = model_inputs(tiles)
     pred = forward(graphdef, params, {**inputs, "coords": coords})
+    if drop_residual:
+      pred = {**pred, "clean": pred["clean"] - pred["residual"]}
     f_field = pred.get("F", jnp.ones_like(tiles))
     g_n = pred.get("G", jnp.zeros_like(tiles))
     clean, f_field, g_field = normalize.fields_from_normalized(
@@ -68,9 +76,15 @@ def make_tile_fn(graphdef):
   return fn
 
 
+@functools.partial(jax.jit, static_argnums=1)
+def _tile_coords(offsets, tile: int, sensor_hw):
+  """``(B, tile, tile, 2)`` global coordinates of tiles at ``(B, 2)`` offsets."""
+  return jax.vmap(lambda o: geometry.frame_coords(o, (tile, tile), sensor_hw))(offsets)
+
+
 def correct_image(graphdef, params, config, image: np.ndarray, tile: int | None = None,
                   overlap: int | None = None, batch_size: int | None = None,
-                  progress=None) -> Correction:
+                  progress=None, task: str | None = None) -> Correction:
   """Corrects a full frame.
 
   Args:
@@ -82,6 +96,7 @@ def correct_image(graphdef, params, config, image: np.ndarray, tile: int | None 
       (default ``config.predict.overlap``).
     batch_size: tiles per forward pass (static; the last batch is padded).
     progress: optional ``callable(done, total)``.
+    task: which correction to apply (see :func:`resolve_task`); default the model's.
   Returns:
     :class:`Correction` with the corrected image, F and G over the frame.
   """
@@ -100,11 +115,11 @@ def correct_image(graphdef, params, config, image: np.ndarray, tile: int | None 
   ys, xs = tile_origins(hp, tile, stride), tile_origins(wp, tile, stride)
   grid = [(gy, gx) for gy in range(len(ys)) for gx in range(len(xs))]
   window = blend_window(tile, overlap)[:, :, None]
-  fn = make_tile_fn(graphdef)
+  task = resolve_task(config.task, task)
+  fn = make_tile_fn(graphdef, drop_residual=(config.task == "combined" and task == "flat"))
   sensor_hw = jnp.asarray((h, w), jnp.float32)
-  coord_fn = jax.jit(jax.vmap(lambda o: geometry.frame_coords(o, (tile, tile), sensor_hw)))
-  acc = {k: np.zeros((hp, wp, c), np.float64) for k in ("clean", "F", "G")}
-  weight = np.zeros((hp, wp, 1), np.float64)
+  acc = {k: np.zeros((hp, wp, c), np.float32) for k in ("clean", "F", "G")}
+  weight = np.zeros((hp, wp, 1), np.float32)
   matcher = TileOffsetMatcher(ys, xs, tile, c)
   for b in range(0, len(grid), batch_size):
     chunk = grid[b:b + batch_size]
@@ -112,7 +127,7 @@ def correct_image(graphdef, params, config, image: np.ndarray, tile: int | None 
     chunk = chunk + [chunk[-1]] * (batch_size - real)
     tiles = np.stack([padded[ys[gy]:ys[gy] + tile, xs[gx]:xs[gx] + tile] for gy, gx in chunk])
     offsets = np.asarray([(ys[gy] - pad, xs[gx] - pad) for gy, gx in chunk], np.float32)
-    out = jax.device_get(fn(params, tiles, coord_fn(offsets)))
+    out = jax.device_get(fn(params, tiles, _tile_coords(offsets, tile, sensor_hw)))
     for i, (gy, gx) in enumerate(chunk[:real]):
       y, x = ys[gy], xs[gx]
       for k in acc:
@@ -122,8 +137,10 @@ def correct_image(graphdef, params, config, image: np.ndarray, tile: int | None 
     if progress is not None:
       progress(min(b + real, len(grid)), len(grid))
   weight = np.maximum(weight, 1e-12)
-  has_flat = config.task != "psf"
-  clean, f_field, g_field = acc["clean"] / weight, acc["F"] / weight, acc["G"] / weight
+  has_flat = task != "psf"
+  for k in acc:  # in place: full frames are large
+    acc[k] /= weight
+  clean, f_field, g_field = acc["clean"], acc["F"], acc["G"]
   if has_flat and config.predict.get("match_tiles", True) and overlap > 0 and len(grid) > 1:
     # Shift each tile's G by its solved pedestal; (observed − G)/F moves by −δ/F.
     delta = matcher.solve()
@@ -136,6 +153,15 @@ def correct_image(graphdef, params, config, image: np.ndarray, tile: int | None 
   crop = lambda a: a[pad:pad + h, pad:pad + w].astype(np.float32)
   return Correction(corrected=crop(clean), F=crop(f_field) if has_flat else None,
                     G=crop(g_field) if has_flat else None)
+
+
+def resolve_task(model_task: str, task: str | None) -> str:
+  """The correction to apply: the model's task, or ``flat`` alone for a combined model."""
+  task = task or model_task
+  if task != model_task and not (model_task == "combined" and task == "flat"):
+    raise ValueError(f"a {model_task} model cannot apply --task={task}; use --task={model_task}"
+                     + (" or --task=flat" if model_task == "combined" else ""))
+  return task
 
 
 class TileOffsetMatcher:
@@ -227,15 +253,181 @@ def error_vs_reference(image: np.ndarray, reference: np.ndarray) -> dict:
           "psnr": 10.0 * np.log10(peak ** 2 / max(mse, 1e-30))}
 
 
-def output_paths(input_path, output=None) -> dict[str, Path]:
+def fill_masked(image: np.ndarray, sigma: float = 8.0) -> tuple[np.ndarray, np.ndarray | None]:
+  """Replaces NaN pixels by the local background so the model sees no holes.
+
+  Normalised convolution: ``blur(image·valid) / blur(valid)`` with a Gaussian
+  of ``sigma`` px, falling back to the channel median far from valid pixels.
+
+  Args:
+    image: ``(H, W, C) float32`` linear, NaN where masked.
+  Returns:
+    filled image (the input itself when nothing is masked), ``(H, W, C)``
+    bool mask of the NaN pixels or None.
+  """
+  mask = np.isnan(image)
+  if not mask.any():
+    return image, None
+  from scipy import ndimage
+  valid = (~mask).astype(np.float32)
+  data = np.where(mask, 0.0, image).astype(np.float32)
+  filled = image.copy()
+  for ch in range(image.shape[-1]):
+    num = ndimage.gaussian_filter(data[..., ch], sigma, mode="reflect")
+    den = ndimage.gaussian_filter(valid[..., ch], sigma, mode="reflect")
+    median = np.nanmedian(image[..., ch])
+    local = np.where(den > 1e-3, num / np.maximum(den, 1e-3), median)
+    filled[..., ch] = np.where(mask[..., ch], local, image[..., ch])
+  return filled, mask
+
+
+class ProgressBar:
+  """``label [#####     ] 12/40 tiles  3.1 tiles/s  ETA 9s`` on one refreshed line."""
+
+  def __init__(self, label: str, print_fn=print, width: int = 24):
+    import time
+    self.label, self.print, self.width, self.clock = label, print_fn, width, time.perf_counter
+    self.start = self.clock()
+
+  def __call__(self, done: int, total: int) -> None:
+    rate = done / max(self.clock() - self.start, 1e-9)
+    filled = int(self.width * done / max(total, 1))
+    bar = "#" * filled + " " * (self.width - filled)
+    self.print(f"\r{self.label} [{bar}] {done}/{total} tiles  {rate:.1f} tiles/s  "
+               f"ETA {(total - done) / max(rate, 1e-9):.0f}s", end="", flush=True)
+    if done >= total:
+      self.print("")
+
+
+class Corrector:
+  """A trained model ready to correct frames: the Python API and the CLI's code path.
+
+  Get one with :func:`flatai_jax.load`::
+
+    corrector = flatai_jax.load("runs/quickstart")
+    out = corrector.correct(pixels)           # (H, W[, C]) NumPy array, linear
+    out.corrected, out.F, out.G                # (H, W, C) float32, linear
+    corrector.correct_file("m31.fits", out_dir="corrected/")
+
+  Attributes:
+    config, graphdef, params, step: the restored model and its config.
+    checkpoint: the run directory it came from.
+  """
+
+  def __init__(self, config, graphdef, params, step: int, checkpoint: str):
+    self.config, self.graphdef, self.params = config, graphdef, params
+    self.step, self.checkpoint = step, str(checkpoint)
+
+  def correct(self, image: np.ndarray, *, task: str | None = None, tile: int | None = None,
+              overlap: int | None = None, progress=None) -> Correction:
+    """Corrects one frame held in memory.
+
+    Args:
+      image: ``(H, W)`` or ``(H, W, C) float`` linear pixels in any absolute
+        scale (ADU, electrons, [0, 1]); NaN marks masked pixels and stays NaN.
+        A mono model corrects each channel of an RGB frame on its own.
+      task: ``None`` (the model's task) or ``flat`` for a combined model.
+      tile, overlap: tiling in px (defaults from ``config.predict``).
+      progress: optional ``callable(done, total)`` per channel.
+    Returns:
+      :class:`Correction` in the input's absolute scale, nothing clipped;
+      ``F`` and ``G`` are None when only the psf correction applies.
+    """
+    image = np.asarray(image, np.float32)
+    if image.ndim == 2:
+      image = image[:, :, None]
+    model_c = self.config.data.channels
+    if image.ndim != 3 or image.shape[-1] not in (model_c, 3 if model_c == 1 else model_c):
+      raise ValueError(f"image of shape {image.shape}: this model corrects "
+                       f"{model_c}-channel frames (H, W{', 3' if model_c == 3 else '[, 1|3]'})")
+    if np.isnan(image).all():
+      raise ValueError("all pixels are NaN")
+    filled, mask = fill_masked(image)
+    planes = [filled] if filled.shape[-1] == model_c else [filled[..., i:i + 1] for i in range(3)]
+    parts = [correct_image(self.graphdef, self.params, self.config, plane, tile, overlap,
+                           progress=progress, task=task) for plane in planes]
+    join = lambda k: None if getattr(parts[0], k) is None else np.concatenate(
+        [getattr(r, k) for r in parts], axis=-1)
+    out = Correction(corrected=join("corrected"), F=join("F"), G=join("G"))
+    if mask is not None:
+      out.corrected[mask] = np.nan
+    return out
+
+  def history(self, input_path, task, tile, overlap) -> str:
+    """The FITS/XISF HISTORY line naming the model and settings."""
+    c = self.config
+    return (f"flatai correct: model={Path(self.checkpoint).name} step={self.step} "
+            f"task={task or c.task} tile={tile or c.predict.tile} "
+            f"overlap={c.predict.overlap if overlap is None else overlap} "
+            f"input={Path(input_path).name}")
+
+  def correct_file(self, input_path, output=None, out_dir=None, reference=None, task=None,
+                   tile=None, overlap=None, print_fn=print) -> dict:
+    """Reads, corrects and writes one frame; returns before/after numbers.
+
+    Outputs (atomic, never over the input; see :func:`output_paths`): the
+    corrected image, F and G (flat/combined) in the input's format with its
+    header, HDUs and metadata kept plus a HISTORY line, and a preview PNG.
+    """
+    image, meta = images.read_image(input_path, allow_nan=True)
+    ref = None
+    if reference is not None:
+      ref, _ = images.read_image(reference, allow_nan=True)
+      if ref.shape != image.shape:
+        raise images.ImageError(reference, f"shape {ref.shape} differs from the input's "
+                                f"{image.shape}")
+    paths = output_paths(input_path, output, out_dir)
+    for p in paths.values():
+      if p.resolve() == Path(input_path).resolve():
+        raise images.ImageError(p, "refusing to overwrite the input file; choose another --output")
+    try:
+      out = self.correct(image, task=task, tile=tile, overlap=overlap,
+                         progress=ProgressBar(f"  {Path(input_path).name}", print_fn))
+    except ValueError as e:
+      raise images.ImageError(input_path, str(e)) from None
+    history = self.history(input_path, task, tile, overlap)
+    images.write_image(paths["corrected"], out.corrected, meta, history=history,
+                       protect=[input_path])
+    if out.F is not None:
+      images.write_image(paths["F"], out.F, meta, history=history + " (flat field F)",
+                         protect=[input_path], carry_hdus=False)
+      images.write_image(paths["G"], out.G, meta, history=history + " (additive field G)",
+                         protect=[input_path], carry_hdus=False)
+    save_preview(paths["preview"], image, out)
+    finite = lambda a: np.nan_to_num(a, nan=float(np.nanmedian(a)))
+    report = {"input": str(input_path),
+              "background_nonuniformity_before": background_nonuniformity(finite(image)),
+              "background_nonuniformity_after": background_nonuniformity(finite(out.corrected))}
+    if ref is not None:
+      before = error_vs_reference(finite(image), finite(ref))
+      after = error_vs_reference(finite(out.corrected), finite(ref))
+      report.update({"mae_before": before["mae"], "mae_after": after["mae"],
+                     "psnr_before": before["psnr"], "psnr_after": after["psnr"]})
+    report["outputs"] = {k: str(v) for k, v in paths.items()
+                         if k in ("corrected", "preview") or out.F is not None}
+    return report
+
+
+def load(checkpoint_dir, step: int | None = None) -> Corrector:
+  """The model of a run directory's checkpoint (the latest, or ``step``) as a :class:`Corrector`."""
+  from flatai_jax import evaluate
+  config, graphdef, params, restored_step = evaluate.restore_params(checkpoint_dir, step)
+  return Corrector(config, graphdef, params, restored_step, checkpoint_dir)
+
+
+def output_paths(input_path, output=None, out_dir=None) -> dict[str, Path]:
   """Where ``flatai correct`` writes: the corrected image, its F and G, and a preview PNG.
 
-  Default: ``<input stem>_corrected<ext>`` beside the input; F and G get
-  ``_F``/``_G`` after the output's stem, in the output's format.
+  Default: ``<input stem>_corrected<ext>`` beside the input (or in ``out_dir``);
+  F and G get ``_F``/``_G`` after the output's stem, in the output's format.
+  PNG and JPEG inputs give float32 TIFF outputs, so nothing is clipped or quantised.
   """
   if output is None:
     stem, ext = images.split_suffix(input_path)
-    main = Path(input_path).with_name(f"{stem}_corrected{ext}")
+    if images.image_format(input_path) in ("png", "jpeg"):
+      ext = ".tif"
+    folder = Path(out_dir) if out_dir is not None else Path(input_path).parent
+    main = folder / f"{stem}_corrected{ext}"
   else:
     main = Path(output)
   stem, ext = images.split_suffix(main)
@@ -243,61 +435,10 @@ def output_paths(input_path, output=None) -> dict[str, Path]:
           "G": main.with_name(f"{stem}_G{ext}"), "preview": main.with_name(f"{stem}_preview.png")}
 
 
-def correct_file(graphdef, params, config, input_path, output=None, reference=None,
-                 tile=None, overlap=None, print_fn=print) -> dict:
-  """Reads, corrects and writes one frame; returns before/after numbers.
-
-  A mono model corrects each channel of an RGB frame on its own. The input is
-  never overwritten; every output is written atomically.
-  """
-  image, meta = images.read_image(input_path)
-  ref = None
-  if reference is not None:
-    ref, _ = images.read_image(reference)
-    if ref.shape != image.shape:
-      raise images.ImageError(reference, f"shape {ref.shape} differs from the input's {image.shape}")
-  model_c = config.data.channels
-  if image.shape[-1] not in (model_c, 3 if model_c == 1 else model_c):
-    raise images.ImageError(input_path, f"has {image.shape[-1]} channel(s); this model "
-                            f"corrects {model_c}-channel images")
-  paths = output_paths(input_path, output)
-  for p in paths.values():
-    if p.resolve() == Path(input_path).resolve():
-      raise images.ImageError(p, "refusing to overwrite the input file; choose another --output")
-  planes = [image] if image.shape[-1] == model_c else [image[..., i:i + 1] for i in range(3)]
-  results = []
-  for i, plane in enumerate(planes):
-    def progress(done, total, i=i):
-      print_fn(f"\r  channel {i + 1}/{len(planes)}: tile {done}/{total}", end="", flush=True)
-    results.append(correct_image(graphdef, params, config, plane, tile, overlap,
-                                 progress=progress))
-    print_fn("")
-  cat = lambda k: None if results[0].F is None and k != "corrected" else np.concatenate(
-      [getattr(r, k) for r in results], axis=-1)
-  out = Correction(corrected=cat("corrected"), F=cat("F"), G=cat("G"))
-  history = f"flatai correct: task={config.task}, input={Path(input_path).name}"
-  images.write_image(paths["corrected"], out.corrected, meta, history=history,
-                     protect=[input_path])
-  if out.F is not None:
-    images.write_image(paths["F"], out.F, meta, history=history + " (flat field F)",
-                       protect=[input_path])
-    images.write_image(paths["G"], out.G, meta, history=history + " (additive field G)",
-                       protect=[input_path])
-  save_preview(paths["preview"], image, out)
-  report = {"background_nonuniformity_before": background_nonuniformity(image),
-            "background_nonuniformity_after": background_nonuniformity(out.corrected)}
-  if ref is not None:
-    before, after = error_vs_reference(image, ref), error_vs_reference(out.corrected, ref)
-    report.update({"mae_before": before["mae"], "mae_after": after["mae"],
-                   "psnr_before": before["psnr"], "psnr_after": after["psnr"]})
-  report["outputs"] = {k: str(v) for k, v in paths.items() if k == "corrected" or
-                       k == "preview" or out.F is not None}
-  return report
-
-
 def save_preview(path, image, out: Correction) -> None:
   """Side-by-side PNG: input, corrected (same stretch), and F, G if present."""
-  cols = {"input": image[None], "corrected": out.corrected[None]}
+  fill = lambda a: np.nan_to_num(a, nan=float(np.nanmedian(a)))
+  cols = {"input": fill(image)[None], "corrected": fill(out.corrected)[None]}
   if out.F is not None:
     cols.update({"F": out.F[None], "G": out.G[None]})
   metrics.save_sample_grid(path, cols, max_rows=1)

@@ -27,7 +27,8 @@ from typing import Any, Iterable
 
 import numpy as np
 
-FITS_SUFFIXES = (".fits", ".fit", ".fts", ".fits.gz", ".fit.gz")
+FITS_SUFFIXES = (".fits", ".fit", ".fts", ".fits.gz", ".fit.gz", ".fts.gz", ".fits.fz", ".fit.fz",
+                 ".fz")
 XISF_SUFFIXES = (".xisf",)
 PIL_SUFFIXES = (".png", ".jpg", ".jpeg")
 TIFF_SUFFIXES = (".tif", ".tiff")
@@ -50,12 +51,17 @@ class ImageMeta:
     format: one of 'fits', 'xisf', 'png', 'jpeg', 'tiff'.
     source_dtype: numpy dtype name of the stored pixels (e.g. 'uint16', '>f4').
     fits_header: astropy Header of the image HDU (FITS only).
+    fits_hdus: every HDU of the file as ``(kind, header, data)`` with the image
+      HDU's data left out (FITS only), so outputs carry tables, masks and all cards.
+    fits_image_index: position of the image HDU among ``fits_hdus``.
     xisf_image_metadata / xisf_file_metadata: dicts from the xisf package.
     int_scale: the divisor that mapped integer pixels to [0, 1] (1.0 if none).
   """
   format: str
   source_dtype: str
   fits_header: Any = None
+  fits_hdus: list | None = None
+  fits_image_index: int = 0
   xisf_image_metadata: dict | None = None
   xisf_file_metadata: dict | None = None
   int_scale: float = 1.0
@@ -107,7 +113,7 @@ def _to_hwc(path, data: np.ndarray, channels_first: bool) -> np.ndarray:
                    f"{tuple(data.shape)}; expected a 2-D image or a 3-channel cube")
 
 
-def _validate(path, data: np.ndarray) -> np.ndarray:
+def _validate(path, data: np.ndarray, allow_nan: bool = False) -> np.ndarray:
   if data.size == 0 or 0 in data.shape:
     raise ImageError(path, f"empty image (shape {tuple(data.shape)})")
   if data.dtype.kind not in "uif":
@@ -117,7 +123,9 @@ def _validate(path, data: np.ndarray) -> np.ndarray:
   finite = np.isfinite(out)
   if not finite.any():
     raise ImageError(path, "all pixels are NaN or Inf")
-  if not finite.all():
+  if not finite.all() and allow_nan:
+    out[~finite] = np.nan  # masked pixels: kept as NaN through correction
+  elif not finite.all():
     bad = int(out.size - finite.sum())
     raise ImageError(path, f"{bad} of {out.size} pixels are NaN or Inf; "
                      "replace them (e.g. by the local background) before correcting")
@@ -142,13 +150,17 @@ def _read_fits(path: Path) -> tuple[np.ndarray, ImageMeta]:
     with warnings.catch_warnings():
       warnings.simplefilter("error")  # astropy only *warns* on truncation
       with fits.open(path, memmap=False) as hdul:
-        hdu = next((h for h in hdul if getattr(h, "data", None) is not None
-                    and h.is_image), None)
-        if hdu is None:
+        index = next((i for i, h in enumerate(hdul) if h.is_image
+                      and getattr(h, "data", None) is not None), None)
+        if index is None:
           raise ImageError(path, "contains no image data (no HDU with pixels)")
+        hdu = hdul[index]
         raw_dtype = _fits_stored_dtype(hdu.header)
         data = np.array(hdu.data)  # applies BSCALE/BZERO
         header = hdu.header.copy()
+        hdus = [(type(h).__name__, h.header.copy(),
+                 None if i == index or h.data is None else h.data.copy())
+                for i, h in enumerate(hdul)]
   except ImageError:
     raise
   except FileNotFoundError:
@@ -159,7 +171,8 @@ def _read_fits(path: Path) -> tuple[np.ndarray, ImageMeta]:
     data = _to_hwc(path, data, channels_first=True)
   else:
     data = _to_hwc(path, data, channels_first=False)
-  meta = ImageMeta("fits", str(raw_dtype), fits_header=header)
+  meta = ImageMeta("fits", str(raw_dtype), fits_header=header, fits_hdus=hdus,
+                   fits_image_index=index)
   return data, meta
 
 
@@ -217,11 +230,15 @@ def _read_raster(path: Path, fmt: str) -> tuple[np.ndarray, ImageMeta]:
       fmt, str(raw_dtype), int_scale=scale)
 
 
-def read_image(path: str | os.PathLike) -> tuple[np.ndarray, ImageMeta]:
+def read_image(path: str | os.PathLike, allow_nan: bool = False) -> tuple[np.ndarray, ImageMeta]:
   """Reads an image file.
 
+  Args:
+    path: the file.
+    allow_nan: keep NaN/Inf pixels as NaN (masked pixels, e.g. for correction)
+      instead of rejecting the file; an all-NaN image is rejected either way.
   Returns:
-    pixels: ``(H, W, C) float32``, C in {1, 3}, linear, finite.
+    pixels: ``(H, W, C) float32``, C in {1, 3}, linear, finite unless ``allow_nan``.
     meta: :class:`ImageMeta` for writing outputs back.
   Raises:
     ImageError: missing, truncated, corrupt, empty, non-finite, or an
@@ -241,7 +258,7 @@ def read_image(path: str | os.PathLike) -> tuple[np.ndarray, ImageMeta]:
     data, meta = _read_xisf(path)
   else:
     data, meta = _read_raster(path, fmt)
-  return _validate(path, data), meta
+  return _validate(path, data, allow_nan), meta
 
 
 def _atomic_write(path: Path, write_fn, protect: Iterable[str | os.PathLike]) -> None:
@@ -270,13 +287,14 @@ def _atomic_write(path: Path, write_fn, protect: Iterable[str | os.PathLike]) ->
 
 def write_image(path: str | os.PathLike, pixels: np.ndarray, meta: ImageMeta | None = None,
                 history: str | None = None,
-                protect: Iterable[str | os.PathLike] = ()) -> None:
+                protect: Iterable[str | os.PathLike] = (), carry_hdus: bool = True) -> None:
   """Writes ``(H, W, C)`` or ``(H, W)`` float pixels to ``path`` atomically.
 
   FITS and XISF keep float32 values unclipped (FITS: the input header with a
   HISTORY line added; XISF: the input's metadata). TIFF is float32 too. PNG and
   JPEG invert the reading rule (× 65535 for PNG, × 255 for JPEG) and must clip
-  to their integer range; prefer FITS/XISF/TIFF for results.
+  to their integer range; prefer FITS/XISF/TIFF for results. ``carry_hdus``:
+  FITS outputs also copy the input's other HDUs (tables, masks, extensions).
   """
   path = Path(path)
   fmt = image_format(path)
@@ -295,8 +313,9 @@ def write_image(path: str | os.PathLike, pixels: np.ndarray, meta: ImageMeta | N
         header.remove(key, ignore_missing=True, remove_all=True)
       if history:
         header.add_history(history)
-      arr = data[:, :, 0] if data.shape[-1] == 1 else np.moveaxis(data, -1, 0)
-      fits.PrimaryHDU(np.ascontiguousarray(arr), header=_primary_safe(header)).writeto(tmp)
+      arr = np.ascontiguousarray(data[:, :, 0] if data.shape[-1] == 1 else np.moveaxis(data, -1, 0))
+      _fits_hdulist(arr, header, meta if carry_hdus else None,
+                    compressed=str(path).lower().endswith(".fz")).writeto(tmp)
     elif fmt == "xisf":
       from xisf import XISF
       image_meta = dict(meta.xisf_image_metadata) if meta is not None and \
@@ -328,6 +347,47 @@ def write_image(path: str | os.PathLike, pixels: np.ndarray, meta: ImageMeta | N
             tmp, format="JPEG", quality=95)
 
   _atomic_write(path, write, protect)
+
+
+def _fits_hdulist(arr, header, meta, compressed: bool):
+  """The output HDU list: the input's HDUs with the image HDU's pixels replaced.
+
+  Other HDUs (tables, masks, extra images) and every card are copied as they
+  were. Tile-compressed output (``.fz``) is written losslessly (GZIP_2, no
+  quantisation).
+  """
+  from astropy.io import fits
+  hdus = meta.fits_hdus if meta is not None and meta.fits_hdus else [("PrimaryHDU", header, None)]
+  index = meta.fits_image_index if meta is not None and meta.fits_hdus else 0
+  out = []
+  for i, (kind, h, data) in enumerate(hdus):
+    if i == index:
+      if i == 0 and not compressed:
+        out.append(fits.PrimaryHDU(arr, header=_primary_safe(header)))
+        continue
+      if i == 0:
+        out.append(fits.PrimaryHDU())
+      image_header = _primary_safe(header)
+      if i > 0 and "EXTNAME" in header:
+        image_header["EXTNAME"] = header["EXTNAME"]
+      if compressed:
+        for key in ("ZIMAGE", "ZBITPIX", "ZCMPTYPE", "ZQUANTIZ", "ZDITHER0"):
+          image_header.remove(key, ignore_missing=True, remove_all=True)
+        out.append(fits.CompImageHDU(arr, header=image_header, compression_type="GZIP_2",
+                                     quantize_level=0.0))
+      else:
+        out.append(fits.ImageHDU(arr, header=image_header))
+    elif i == 0:
+      out.append(fits.PrimaryHDU(data, header=_primary_safe(h)))
+    else:
+      cls = getattr(fits, kind, None)
+      if kind == "CompImageHDU" and data is not None:
+        out.append(fits.CompImageHDU(data, header=_primary_safe(h)))
+      elif cls is not None and kind != "PrimaryHDU":
+        out.append(cls(data=data, header=h))
+      else:
+        out.append(fits.ImageHDU(data, header=_primary_safe(h)))
+  return fits.HDUList(out)
 
 
 def _primary_safe(header):
