@@ -435,10 +435,19 @@ def output_paths(input_path, output=None, out_dir=None) -> dict[str, Path]:
           "G": main.with_name(f"{stem}_G{ext}"), "preview": main.with_name(f"{stem}_preview.png")}
 
 
+def _preview_size(a: np.ndarray, max_side: int = 1024) -> np.ndarray:
+  """Block mean down to at most ``max_side`` px per side (previews of full frames)."""
+  k = -(-max(a.shape[:2]) // max_side)
+  if k <= 1:
+    return a
+  h, w = (a.shape[0] // k) * k, (a.shape[1] // k) * k
+  return a[:h, :w].reshape(h // k, k, w // k, k, a.shape[-1]).mean(axis=(1, 3))
+
+
 def save_preview(path, image, out: Correction) -> None:
   """Side-by-side PNG: input, corrected (same stretch), and F, G if present."""
-  fill = lambda a: np.nan_to_num(a, nan=float(np.nanmedian(a)))
-  cols = {"input": fill(image)[None], "corrected": fill(out.corrected)[None]}
+  fill = lambda a: _preview_size(np.nan_to_num(a, nan=float(np.nanmedian(a))))[None]
+  cols = {"input": fill(image), "corrected": fill(out.corrected)}
   if out.F is not None:
-    cols.update({"F": out.F[None], "G": out.G[None]})
+    cols.update({"F": fill(out.F), "G": fill(out.G)})
   metrics.save_sample_grid(path, cols, max_rows=1)

@@ -85,6 +85,27 @@ def test_synth_and_correct_improve_a_full_frame(run_dir, tmp_path):
   assert error_vs_reference(corrected, clean)["mae"] < error_vs_reference(observed, clean)["mae"]
   assert np.abs(f_pred - f_true).mean() < np.abs(1.0 - f_true).mean()
   assert images.read_image(tmp_path / "0000_observed.fits")[0].tobytes() == before  # input untouched
+  import flatai_jax
+  api = flatai_jax.load(run_dir).correct(observed)  # the Python API: the same code path
+  np.testing.assert_allclose(api.corrected, corrected, rtol=1e-6, atol=1e-7)
+  np.testing.assert_allclose(api.F, f_pred, rtol=1e-6)
+
+
+def test_correct_several_files_survives_a_corrupt_one(run_dir, tmp_path):
+  from astropy.io import fits
+  rng = np.random.default_rng(0)
+  for name in ("a.fits", "c.fits"):
+    fits.PrimaryHDU((rng.gamma(3.0, 20.0, (40, 56)) + 500).astype(np.float32)).writeto(tmp_path / name)
+  (tmp_path / "b.fits").write_bytes(os.urandom(3000))
+  out = flatai("correct", tmp_path / "a.fits", tmp_path / "b.fits", tmp_path / "c.fits",
+               f"--checkpoint={run_dir}", f"--out={tmp_path / 'out'}", check=False)
+  assert out.returncode == 2
+  errors = [l for l in out.stderr.splitlines() if "error:" in l]
+  assert len(errors) == 1 and "b.fits" in errors[0] and "truncated or corrupt" in errors[0]
+  assert "1 of 3 file(s) failed" in out.stderr
+  names = sorted(p.name for p in (tmp_path / "out").iterdir())
+  assert names == sorted(f"{s}_corrected{x}" for s in "ac" for x in
+                         (".fits", "_F.fits", "_G.fits", "_preview.png"))
 
 
 def test_rerun_resumes_from_the_workdir(run_dir, tmp_path):
