@@ -1,6 +1,6 @@
 """Optics throughput: PSFs/s against hcipy, spatially varying convolution against scipy.
 
-    PYTHONPATH=. python benchmarks/optics.py [--batch 16] [--repeats 5]
+    PYTHONPATH=. python benchmarks/psf.py [--batch 16] [--repeats 5]
 
 Prints, on this machine and in one run:
 - PSFs/s for a batch of 256-px-pupil PSFs at Q = 2 and 4 (point-sampled,
