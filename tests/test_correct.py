@@ -145,7 +145,14 @@ def test_xisf_properties_are_carried_over(tmp_path):
              image_metadata={"XISFProperties": props, "FITSKeywords": {"OBJECT": [
                  {"value": "M31", "comment": ""}]}}, xisf_metadata={})
   pixels, meta = images.read_image(tmp_path / "in.xisf")
-  images.write_image(tmp_path / "out.xisf", pixels, meta, history="flatai correct: test")
+  assert meta.xisf_icc_profile is None
+  meta.xisf_icc_profile = icc = bytes(range(256)) * 3  # as if read from a colour-managed file
+  images.write_image(tmp_path / "mid.xisf", pixels, meta, history="flatai correct: test")
+  pixels2, meta2 = images.read_image(tmp_path / "mid.xisf")
+  assert meta2.xisf_icc_profile == icc  # the ICC profile survives a write and a read
+  np.testing.assert_array_equal(pixels2, pixels)
+  images.write_image(tmp_path / "out.xisf", pixels2, meta2, history="flatai correct: test")
+  assert images.read_image(tmp_path / "out.xisf")[1].xisf_icc_profile == icc
   m = XISF(str(tmp_path / "out.xisf")).get_images_metadata()[0]
   np.testing.assert_array_equal(
       m["XISFProperties"]["PCL:AstrometricSolution:ReferenceCelestialCoordinates"]["value"],

@@ -55,6 +55,8 @@ class ImageMeta:
       HDU's data left out (FITS only), so outputs carry tables, masks and all cards.
     fits_image_index: position of the image HDU among ``fits_hdus``.
     xisf_image_metadata / xisf_file_metadata: dicts from the xisf package.
+    xisf_icc_profile: the image's ICC profile bytes (XISF only; the xisf
+      package does not read it, so this module does).
     int_scale: the divisor that mapped integer pixels to [0, 1] (1.0 if none).
   """
   format: str
@@ -64,6 +66,7 @@ class ImageMeta:
   fits_image_index: int = 0
   xisf_image_metadata: dict | None = None
   xisf_file_metadata: dict | None = None
+  xisf_icc_profile: bytes | None = None
   int_scale: float = 1.0
 
 
@@ -199,7 +202,65 @@ def _read_xisf(path: Path) -> tuple[np.ndarray, ImageMeta]:
     data = data.astype(np.float64) / scale
   return _to_hwc(path, data, channels_first=False), ImageMeta(
       "xisf", str(raw_dtype), xisf_image_metadata=image_meta[0],
-      xisf_file_metadata=file_meta, int_scale=scale)
+      xisf_file_metadata=file_meta, int_scale=scale, xisf_icc_profile=_xisf_read_icc(path))
+
+
+def _xisf_split(path) -> tuple[bytes, str]:
+  """``(whole file, XML header)`` of an XISF file (signature, uint32 length, reserved, XML)."""
+  import struct
+  blob = Path(path).read_bytes()
+  n = struct.unpack("<I", blob[8:12])[0]
+  return blob, blob[16:16 + n].decode("utf-8")
+
+
+def _xisf_read_icc(path) -> bytes | None:
+  """The first image's uncompressed ICC profile (attachment, inline or embedded), or None."""
+  import base64
+  import xml.etree.ElementTree as ET
+  blob, header = _xisf_split(path)
+  ns = "{http://www.pixinsight.com/xisf}"
+  image = ET.fromstring(header).find(f"{ns}Image")
+  icc = None if image is None else image.find(f"{ns}ICCProfile")
+  if icc is None or icc.get("compression"):
+    return None
+  kind, *rest = icc.get("location", "").split(":")
+  if kind == "attachment":
+    pos, size = int(rest[0]), int(rest[1])
+    return blob[pos:pos + size]
+  text = icc.text if kind == "inline" else getattr(icc.find(f"{ns}Data"), "text", "")
+  encoding = rest[0] if rest else icc.find(f"{ns}Data").get("encoding", "base64")
+  text = (text or "").strip()
+  return base64.b64decode(text) if encoding == "base64" else bytes.fromhex(text)
+
+
+def _xisf_add_icc(path: Path, icc: bytes, block: int = 4096) -> None:
+  """Adds an inline ICC profile to the first image of an XISF file written by the xisf package.
+
+  The XML header grows, so the data blocks move: every ``attachment:POS:SIZE``
+  is shifted to the new, block-aligned start of the data.
+  """
+  import base64
+  import re
+  import struct
+  blob, header = _xisf_split(path)
+  element = f'<ICCProfile location="inline:base64">{base64.b64encode(icc).decode()}</ICCProfile>'
+  m = re.search(r"<Image\b[^>]*?(/?)>", header)
+  if m.group(1):  # self-closing <Image ... />
+    header = header[:m.start()] + m.group(0)[:-2].rstrip() + ">" + element + "</Image>" + \
+        header[m.end():]
+  else:
+    header = header[:m.end()] + element + header[m.end():]
+  attachment = re.compile(r"attachment:(\d+):(\d+)")
+  first = min([int(p) for p, _ in attachment.findall(header)] or [len(blob)])
+  start = first
+  while True:
+    moved = attachment.sub(lambda a: f"attachment:{int(a.group(1)) - first + start}:{a.group(2)}",
+                           header).encode("utf-8")
+    if 16 + len(moved) <= start:
+      break
+    start += block
+  path.write_bytes(blob[:8] + struct.pack("<I", len(moved)) + blob[12:16] + moved +
+                   b"\0" * (start - 16 - len(moved)) + blob[first:])
 
 
 def _read_raster(path: Path, fmt: str) -> tuple[np.ndarray, ImageMeta]:
@@ -330,6 +391,8 @@ def write_image(path: str | os.PathLike, pixels: np.ndarray, meta: ImageMeta | N
       XISF.write(str(tmp), np.ascontiguousarray(data), creator_app="flatai-jax",
                  image_metadata=image_meta,
                  xisf_metadata=dict(meta.xisf_file_metadata or {}) if meta else {})
+      if meta is not None and meta.xisf_icc_profile:
+        _xisf_add_icc(tmp, meta.xisf_icc_profile)
     elif fmt == "tiff":
       import tifffile
       tifffile.imwrite(tmp, data[:, :, 0] if data.shape[-1] == 1 else data)
