@@ -22,7 +22,8 @@ COMMANDS = ("train", "evaluate", "correct", "synth", "build_dataset")
 config_flags.DEFINE_config_file("config", None, "Config file with optional ':arguments'.",
                                 lock_config=True)
 flags.DEFINE_string("workdir", None, "Run directory: checkpoints, metrics, samples (train, evaluate).")
-flags.DEFINE_string("checkpoint", None, "Run directory whose latest checkpoint corrects (correct).")
+flags.DEFINE_string("checkpoint", None, "Run directory whose latest checkpoint corrects (correct); "
+                    "default: the small flat model shipped with the package.")
 flags.DEFINE_integer("step", None, "Checkpoint step (evaluate, correct); default: the latest.")
 flags.DEFINE_string("output", None, "Output image path (correct, one input); default: "
                     "<input>_corrected.<ext>.")
@@ -90,11 +91,11 @@ def _correct(argv):
   from flatai_jax.io.images import ImageError
   inputs = argv[2:]
   if not inputs:
-    raise app.UsageError("usage: flatai correct IMAGE... --checkpoint=RUN_DIR [--out=DIR]")
+    raise app.UsageError("usage: flatai correct IMAGE... [--checkpoint=RUN_DIR] [--out=DIR]")
   if FLAGS.output and len(inputs) > 1:
     raise app.UsageError("--output names one file; use --out=DIR for several inputs")
-  checkpoint = _require("checkpoint", "correct")
-  corrector = predict.load(checkpoint, FLAGS.step)
+  corrector = predict.load(FLAGS.checkpoint, FLAGS.step)
+  checkpoint = corrector.checkpoint
   try:
     task = predict.resolve_task(corrector.config.task, FLAGS.task)
   except ValueError as e:

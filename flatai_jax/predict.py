@@ -408,9 +408,21 @@ class Corrector:
     return report
 
 
-def load(checkpoint_dir, step: int | None = None) -> Corrector:
-  """The model of a run directory's checkpoint (the latest, or ``step``) as a :class:`Corrector`."""
+DEFAULT_MODEL = Path(__file__).resolve().parent / "assets" / "default_model"
+
+
+def load(checkpoint_dir=None, step: int | None = None) -> Corrector:
+  """The model of a run directory's checkpoint (the latest, or ``step``) as a :class:`Corrector`.
+
+  ``checkpoint_dir=None`` loads the small flat model shipped with the package
+  (``data_pipelines/train_default_model.sh`` trains it).
+  """
   from flatai_jax import evaluate
+  if checkpoint_dir is None:
+    if not (DEFAULT_MODEL / "checkpoints").is_dir():
+      raise FileNotFoundError(f"{DEFAULT_MODEL}: no shipped model in this install; pass "
+                              "--checkpoint=RUN_DIR of a trained run")
+    checkpoint_dir = DEFAULT_MODEL
   config, graphdef, params, restored_step = evaluate.restore_params(checkpoint_dir, step)
   return Corrector(config, graphdef, params, restored_step, checkpoint_dir)
 
