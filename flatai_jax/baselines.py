@@ -92,11 +92,12 @@ def poly_background(plane: np.ndarray, degree: int = 3, grid: int = 16) -> np.nd
   return predict(xx, yy)
 
 
-def rbf_background(plane: np.ndarray, grid: int = 16, smoothing: float = 1.0,
+def rbf_background(plane: np.ndarray, grid: int = 16, smoothing: float = 1e-3,
                    coarse: int = 8) -> np.ndarray:
   """``(H, W) float64`` smoothed thin-plate-spline RBF through the box samples.
 
-  ``smoothing`` is in units of the samples' variance (scaled by their count);
+  ``smoothing`` is scipy's ``RBFInterpolator`` smoothing of the samples divided by
+  their standard deviation (0 = exact interpolation through every box);
   the surface is evaluated every ``coarse`` px and interpolated (cubic) between.
   """
   x, y, v = box_samples(plane, grid)
@@ -104,7 +105,7 @@ def rbf_background(plane: np.ndarray, grid: int = 16, smoothing: float = 1.0,
 
   def fit(xs, ys, vs):
     rbf = interpolate.RBFInterpolator(np.stack([xs, ys], -1), vs / np.sqrt(scale),
-                                      kernel="thin_plate_spline", smoothing=smoothing * len(vs),
+                                      kernel="thin_plate_spline", smoothing=smoothing,
                                       degree=1)
     return lambda xq, yq: rbf(np.stack([np.ravel(xq), np.ravel(yq)], -1)).reshape(
         np.shape(xq)) * np.sqrt(scale)
