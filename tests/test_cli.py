@@ -58,12 +58,25 @@ def test_training_writes_everything_and_the_loss_falls(run_dir):
 
 
 def test_evaluate_command_scores_the_checkpoint(run_dir, tmp_path):
-  out = flatai("evaluate", f"--workdir={run_dir}", f"--output_dir={tmp_path}")
-  result = json.loads((tmp_path / "metrics_60.json").read_text())
-  assert result["step"] == 60 and (tmp_path / "metrics_60.png").is_file()
+  out = flatai("evaluate", f"--checkpoint={run_dir}", f"--output_dir={tmp_path / 'cli'}")
+  result = json.loads((tmp_path / "cli" / "metrics_60.json").read_text())
+  assert result["step"] == 60 and (tmp_path / "cli" / "metrics_60.png").is_file()
   final = json.loads((run_dir / "eval_final.json").read_text())
   np.testing.assert_allclose(result["mae"], final["mae"], rtol=1e-5)  # same held-out set
-  assert '"step": 60' in out.stdout
+  assert '"step": 60' in out.stdout and "| metric | best | model | uncorrected |" in out.stdout
+  report = json.loads((tmp_path / "cli" / "eval_60.json").read_text())
+  assert (tmp_path / "cli" / "eval_60.md").is_file() and (tmp_path / "cli" / "eval_60.png").is_file()
+  assert list(report["methods"]) == ["model", "uncorrected", "poly_sub", "poly_div", "rbf_div",
+                                     "median_flat"]
+  assert report["frames"]["count"] == 2 and report["frames"]["shape"] == [96, 128, 1]
+  model, raw = report["methods"]["model"], report["methods"]["uncorrected"]
+  assert model["lpips"] is None or model["lpips"] >= 0
+  assert model["f_rms_pct"] < raw["f_rms_pct"] and abs(model["corner_centre_pct"]) < abs(
+      raw["corner_centre_pct"]), report["methods"]
+  import flatai_jax  # the Python API: same code path, same numbers
+  api = flatai_jax.evaluate(run_dir, output_dir=tmp_path / "api", plot=False)
+  assert json.loads((tmp_path / "api" / "eval_60.json").read_text()) == report
+  assert api["methods"]["model"]["psnr"] == model["psnr"]
 
 
 def test_synth_and_correct_improve_a_full_frame(run_dir, tmp_path):
