@@ -17,6 +17,7 @@ Each method maps an ``(H, W, C) float32`` linear frame to a dict of
 from __future__ import annotations
 
 import numpy as np
+from astropy.stats import sigma_clipped_stats
 from scipy import interpolate, ndimage
 
 
@@ -37,12 +38,9 @@ def box_samples(plane: np.ndarray, grid: int = 16, sigma: float = 3.0, iters: in
   oy, ox = (h - ny * size) // 2, (w - nx * size) // 2
   boxes = plane[oy:oy + ny * size, ox:ox + nx * size].astype(np.float64)
   boxes = boxes.reshape(ny, size, nx, size).transpose(0, 2, 1, 3).reshape(ny * nx, -1)
-  boxes = np.where(np.isfinite(boxes), boxes, np.nan)
-  for _ in range(iters):
-    med = np.nanmedian(boxes, axis=1, keepdims=True)
-    mad = 1.4826 * np.nanmedian(np.abs(boxes - med), axis=1, keepdims=True)
-    boxes = np.where(np.abs(boxes - med) <= sigma * np.maximum(mad, 1e-12), boxes, np.nan)
-  values = np.nanmedian(boxes, axis=1)
+  _, values, _ = sigma_clipped_stats(np.ma.masked_invalid(boxes), axis=1, sigma=sigma,
+                                     maxiters=iters, stdfunc="mad_std")
+  values = np.ma.filled(np.ma.asarray(values, np.float64), np.nan)
   cy = oy + (np.arange(ny) + 0.5) * size
   cx = ox + (np.arange(nx) + 0.5) * size
   yy, xx = np.meshgrid(cy, cx, indexing="ij")
@@ -61,8 +59,20 @@ def _pixel_grid(h, w):
   return np.meshgrid(x, y)
 
 
+def _powers(degree):
+  return [(i, j) for i in range(degree + 1) for j in range(degree + 1 - i)]
+
+
 def _poly_terms(x, y, degree):
-  return np.stack([x ** i * y ** j for i in range(degree + 1) for j in range(degree + 1 - i)], -1)
+  return np.stack([x ** i * y ** j for i, j in _powers(degree)], -1)
+
+
+def _poly_eval(coef, x, y, degree):
+  """``Σ coef_k x^i y^j`` without materialising the ``(..., terms)`` design matrix."""
+  out = np.zeros(np.broadcast(x, y).shape)
+  for c, (i, j) in zip(coef, _powers(degree)):
+    out += c * x ** i * y ** j
+  return out
 
 
 def _robust(fit, x, y, v, sigma=2.5, iters=3):
@@ -85,7 +95,7 @@ def poly_background(plane: np.ndarray, degree: int = 3, grid: int = 16) -> np.nd
 
   def fit(xs, ys, vs):
     coef, *_ = np.linalg.lstsq(_poly_terms(xs, ys, degree), vs, rcond=None)
-    return lambda xq, yq: _poly_terms(xq, yq, degree) @ coef
+    return lambda xq, yq: _poly_eval(coef, xq, yq, degree)
 
   predict = _robust(fit, x, y, v)
   xx, yy = _pixel_grid(*plane.shape)
@@ -127,11 +137,12 @@ def _resize(coarse: np.ndarray, shape) -> np.ndarray:
   return ndimage.map_coordinates(coarse, [yy, xx], order=3, mode="nearest")
 
 
-def median_flat(plane: np.ndarray, size: float = 0.125, bin_px: int = 4) -> np.ndarray:
-  """``(H, W) float64`` flat estimate: the frame binned by ``bin_px``, median-filtered over
-  ``size`` × the shorter side, resampled to full size, normalised to median 1."""
+def median_flat(plane: np.ndarray, size: float = 0.125, binned_side: int = 256) -> np.ndarray:
+  """``(H, W) float64`` flat estimate: the frame block-averaged to about ``binned_side`` px
+  on its shorter side, median-filtered over ``size`` × that side, resampled (bilinear) to
+  full size, normalised to median 1."""
   h, w = plane.shape
-  b = max(1, min(bin_px, min(h, w) // 16))
+  b = max(1, min(h, w) // binned_side)
   hb, wb = h // b, w // b
   binned = np.nanmean(plane[:hb * b, :wb * b].reshape(hb, b, wb, b), axis=(1, 3))
   k = max(3, int(size * min(h, w) / b) | 1)
