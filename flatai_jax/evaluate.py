@@ -1,4 +1,10 @@
-"""Checkpoint evaluation on a fixed held-out set, against the do-nothing baseline.
+"""Checkpoint evaluation on a fixed held-out set, against the uncorrected input and classical baselines.
+
+Two parts: held-out *crops* (``evaluate_params``, jitted, also run by training:
+``eval_final.json``) and the report on held-out full sensor *frames*
+(:func:`evaluate`, = ``flatai evaluate`` = ``flatai_jax.evaluate``): the model's
+tiled correction beside ``baselines`` scored by ``quality`` and ``stars``,
+written by ``eval_report``.
 
 The held-out set is procedural, drawn from ``config.eval.seed`` (never a
 training key), so every checkpoint of every run is scored on the same images.
