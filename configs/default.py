@@ -162,6 +162,12 @@ def get_config(arg=None):
   c.eval.batch_size = 16
   c.eval.seed = 1_000_003  # held-out keys never meet training keys
   c.eval.set_path = ""  # stored held-out set (.npz from data_pipelines/make_eval_set.py); "" = generate
+  c.eval.num_frames = 4  # full sensor frames scored by `flatai evaluate` (model and baselines)
+  c.eval.frame_psf_grid = (5, 5)  # PSF nodes (rows, cols) across an evaluation frame
+  c.eval.max_stars = 200  # stars measured per frame (psf/combined), brightest isolated unsaturated
+  c.eval.baseline_degree = 3  # polynomial background baseline: total degree (Siril: 1–4)
+  c.eval.baseline_grid = 16  # background sample boxes along the frame's shorter side
+  c.eval.median_size = 0.125  # median-filter flat baseline: window, fraction of the shorter side
   c.predict = ml_collections.ConfigDict()
   c.predict.tile = 128  # tile side at correction time, px
   c.predict.overlap = 32  # tile overlap, px
@@ -187,6 +193,7 @@ def get_config(arg=None):
     c.train.eval_every = 0
     c.eval.num_examples = 32
     c.eval.batch_size = 8
+    c.eval.num_frames = 2
     c.predict.tile = 64
     c.predict.overlap = 16
   elif arg.size == "large":

@@ -1,4 +1,10 @@
-"""Checkpoint evaluation on a fixed held-out set, against the do-nothing baseline.
+"""Checkpoint evaluation on a fixed held-out set, against the uncorrected input and classical baselines.
+
+Two parts: held-out *crops* (``evaluate_params``, jitted, also run by training:
+``eval_final.json``) and the report on held-out full sensor *frames*
+(:func:`evaluate`, = ``flatai evaluate`` = ``flatai_jax.evaluate``): the model's
+tiled correction beside ``baselines`` scored by ``quality`` and ``stars``,
+written by ``eval_report``.
 
 The held-out set is procedural, drawn from ``config.eval.seed`` (never a
 training key), so every checkpoint of every run is scored on the same images.
@@ -9,6 +15,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import sys
+import types
 from pathlib import Path
 
 import jax
@@ -161,25 +169,6 @@ def restore_params(workdir, step=None, mesh=None):
   return config, graphdef, state.eval_params(), int(jax.device_get(state.step))
 
 
-def evaluate_checkpoint(workdir, step=None, output_dir=None, plot=True) -> dict:
-  """Scores a checkpoint; writes ``metrics_<step>.json`` (and a PNG chart) under ``output_dir``.
-
-  Returns:
-    dict of mean metrics plus ``step``.
-  """
-  config, graphdef, params, step = restore_params(workdir, step)
-  mesh = sharding.make_mesh(config.mesh)
-  result = {"step": step, **evaluate_params(graphdef, params, config, mesh)}
-  out = Path(output_dir or Path(workdir) / "eval")
-  out.mkdir(parents=True, exist_ok=True)
-  tmp = out / f".metrics_{step}.json.tmp"
-  tmp.write_text(json.dumps(result, indent=2))
-  tmp.replace(out / f"metrics_{step}.json")
-  if plot:
-    save_metric_chart(out / f"metrics_{step}.png", result)
-  return result
-
-
 def save_metric_chart(path, result: dict) -> None:
   """Bar chart: model vs identity baseline for each metric that has one."""
   import matplotlib
@@ -197,3 +186,215 @@ def save_metric_chart(path, result: dict) -> None:
   fig.savefig(tmp, dpi=100)
   tmp.replace(path)
   plt.close(fig)
+
+
+# --- Full-frame report: the model beside classical baselines -----------------
+
+FRAME_STREAM = 7  # fold_in of the eval key for full frames (crops use the eval key itself)
+
+
+def frame_config(config):
+  """The config of evaluation frames: the whole virtual sensor at the training crops' star
+  density, with ``eval.frame_psf_grid`` PSF nodes across the frame."""
+  import ml_collections
+  c = ml_collections.ConfigDict(config.to_dict())
+  h, w = c.data.sensor_hw
+  c.sky.max_stars = int(round(c.sky.max_stars * h * w / c.data.crop_size ** 2))
+  c.degrade.psf.grid = tuple(config.eval.get("frame_psf_grid", (5, 5)))
+  return c
+
+
+def make_eval_frames(config, num_frames: int | None = None) -> dict[str, np.ndarray]:
+  """Held-out full sensor frames drawn from ``config.eval.seed``.
+
+  Returns:
+    dict of ``(N, H, W, C) float32`` linear (1.0 = saturation), ``(H, W)`` =
+    ``config.data.sensor_hw``: ``observed``, ``clean``, ``F``, ``G`` and
+    ``dust`` (the true dust shadows alone; 1 where there is none).
+  """
+  n = int(num_frames if num_frames is not None else config.eval.get("num_frames", 2))
+  c = frame_config(config)
+  bare = frame_config(config)  # same keys, F without dust (no blur, no noise)
+  bare.degrade.flat.dust = False
+  bare.degrade.apply_psf = False
+  bare.degrade.noise.enabled = False
+  hw = tuple(c.data.sensor_hw)
+  with_dust = bool(c.degrade.apply_flat and c.degrade.flat.dust)
+
+  @jax.jit
+  def one(key):
+    clean, coords = synthetic.procedural_example(key, c, hw, jnp.zeros(2, jnp.float32))
+    deg = synthetic.degrade_example(key, clean, coords, c)
+    dust = jnp.ones_like(clean)
+    if with_dust:
+      dust = deg["F"] / synthetic.degrade_example(key, clean, coords, bare)["F"]
+    return {"observed": deg["observed"], "clean": clean, "F": deg["F"], "G": deg["G"], "dust": dust}
+
+  keys = synthetic.example_keys(jax.random.fold_in(eval_key(config), FRAME_STREAM), 0,
+                                np.arange(n, dtype=np.int32))
+  outs = [jax.device_get(one(keys[i])) for i in range(n)]
+  return {k: np.stack([o[k] for o in outs]) for k in outs[0]}
+
+
+def default_lpips():
+  """LPIPS scorer ``(image, reference) -> float`` on linear ``(H, W, C)`` frames, or None when
+  ``flatai_jax.losses.lpips`` or its weights are not available (the report then shows null)."""
+  try:
+    from flatai_jax.losses import lpips
+    return lpips.frame_scorer()
+  except (ImportError, AttributeError, FileNotFoundError, OSError):
+    return None
+
+
+def _noise_sigma(plane: np.ndarray) -> float:
+  """Pixel noise σ from neighbouring-pixel differences (robust to stars and gradients)."""
+  d = np.diff(plane.astype(np.float64), axis=1).ravel()
+  return float(1.4826 * np.median(np.abs(d - np.median(d))) / np.sqrt(2.0))
+
+
+def _mean_or_none(values):
+  v = [x for x in values if x is not None and np.isfinite(x)]
+  return float(np.mean(v)) if v else None
+
+
+def score_frames(frames: dict, methods: dict, config, lpips=None) -> dict:
+  """Scores every method on every frame.
+
+  Args:
+    frames: from :func:`make_eval_frames`.
+    methods: name → ``fn(observed (H, W, C)) -> {corrected, F, G}`` (F/G may be None).
+    config: full config (saturation, task).
+    lpips: optional scorer (see :func:`default_lpips`).
+  Returns:
+    ``{"methods": {name: {metric: float | None}}, "reference": {star metrics of the truth}}``;
+    metrics are described in ``METRICS``. Each output is affinely aligned to the
+    truth (``quality.affine_align``) and saturated cores are skipped.
+  """
+  from flatai_jax import quality, stars
+  sat = float(config.degrade.saturation)
+  psf = bool(config.degrade.apply_psf)
+  per = {name: {"rows": [], "dust": [], "stars": []} for name in methods}
+  ref_stars, radii = [], []
+  for i in range(frames["observed"].shape[0]):
+    fr = {k: v[i] for k, v in frames.items()}
+    valid = quality.valid_mask(fr["observed"], sat)
+    peak = quality.data_range(fr["clean"], valid)
+    sky = float(np.median(fr["clean"]))
+    xy = None
+    if psf:
+      clean_plane = fr["clean"].mean(-1)
+      xy = stars.find_stars(clean_plane, _noise_sigma(fr["observed"].mean(-1)), valid.all(-1),
+                            max_stars=int(config.eval.get("max_stars", 200)))
+      ref_stars.append(stars.measure(clean_plane, xy))
+      radii.append(stars.field_radius_px(xy, clean_plane.shape))
+    for name, fn in methods.items():
+      out = fn(fr["observed"])
+      corr = quality.affine_align(out["corrected"], fr["clean"], valid)
+      row = {"psnr": quality.psnr(corr, fr["clean"], peak, valid),
+             "ssim": quality.ssim(corr, fr["clean"], peak, valid),
+             "lpips": None if lpips is None else float(lpips(corr, fr["clean"])),
+             "f_rms_pct": None if out.get("F") is None else quality.f_rms_pct(out["F"], fr["F"], valid),
+             "g_rms_pct": None if out.get("G") is None else
+             quality.g_rms_pct(out["G"], fr["G"], sky, valid),
+             "corner_centre_pct": quality.corner_centre_pct(corr, fr["clean"], valid)}
+      per[name]["rows"].append(row)
+      per[name]["dust"] += quality.dust_depths(corr, fr["clean"], fr["dust"], valid)
+      if psf:
+        per[name]["stars"].append(stars.measure(corr.mean(-1), xy))
+  pool = lambda tables: {k: np.concatenate([t[k] for t in tables]) for k in tables[0]}
+  result, reference = {}, {}
+  radius = np.concatenate(radii) if psf else None
+  for name, p in per.items():
+    m = {k: _mean_or_none([r[k] for r in p["rows"]]) for k in p["rows"][0]}
+    depths = np.asarray(p["dust"]).reshape(-1, 2)
+    m["dust_residual"] = (float(depths[:, 0].sum() / depths[:, 1].sum())
+                          if depths.size and depths[:, 1].sum() > 0 else None)
+    if psf:
+      s = stars.summarize(pool(p["stars"]), pool(ref_stars), radius)
+      m.update({k: (v if np.isfinite(v) else None) for k, v in s.items()})
+    result[name] = m
+  if psf:
+    s = stars.summarize(pool(ref_stars), pool(ref_stars), radius)
+    reference = {k: (v if np.isfinite(v) else None) for k, v in s.items()}
+  return {"methods": result, "reference": reference}
+
+
+def model_method(graphdef, params, config):
+  """The model as a method for :func:`score_frames`: ``predict.correct_image`` (tiles, blending,
+  global coordinates), exactly what ``flatai correct`` runs."""
+  from flatai_jax import predict
+
+  def fn(observed):
+    c = predict.correct_image(graphdef, params, config, observed)
+    return {"corrected": c.corrected, "F": c.F, "G": c.G}
+
+  return fn
+
+
+def baseline_methods(config) -> dict:
+  """The classical baselines of ``flatai_jax.baselines`` with the config's settings."""
+  from flatai_jax import baselines
+  e = config.eval
+  return baselines.methods(int(e.get("baseline_degree", 3)), int(e.get("baseline_grid", 16)),
+                           float(e.get("median_size", 0.125)))
+
+
+def evaluate(checkpoint_dir, step: int | None = None, output_dir=None, num_frames=None,
+             lpips="auto", plot: bool = True) -> dict:
+  """Scores a checkpoint and the classical baselines on the fixed evaluation set.
+
+  The same function runs ``flatai evaluate --checkpoint=DIR`` and
+  ``flatai_jax.evaluate(DIR)``. Writes under ``output_dir`` (default
+  ``DIR/eval``): ``eval_<step>.json`` (the returned dict), ``eval_<step>.md``
+  (the table), ``eval_<step>.png`` (one panel per metric), and the held-out crop
+  metrics ``metrics_<step>.json``/``.png`` (the numbers training logs as ``eval_final.json``).
+
+  Args:
+    checkpoint_dir: run directory (``--workdir`` of ``flatai train``).
+    step: checkpoint step; default the latest.
+    output_dir: where the report goes.
+    num_frames: full frames to score; default ``config.eval.num_frames``.
+    lpips: ``"auto"`` (:func:`default_lpips`), None (no LPIPS), or a scorer.
+    plot: write the PNGs.
+  Returns:
+    dict: ``step``, ``checkpoint``, ``task``, ``frames`` (count, shape, seed,
+    sha256), ``methods`` (name → metric → value or None; ``model`` first),
+    ``reference`` (star metrics of the truth), ``crops`` (held-out crop metrics).
+  """
+  from flatai_jax import eval_report
+  config, graphdef, params, step = restore_params(checkpoint_dir, step)
+  mesh = sharding.make_mesh(config.mesh)
+  crops = evaluate_params(graphdef, params, config, mesh)
+  frames = make_eval_frames(config, num_frames)
+  methods = {"model": model_method(graphdef, params, config), **baseline_methods(config)}
+  scorer = default_lpips() if lpips == "auto" else lpips
+  scores = score_frames(frames, methods, config, scorer)
+  report = {"step": step, "checkpoint": str(checkpoint_dir), "task": config.task,
+            "frames": {"count": int(frames["observed"].shape[0]),
+                       "shape": list(frames["observed"].shape[1:]),
+                       "seed": int(config.eval.seed), "sha256": eval_set_checksum(frames)},
+            **scores, "crops": crops}
+  out = Path(output_dir or Path(checkpoint_dir) / "eval")
+  eval_report.write(out, report, plot)
+  _write_json(out / f"metrics_{step}.json", {"step": step, **crops})
+  if plot:
+    save_metric_chart(out / f"metrics_{step}.png", {"step": step, **crops})
+  return report
+
+
+def _write_json(path: Path, obj) -> None:
+  path.parent.mkdir(parents=True, exist_ok=True)
+  tmp = path.with_name(f".{path.name}.tmp")
+  tmp.write_text(json.dumps(obj, indent=2))
+  tmp.replace(path)
+
+
+class _CallableModule(types.ModuleType):
+  """Lets ``flatai_jax.evaluate(checkpoint_dir, ...)`` call :func:`evaluate` although
+  ``flatai_jax.evaluate`` is also this module's name."""
+
+  def __call__(self, *args, **kwargs):
+    return evaluate(*args, **kwargs)
+
+
+sys.modules[__name__].__class__ = _CallableModule

@@ -1,7 +1,7 @@
 """``flatai`` command line: train | evaluate | correct | synth.
 
   flatai train    --config=configs/default.py:flat,quickstart --workdir=runs/x [--config.train.steps=200]
-  flatai evaluate --workdir=runs/x [--step=N] [--output_dir=runs/x/eval]
+  flatai evaluate --checkpoint=runs/x [--step=N] [--output_dir=runs/x/eval]   (--workdir: same)
   flatai correct  IMAGE... --checkpoint=runs/x [--out=DIR | --output=out.fits] [--task=flat]
                   [--reference=clean.fits]
   flatai synth    --config=configs/default.py:flat,quickstart --output_dir=synth [--num=8] [--full_frame]
@@ -80,10 +80,13 @@ def _train():
 
 
 def _evaluate():
-  from flatai_jax import evaluate
-  workdir = _require("workdir", "evaluate")
-  result = evaluate.evaluate_checkpoint(workdir, FLAGS.step, FLAGS.output_dir)
-  print(json.dumps(result, indent=2))
+  from flatai_jax import eval_report, evaluate
+  checkpoint = FLAGS.checkpoint or FLAGS.workdir
+  if checkpoint is None:
+    raise app.UsageError("flatai evaluate needs --checkpoint (or --workdir)")
+  report = evaluate.evaluate(checkpoint, FLAGS.step, FLAGS.output_dir)
+  print(eval_report.markdown(report))
+  print(json.dumps(eval_report.clean_json(report), indent=2))
 
 
 def _correct(argv):

@@ -1,5 +1,6 @@
 """The ``flatai`` command end to end on a tiny config: train → evaluate → synth → correct,
 resume, and the bad-input contract (one message naming the file, non-zero exit)."""
+import contextlib
 import json
 import os
 import subprocess
@@ -26,8 +27,9 @@ TINY = [
 ]
 
 
-def flatai(*args, check=True):
-  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu")
+def flatai(*args, check=True, env=None):
+  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu",
+             **(env or {}))
   out = subprocess.run([sys.executable, "-m", "flatai_jax.main", *map(str, args)], cwd=ROOT,
                        capture_output=True, text=True, env=env, timeout=900)
   if check and out.returncode != 0:
@@ -57,13 +59,49 @@ def test_training_writes_everything_and_the_loss_falls(run_dir):
   assert ev["mae"] < ev["mae_identity"] and ev["f_mae"] < ev["f_mae_identity"]
 
 
+@contextlib.contextmanager
+def compilation_cache(path):
+  """JAX's persistent compilation cache in ``path`` for this process, restored afterwards."""
+  import jax
+  from jax._src import compilation_cache as cc
+  names = ("jax_compilation_cache_dir", "jax_persistent_cache_min_compile_time_secs",
+           "jax_persistent_cache_min_entry_size_bytes")
+  old = {n: getattr(jax.config, n) for n in names}
+  for n, v in zip(names, (str(path), 0, 0)):
+    jax.config.update(n, v)
+  cc.reset_cache()
+  try:
+    yield
+  finally:
+    for n, v in old.items():
+      jax.config.update(n, v)
+    cc.reset_cache()
+
+
 def test_evaluate_command_scores_the_checkpoint(run_dir, tmp_path):
-  out = flatai("evaluate", f"--workdir={run_dir}", f"--output_dir={tmp_path}")
-  result = json.loads((tmp_path / "metrics_60.json").read_text())
-  assert result["step"] == 60 and (tmp_path / "metrics_60.png").is_file()
+  cache = {"JAX_COMPILATION_CACHE_DIR": str(tmp_path / "jax_cache"),  # the API call below reuses
+           "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",  # the CLI's compiled programs
+           "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0"}
+  out = flatai("evaluate", f"--checkpoint={run_dir}", f"--output_dir={tmp_path / 'cli'}", env=cache)
+  result = json.loads((tmp_path / "cli" / "metrics_60.json").read_text())
+  assert result["step"] == 60 and (tmp_path / "cli" / "metrics_60.png").is_file()
   final = json.loads((run_dir / "eval_final.json").read_text())
   np.testing.assert_allclose(result["mae"], final["mae"], rtol=1e-5)  # same held-out set
-  assert '"step": 60' in out.stdout
+  assert '"step": 60' in out.stdout and "| metric | best | model | uncorrected |" in out.stdout
+  report = json.loads((tmp_path / "cli" / "eval_60.json").read_text())
+  assert (tmp_path / "cli" / "eval_60.md").is_file() and (tmp_path / "cli" / "eval_60.png").is_file()
+  assert list(report["methods"]) == ["model", "uncorrected", "poly_sub", "poly_div", "rbf_div",
+                                     "median_flat"]
+  assert report["frames"]["count"] == 2 and report["frames"]["shape"] == [96, 128, 1]
+  model, raw = report["methods"]["model"], report["methods"]["uncorrected"]
+  assert model["lpips"] is None or model["lpips"] >= 0
+  assert model["f_rms_pct"] < raw["f_rms_pct"] and abs(model["corner_centre_pct"]) < abs(
+      raw["corner_centre_pct"]), report["methods"]
+  import flatai_jax  # the Python API: same code path, same numbers
+  with compilation_cache(tmp_path / "jax_cache"):
+    api = flatai_jax.evaluate(run_dir, output_dir=tmp_path / "api", plot=False)
+  assert json.loads((tmp_path / "api" / "eval_60.json").read_text()) == report
+  assert api["methods"]["model"]["psnr"] == model["psnr"]
 
 
 def test_synth_and_correct_improve_a_full_frame(run_dir, tmp_path):

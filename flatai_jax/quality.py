@@ -1,0 +1,165 @@
+"""Image-quality scores of a corrected frame against its known truth (NumPy, host side).
+
+Every function takes linear ``(H, W, C)`` arrays. Used by ``evaluate`` for the
+model and for the classical baselines alike, so they are scored the same way:
+
+- :func:`psnr`, :func:`ssim` (Wang et al. 2004, Gaussian window σ = 1.5 px,
+  K1 = 0.01, K2 = 0.03; the same numbers as ``skimage.metrics.structural_similarity``
+  with ``gaussian_weights=True, use_sample_covariance=False``);
+- :func:`affine_align`: a global gain and pedestal cannot be known without
+  calibration frames, so each output is mapped by the least-squares ``a·x + b``
+  onto the truth before it is scored;
+- :func:`f_rms_pct`, :func:`g_rms_pct`: errors of the estimated fields;
+- :func:`dust_residual`: fraction of the dust shadows' dip left in corrected/truth;
+- :func:`corner_centre_pct`: flatness residual between the frame corners and its centre.
+"""
+from __future__ import annotations
+
+import numpy as np
+from scipy import ndimage
+
+SSIM_SIGMA = 1.5  # Gaussian window σ, px (Wang et al. 2004)
+SSIM_TRUNCATE = 3.5  # window half-width in σ (11 × 11 px window, as skimage)
+SSIM_K1, SSIM_K2 = 0.01, 0.03
+
+
+def valid_mask(observed: np.ndarray, saturation: float, grow: int = 2) -> np.ndarray:
+  """``(H, W, C) bool``: finite pixels away from saturated star cores.
+
+  Clipped cores cannot be recovered by any method, so every score skips them
+  (and ``grow`` px around them).
+  """
+  sat = observed >= 0.98 * saturation
+  if grow > 0 and sat.any():
+    sat = ndimage.binary_dilation(sat, iterations=grow)
+  return np.isfinite(observed) & ~sat
+
+
+def data_range(reference: np.ndarray, mask=None) -> float:
+  """Peak-to-floor of the truth: its 99.9th minus 0.1th percentile (PSNR and SSIM's ``L``)."""
+  v = reference[mask] if mask is not None else reference.ravel()
+  lo, hi = np.percentile(v, [0.1, 99.9])
+  return float(max(hi - lo, 1e-12))
+
+
+def block_means(x: np.ndarray, mask: np.ndarray, block: int) -> tuple[np.ndarray, np.ndarray]:
+  """Means of ``block × block`` cells over masked pixels, ``(cells,)``, and the cells' pixel count."""
+  h, w = x.shape[:2]
+  hb, wb = h // block, w // block
+  cut = lambda a: a[:hb * block, :wb * block].reshape(hb, block, wb, block, -1)
+  m = cut(mask.astype(np.float64))
+  n = m.sum(axis=(1, 3))
+  return (cut(x.astype(np.float64)) * m).sum(axis=(1, 3)) / np.maximum(n, 1), n
+
+
+def affine_align(image: np.ndarray, reference: np.ndarray, mask=None, block: int = 8) -> np.ndarray:
+  """``a·image + b`` with ``(a, b)`` the least-squares fit to ``reference``, ``float64``.
+
+  A per-frame gain and pedestal are not identifiable without calibration
+  frames; aligning removes them before any score. The fit uses means of
+  ``block × block`` cells (over ``mask``), so neither noise nor a remaining
+  blur biases the gain (regression dilution).
+  """
+  m = np.isfinite(image) if mask is None else mask
+  xb, n = block_means(image, m, block)
+  yb, _ = block_means(reference, m, block)
+  full = n >= 0.5 * block * block
+  xv, yv = xb[full], yb[full]
+  xm, ym = xv.mean(), yv.mean()
+  var = np.mean((xv - xm) ** 2)
+  a = np.mean((xv - xm) * (yv - ym)) / var if var > 0 else 1.0
+  return a * image.astype(np.float64) + (ym - a * xm)
+
+
+def psnr(image: np.ndarray, reference: np.ndarray, peak: float, mask=None) -> float:
+  """Peak signal-to-noise ratio, dB: ``10 log10(peak² / MSE)`` over ``mask``."""
+  d = (image.astype(np.float64) - reference)
+  mse = float(np.mean((d[mask] if mask is not None else d) ** 2))
+  return float(10.0 * np.log10(peak ** 2 / max(mse, 1e-30)))
+
+
+def ssim_map(image: np.ndarray, reference: np.ndarray, peak: float) -> np.ndarray:
+  """Per-pixel SSIM, ``(H, W, C) float64``: Gaussian-weighted local means, variances and
+  covariance (σ = 1.5 px, reflect borders), ``C1 = (K1·peak)²``, ``C2 = (K2·peak)²``."""
+  x = image.astype(np.float64)
+  y = reference.astype(np.float64)
+  blur = lambda a: np.stack([ndimage.gaussian_filter(a[..., c], SSIM_SIGMA, mode="reflect",
+                                                     truncate=SSIM_TRUNCATE)
+                             for c in range(a.shape[-1])], axis=-1)
+  mx, my = blur(x), blur(y)
+  vx, vy, cxy = blur(x * x) - mx * mx, blur(y * y) - my * my, blur(x * y) - mx * my
+  c1, c2 = (SSIM_K1 * peak) ** 2, (SSIM_K2 * peak) ** 2
+  return ((2 * mx * my + c1) * (2 * cxy + c2)) / ((mx * mx + my * my + c1) * (vx + vy + c2))
+
+
+def ssim(image: np.ndarray, reference: np.ndarray, peak: float, mask=None) -> float:
+  """Mean SSIM over ``mask`` (default: all pixels but the 5-px window border, as skimage)."""
+  s = ssim_map(image, reference, peak)
+  if mask is None:
+    p = int(SSIM_TRUNCATE * SSIM_SIGMA + 0.5)
+    return float(s[p:-p, p:-p].mean())
+  return float(s[mask].mean())
+
+
+def f_rms_pct(f_est: np.ndarray, f_true: np.ndarray, mask=None) -> float:
+  """RMS relative error of F, %: ``rms(r / median(r) − 1)·100`` with ``r = F_est / F_true``
+  (the overall scale of a flat is arbitrary, so it is divided out)."""
+  r = f_est.astype(np.float64) / f_true
+  r = r[mask] if mask is not None else r.ravel()
+  return float(100.0 * np.sqrt(np.mean((r / np.median(r) - 1.0) ** 2)))
+
+
+def g_rms_pct(g_est: np.ndarray, g_true: np.ndarray, sky: float, mask=None) -> float:
+  """RMS error of G after removing its median (a pedestal), in % of the sky level ``sky``."""
+  d = g_est.astype(np.float64) - g_true
+  d = d[mask] if mask is not None else d.ravel()
+  return float(100.0 * np.sqrt(np.mean((d - np.median(d)) ** 2)) / max(sky, 1e-12))
+
+
+def dust_depths(corrected: np.ndarray, reference: np.ndarray, dust: np.ndarray,
+                mask=None, threshold: float = 0.002, ring_px: int = 4) -> list[tuple[float, float]]:
+  """``(remaining, true)`` dip depth of each dust shadow, fractions.
+
+  Args:
+    corrected, reference: ``(H, W, C)`` aligned output and truth.
+    dust: ``(H, W, C)`` the true dust shadows alone (1 = no dust).
+    mask: pixels to use.
+    threshold: a shadow is where ``1 − dust > threshold``.
+    ring_px: width of the comparison ring around each shadow, px.
+  Returns:
+    per shadow, ``1 − ratio_in / ratio_ring`` of ``Σcorrected/Σreference`` inside
+    the shadow vs in the ring around it, and the same for the true dust map.
+  """
+  m = np.ones(dust.shape[:2], bool) if mask is None else mask.all(-1)
+  shadow = (1.0 - dust.mean(-1)) > threshold
+  labels, n = ndimage.label(shadow)
+  out = []
+  for i in range(1, n + 1):
+    blob = labels == i
+    ring = ndimage.binary_dilation(blob, iterations=ring_px) & ~shadow & m
+    blob = blob & m
+    if blob.sum() < 4 or ring.sum() < 4:
+      continue
+    ratio = lambda sel: corrected[sel].sum() / max(reference[sel].sum(), 1e-30)
+    out.append((1.0 - ratio(blob) / ratio(ring), 1.0 - dust[blob].mean() / dust[ring].mean()))
+  return out
+
+
+def corner_centre_pct(corrected: np.ndarray, reference: np.ndarray, mask=None,
+                      box: float = 0.125) -> float:
+  """Flatness residual, %: ``100·(mean corner ratio / centre ratio − 1)`` of ``Σcorrected/Σreference``
+  in the four corner boxes and the centre box, each ``box`` of the frame side (0 = flat;
+  an uncorrected vignetted frame gives about its corner/centre − 1)."""
+  h, w = corrected.shape[:2]
+  bh, bw = max(int(h * box), 2), max(int(w * box), 2)
+  m = np.ones(corrected.shape, bool) if mask is None else mask
+
+  def ratio(ys, xs):
+    sel = m[ys, xs]
+    return corrected[ys, xs][sel].sum() / max(reference[ys, xs][sel].sum(), 1e-30)
+
+  cy, cx = (h - bh) // 2, (w - bw) // 2
+  centre = ratio(slice(cy, cy + bh), slice(cx, cx + bw))
+  corners = [ratio(ys, xs) for ys in (slice(0, bh), slice(h - bh, h))
+             for xs in (slice(0, bw), slice(w - bw, w))]
+  return float(100.0 * (np.mean(corners) / centre - 1.0))
