@@ -22,8 +22,8 @@ COMMANDS = ("train", "evaluate", "correct", "synth", "build_dataset")
 config_flags.DEFINE_config_file("config", None, "Config file with optional ':arguments'.",
                                 lock_config=True)
 flags.DEFINE_string("workdir", None, "Run directory: checkpoints, metrics, samples (train, evaluate).")
-flags.DEFINE_string("checkpoint", None, "Run directory whose latest checkpoint corrects (correct); "
-                    "default: the small flat model shipped with the package.")
+flags.DEFINE_string("checkpoint", None, "Run directory of the checkpoint to use (evaluate, "
+                    "correct); correct defaults to the small flat model shipped with the package.")
 flags.DEFINE_integer("step", None, "Checkpoint step (evaluate, correct); default: the latest.")
 flags.DEFINE_string("output", None, "Output image path (correct, one input); default: "
                     "<input>_corrected.<ext>.")
