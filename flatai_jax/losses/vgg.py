@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 # LPIPS's ScalingLayer: ImageNet mean / std (which torchvision's backbones were trained on),
 # written for inputs in [-1, 1]: (x - SHIFT) / SCALE == ((x + 1) / 2 - mean) / std, up to rounding.
@@ -79,7 +80,7 @@ def run_backbone(spec, convs, x, wanted, dtype=jnp.float32) -> dict:
       i += 1
     elif op[0] == "pool":
       _, size, stride = op
-      x = jax.lax.reduce_window(x, jnp.array(-jnp.inf, dtype), jax.lax.max, (1, size, size, 1),
+      x = jax.lax.reduce_window(x, np.array(-np.inf, dtype), jax.lax.max, (1, size, size, 1),
                                 (1, stride, stride, 1), "VALID")
     elif op[1] in wanted:
       out[op[1]] = x
