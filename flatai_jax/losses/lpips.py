@@ -123,21 +123,10 @@ def load_weights(net: str, assets_dir: str | Path | None = None) -> dict:
              for i in range(len(vgg.conv_shapes(SPECS[net])))]
     lin = [z[f"lin{i}"] for i in range(len(vgg.taps(SPECS[net])))]
   shapes = [c["kernel"].shape for c in convs]
-  if shapes != vgg.conv_shapes(SPECS[net]) or [w.shape[0] for w in lin] != [s[-1] for s in
-                                                                            _tap_shapes(net)]:
+  if shapes != vgg.conv_shapes(SPECS[net]) or [w.shape for w in lin] != [
+      (c,) for c in vgg.tap_channels(SPECS[net])]:
     raise ValueError(f"{path}: weight shapes {shapes} do not match the {net} architecture")
   return {"convs": convs, "lin": lin}
-
-
-def _tap_shapes(net):
-  """Kernel shape of the conv feeding each tap."""
-  shapes, out, i = vgg.conv_shapes(SPECS[net]), [], 0
-  for op in SPECS[net]:
-    if op[0] == "conv":
-      i += 1
-    elif op[0] == "tap":
-      out.append(shapes[i - 1])
-  return out
 
 
 def needed_nets(loss_weights, perceptual) -> tuple[str, ...]:

@@ -44,6 +44,17 @@ def conv_shapes(spec, cin: int = 3) -> list[tuple[int, int, int, int]]:
   return shapes
 
 
+def tap_channels(spec) -> list[int]:
+  """Channels of each tap's features (LPIPS's linear layer sizes)."""
+  out, c = [], 3
+  for op in spec:
+    if op[0] == "conv":
+      c = op[1]
+    elif op[0] == "tap":
+      out.append(c)
+  return out
+
+
 def imagenet_input(x: jnp.ndarray) -> jnp.ndarray:
   """``(N, H, W, 3)`` in [-1, 1] → the backbone's input units (LPIPS ScalingLayer)."""
   return (x - jnp.asarray(SHIFT, x.dtype)) / jnp.asarray(SCALE, x.dtype)
