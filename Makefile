@@ -18,6 +18,8 @@ $(STAMP): pyproject.toml
 	@touch $(STAMP)
 
 setup: $(STAMP)
+	@test -f flatai_jax/assets/lpips_vgg.npz -a -f flatai_jax/assets/lpips_alex.npz || \
+	  $(BIN)/python data_pipelines/convert_lpips_weights.py
 
 quickstart: setup
 	XLA_FLAGS= $(BIN)/flatai train --config=$(CONFIG) --workdir=$(RUN)

@@ -19,6 +19,7 @@ import optax
 from configs.default import get_config
 from flatai_jax import sharding
 from flatai_jax.data import synthetic
+from flatai_jax.losses import lpips
 from flatai_jax.losses.objective import objective
 from flatai_jax.train_step import base_keys, bind_train_step, forward, init_state, make_optimizer
 
@@ -47,9 +48,10 @@ def bench(size: str, steps: int, batch: int | None, crop: int | None, dtype: str
   tx = make_optimizer(c)
   graphdef, state = init_state(c, tx)
   indices = jax.device_put(jnp.arange(b, dtype=jnp.int32), sharding.batch_sharding(mesh))
+  nets = lpips.load_nets(c.loss, c.perceptual)  # pretrained loss nets (None if off)
   t0 = time.perf_counter()
   full = jax.jit(bind_train_step(graphdef, tx, c), donate_argnums=0)
-  lowered = full.lower(state, indices)
+  lowered = full.lower(state, indices, nets)
   compiled = lowered.compile()
   compile_s = time.perf_counter() - t0
   flops = (compiled.cost_analysis() or {}).get("flops", float("nan"))
@@ -59,22 +61,22 @@ def bench(size: str, steps: int, batch: int | None, crop: int | None, dtype: str
   holder = {"s": state}
 
   def step_full():
-    holder["s"], m = compiled(holder["s"], indices)
+    holder["s"], m = compiled(holder["s"], indices, nets)
     return m
 
   t_full = _time(step_full, (), steps)
   batch_data = jax.jit(lambda i: synthetic.make_batch(base_keys(c.seed)[0], 0, i, c))(indices)
 
   @functools.partial(jax.jit, donate_argnums=0)
-  def model_only(s, batch):
+  def model_only(s, batch, nets):
     def loss_fn(p):
-      return objective(forward(graphdef, p, batch), batch, c.loss)[0]
+      return objective(forward(graphdef, p, batch), batch, c.loss, nets, c.perceptual)[0]
     g = jax.grad(loss_fn)(s.params)
     u, o = tx.update(g, s.opt_state, s.params)
     return s.replace(params=optax.apply_updates(s.params, u), opt_state=o)
 
   def step_model():
-    holder["s"] = model_only(holder["s"], batch_data)
+    holder["s"] = model_only(holder["s"], batch_data, nets)
     return holder["s"].step
 
   t_model = _time(step_model, (), steps)

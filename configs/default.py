@@ -128,6 +128,14 @@ def get_config(arg=None):
   c.loss.flux = 0.0  # relative total-flux error of the corrected image
   c.loss.smooth_f = 0.0  # roughness of log F beyond the true field's
   c.loss.smooth_g = 0.0  # roughness of G beyond the true field's
+  c.loss.lpips = 0.1  # LPIPS of the display-transformed corrected vs clean image (seed: AlexNet)
+  c.loss.style = 0.0  # VGG16 Gram-matrix style loss, same inputs (G = F Fᵀ / (C·H·W))
+  c.perceptual = ml_collections.ConfigDict()  # settings of the lpips / style terms
+  c.perceptual.lpips_net = "alex"  # LPIPS backbone: 'alex' (fast) or 'vgg'
+  c.perceptual.style_layers = ("relu1_2", "relu2_2", "relu3_3", "relu4_3")  # VGG16 taps in style
+  c.perceptual.softening = 0.1  # asinh knee of the display transform, normalised units
+  c.perceptual.dtype = "float32"  # compute dtype of the loss nets: 'float32' or 'bfloat16'
+  c.perceptual.weights_dir = ""  # folder of lpips_{vgg,alex}.npz ("" = flatai_jax/assets)
 
   # --- Optimiser ------------------------------------------------------------
   c.optim = ml_collections.ConfigDict()
@@ -186,6 +194,7 @@ def get_config(arg=None):
     c.optim.learning_rate = 2e-3
     c.optim.warmup_steps = 50
     c.train.steps = 600
+    c.loss.lpips = 0.0  # pretrained nets off: CPU training stays fast
     c.train.batch_size = 8
     c.train.log_every = 20
     c.train.sample_every = 200
@@ -200,6 +209,7 @@ def get_config(arg=None):
     c.model.base_width = 96
     c.model.bottleneck_heads = 8
     c.model.dtype = "bfloat16"
+    c.perceptual.dtype = "bfloat16"
     c.model.remat = True
     c.data.crop_size = 256
     c.predict.tile = 256

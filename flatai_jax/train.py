@@ -18,6 +18,7 @@ from absl import logging
 from flatai_jax import checkpointing, evaluate, metrics, sharding
 from flatai_jax.data import indices as data_indices
 from flatai_jax.data.pipeline import Pipeline
+from flatai_jax.losses import lpips
 from flatai_jax.train_step import abstract_train_state, bind_train_step, init_state, \
     make_optimizer, nonfinite_count
 
@@ -105,8 +106,10 @@ def train_and_evaluate(config, workdir, devices=None) -> dict:
   say(f"model: {config.task} task, {n_params / 1e6:.3f} M parameters; "
       f"training steps {start}..{total}, global batch {batch}")
 
+  nets = lpips.load_nets(config.loss, config.perceptual)  # pretrained loss nets, or None
+  nets = () if nets is None else (jax.device_put(nets, sharding.replicated(mesh)),)
   step_fn = jax.jit(bind_train_step(graphdef, tx, config, batch_sh),
-                    in_shardings=(state_sh, batch_sh),
+                    in_shardings=(state_sh, batch_sh) + (sharding.replicated(mesh),) * len(nets),
                     out_shardings=(state_sh, sharding.replicated(mesh)), donate_argnums=0)
   sample_fn = evaluate.make_eval_fn(graphdef, config, mesh, with_images=True)
   sample_indices = evaluate.eval_indices(0, config.eval.batch_size, mesh)
@@ -123,7 +126,7 @@ def train_and_evaluate(config, workdir, devices=None) -> dict:
       if profile and step == profile[0] and is_lead:
         jax.profiler.start_trace(str(workdir / "profile"))
       local = pipeline.next_batch(step)
-      state, m = step_fn(state, sharding.host_batch_to_global(local, mesh))
+      state, m = step_fn(state, sharding.host_batch_to_global(local, mesh), *nets)
       acc = m if acc is None else acc.merge(m)
       step += 1
       if profile and step == profile[1] and is_lead:

@@ -99,7 +99,7 @@ def forward(graphdef, params, batch):
   return model(batch["observed"], batch["coords"], batch["noise"])
 
 
-def train_step(state: TrainState, inputs, *, graphdef, tx, config,
+def train_step(state: TrainState, inputs, nets=None, *, graphdef, tx, config,
                batch_sharding=None):
   """One optimisation step (``config.optim.grad_accum`` micro-batches, one update).
 
@@ -108,6 +108,8 @@ def train_step(state: TrainState, inputs, *, graphdef, tx, config,
     inputs: ``(B,) int32`` global example indices, or the dict of
       ``data.pipeline.Pipeline.next_batch`` (indices plus image crops), every
       leaf sharded over the batch axes on its leading axis.
+    nets: pretrained loss nets (``losses.lpips.load_nets``), replicated; None unless
+      ``loss.lpips`` or ``loss.style`` > 0. An argument, so not baked into the compiled step.
     batch_sharding: optional sharding of a micro-batch's inputs.
   Returns:
     new state, clu metric collection (device arrays; read them on report steps).
@@ -122,7 +124,7 @@ def train_step(state: TrainState, inputs, *, graphdef, tx, config,
     batch = synthetic.make_batch(data_key, state.step, micro, config, augment=True)
 
     def loss_fn(p):
-      return objective(forward(graphdef, p, batch), batch, config.loss)
+      return objective(forward(graphdef, p, batch), batch, config.loss, nets, config.perceptual)
 
     return jax.value_and_grad(loss_fn, has_aux=True)(params)
 

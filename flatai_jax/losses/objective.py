@@ -6,16 +6,19 @@ Terms (weights in ``config.loss``; a term whose weight is 0 is not computed):
 - ``log_f_l1``, ``g_l1``, ``pedestal_l1``: supervised on the known F and G (flat/combined);
 - ``consistency``: predicted clean re-rendered with the true F, G and PSF vs observed;
 - ``flux``: relative total-flux error of the corrected image;
-- ``smooth_f``, ``smooth_g``: roughness of predicted fields beyond the truth's own.
+- ``smooth_f``, ``smooth_g``: roughness of predicted fields beyond the truth's own;
+- ``lpips``, ``style``: LPIPS and VGG16 Gram style of the corrected vs the clean image, both
+  display-transformed (``lpips.display_transform``); pretrained nets in ``nets``.
 
 All are supervised on the *known* truth of the forward model, never on the
 model's own predictions re-applied to themselves.
 """
 from __future__ import annotations
 
+import jax
 import jax.numpy as jnp
 
-from flatai_jax.losses import physics
+from flatai_jax.losses import lpips, physics, vgg
 
 FLAT_TERMS = ("log_f_l1", "g_l1", "pedestal_l1", "smooth_f", "smooth_g")
 
@@ -38,13 +41,38 @@ def centred_l1(a, b):
   return jnp.mean(jnp.abs(d - jnp.mean(d, axis=(1, 2, 3), keepdims=True)))
 
 
-def objective(pred: dict, batch: dict, weights) -> tuple[jnp.ndarray, dict]:
+def perceptual_terms(pred_clean, clean, nets, perceptual, active) -> dict:
+  """``lpips`` (batch mean) and ``style`` for the active ones; one VGG pass serves both when
+  ``perceptual.lpips_net == "vgg"``."""
+  n, p = pred_clean.shape[0], perceptual
+  both = vgg.imagenet_input(jnp.concatenate(
+      [lpips.display_transform(pred_clean, p.softening),
+       jax.lax.stop_gradient(lpips.display_transform(clean, p.softening))], axis=0))
+  split = lambda f: ({k: v[:n] for k, v in f.items()}, {k: v[n:] for k, v in f.items()})
+  dtype, terms, feats = jnp.dtype(p.dtype), {}, {}
+  if "lpips" in active:
+    spec = lpips.SPECS[p.lpips_net]
+    wanted = vgg.taps(spec) + (tuple(p.style_layers) if p.lpips_net == "vgg" else ())
+    feats[p.lpips_net] = vgg.run_backbone(spec, nets[p.lpips_net]["convs"], both, wanted, dtype)
+    terms["lpips"] = jnp.mean(lpips.from_features(*split(feats[p.lpips_net]),
+                                                  nets[p.lpips_net]["lin"], p.lpips_net))
+  if "style" in active:
+    f = feats.get("vgg") or vgg.run_backbone(vgg.VGG16, nets["vgg"]["convs"], both,
+                                             p.style_layers, dtype)
+    terms["style"] = vgg.style_from_features(*split(f), p.style_layers)
+  return terms
+
+
+def objective(pred: dict, batch: dict, weights, nets=None, perceptual=None
+              ) -> tuple[jnp.ndarray, dict]:
   """Weighted total loss.
 
   Args:
     pred: model outputs (``clean`` and, for flat/combined, ``F``, ``G``), float32.
     batch: targets and inputs from ``data.synthetic.make_batch`` (normalised units).
     weights: ``config.loss``; only terms with weight > 0 are computed.
+    nets: pretrained loss nets ``lpips.load_nets(config.loss, config.perceptual)``, needed when
+      ``lpips`` or ``style`` is on; perceptual: ``config.perceptual``.
   Returns:
     total float32 scalar; dict of the unweighted float32 terms plus ``loss``.
   """
@@ -63,5 +91,10 @@ def objective(pred: dict, batch: dict, weights) -> tuple[jnp.ndarray, dict]:
     terms["flux"] = physics.flux_error(pred, batch)
   if has_flat and active & {"smooth_f", "smooth_g"}:
     terms.update({k: v for k, v in physics.smoothness(pred, batch).items() if k in active})
+  if active & {"lpips", "style"}:
+    if nets is None:
+      raise ValueError("loss.lpips / loss.style > 0 need the pretrained nets: pass "
+                       "nets=lpips.load_nets(config.loss, config.perceptual)")
+    terms.update(perceptual_terms(pred["clean"], batch["clean"], nets, perceptual, active))
   total = sum(weights[name] * value for name, value in terms.items())
   return total, {**terms, "loss": total}
