@@ -207,3 +207,13 @@ def test_train_step_takes_nets_as_an_argument(weights):
   assert len(lowered.as_text()) < 2_000_000  # alex is 10 MB of float32: baked in, it would be here
   _, m = lowered.out_info
   assert "lpips" in {f.name for f in dataclasses.fields(m)} and "lpips" in obj.term_names(c)
+
+
+def test_frame_scorer_for_reports_is_zero_on_identity_and_grows_with_error():
+  rng = np.random.default_rng(0)
+  ref = (rng.gamma(3.0, 10.0, (48, 64, 1)) + 100.0).astype(np.float32)
+  score = lpips.frame_scorer("alex")
+  noise = rng.normal(0, 1, ref.shape).astype(np.float32)
+  values = [score(ref + s * noise, ref) for s in (0.0, 3.0, 10.0)]
+  assert values[0] < 1e-6 and 0 < values[1] < values[2]
+  assert score(ref * 1.5, ref) > 0.01  # brightness errors count (reference's normalisation)

@@ -146,3 +146,28 @@ def load_nets(loss_weights, perceptual) -> dict | None:
   if not nets:
     return None
   return {n: load_weights(n, perceptual.weights_dir or None) for n in nets}
+
+
+def frame_scorer(net: str = "alex", softening: float = 0.1, assets_dir=None):
+  """LPIPS of whole linear frames, for evaluation reports.
+
+  Both frames are normalised with the *reference's* robust statistics
+  (``physics.normalize``), so a brightness or pedestal error counts, then go
+  through :func:`display_transform` and :func:`distance`.
+
+  Returns:
+    ``score(image, reference) -> float`` on ``(H, W, C)`` linear arrays.
+  Raises:
+    FileNotFoundError when the weights have not been converted.
+  """
+  from flatai_jax.physics import normalize
+  weights = jax.tree.map(jnp.asarray, load_weights(net, assets_dir))
+
+  @jax.jit
+  def score(w, image, reference):
+    offset, scale = normalize.robust_stats(reference)
+    to_input = lambda a: display_transform(normalize.normalize(a, offset, scale)[None], softening)
+    return distance(w, to_input(image), to_input(reference), net)[0]
+
+  return lambda image, reference: float(score(weights, jnp.asarray(image, jnp.float32),
+                                              jnp.asarray(reference, jnp.float32)))
