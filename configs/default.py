@@ -111,12 +111,17 @@ def get_config(arg=None):
   c.model = ml_collections.ConfigDict()
   c.model.base_width = 64  # width of the first level
   c.model.width_multipliers = (1, 2, 4, 8, 16)  # per level; last = bottleneck
-  c.model.groups = 32  # GroupNorm groups
-  c.model.attention_gates = True
+  c.model.norm = "group"  # 'group' (GroupNorm) | 'layer' (LayerNorm over channels) | 'none'
+  c.model.groups = 32  # GroupNorm groups (gcd with each width is used)
+  c.model.up_block = "conv"  # decoder upsampling: 'conv' (×2 + conv3×3) | 'resblock' (×2 + ResBlock)
+  c.model.coord_inputs = True  # feed the global (x, y) coordinate channels
+  c.model.noise_input = True  # feed the noise-level map
+  c.model.attention_gates = True  # additive attention gates on the skip connections
   c.model.bottleneck_heads = 0  # self-attention heads at the bottleneck (0 = off)
   c.model.f_max = 3.0  # F bounded to [1/f_max, f_max]
   c.model.dtype = "float32"  # compute dtype: 'float32' or 'bfloat16'
   c.model.remat = False  # rematerialise residual blocks
+  c.model.zernike_head = False  # psf/combined: predict Noll coefficients (waves) at degrade.psf.grid nodes
 
   # --- Loss weights ---------------------------------------------------------
   c.loss = ml_collections.ConfigDict()
@@ -128,6 +133,7 @@ def get_config(arg=None):
   c.loss.flux = 0.0  # relative total-flux error of the corrected image
   c.loss.smooth_f = 0.0  # roughness of log F beyond the true field's
   c.loss.smooth_g = 0.0  # roughness of G beyond the true field's
+  c.loss.zernike_psf = 0.0  # Zernike head: Σ|PSF re-rendered − true PSF| per node (0 … 2), mean
 
   # --- Optimiser ------------------------------------------------------------
   c.optim = ml_collections.ConfigDict()

@@ -122,7 +122,7 @@ def train_step(state: TrainState, inputs, *, graphdef, tx, config,
     batch = synthetic.make_batch(data_key, state.step, micro, config, augment=True)
 
     def loss_fn(p):
-      return objective(forward(graphdef, p, batch), batch, config.loss)
+      return objective(forward(graphdef, p, batch), batch, config.loss, config.degrade.psf)
 
     return jax.value_and_grad(loss_fn, has_aux=True)(params)
 

@@ -6,7 +6,8 @@ Terms (weights in ``config.loss``; a term whose weight is 0 is not computed):
 - ``log_f_l1``, ``g_l1``, ``pedestal_l1``: supervised on the known F and G (flat/combined);
 - ``consistency``: predicted clean re-rendered with the true F, G and PSF vs observed;
 - ``flux``: relative total-flux error of the corrected image;
-- ``smooth_f``, ``smooth_g``: roughness of predicted fields beyond the truth's own.
+- ``smooth_f``, ``smooth_g``: roughness of predicted fields beyond the truth's own;
+- ``zernike_psf``: the Zernike head's coefficients re-rendered into PSFs vs the true PSF field.
 
 All are supervised on the *known* truth of the forward model, never on the
 model's own predictions re-applied to themselves.
@@ -25,6 +26,8 @@ def term_names(config) -> list[str]:
   names = [n for n, w in config.loss.items() if w > 0]
   if not config.degrade.apply_flat:
     names = [n for n in names if n not in FLAT_TERMS]
+  if not (config.degrade.apply_psf and config.model.zernike_head):
+    names = [n for n in names if n != "zernike_psf"]
   return names
 
 
@@ -38,13 +41,15 @@ def centred_l1(a, b):
   return jnp.mean(jnp.abs(d - jnp.mean(d, axis=(1, 2, 3), keepdims=True)))
 
 
-def objective(pred: dict, batch: dict, weights) -> tuple[jnp.ndarray, dict]:
+def objective(pred: dict, batch: dict, weights, psf_cfg=None) -> tuple[jnp.ndarray, dict]:
   """Weighted total loss.
 
   Args:
     pred: model outputs (``clean`` and, for flat/combined, ``F``, ``G``), float32.
     batch: targets and inputs from ``data.synthetic.make_batch`` (normalised units).
     weights: ``config.loss``; only terms with weight > 0 are computed.
+    psf_cfg: ``config.degrade.psf``, needed by ``zernike_psf`` (computed when
+      ``pred`` has ``zernike`` and ``batch`` has ``psf``).
   Returns:
     total float32 scalar; dict of the unweighted float32 terms plus ``loss``.
   """
@@ -63,5 +68,7 @@ def objective(pred: dict, batch: dict, weights) -> tuple[jnp.ndarray, dict]:
     terms["flux"] = physics.flux_error(pred, batch)
   if has_flat and active & {"smooth_f", "smooth_g"}:
     terms.update({k: v for k, v in physics.smoothness(pred, batch).items() if k in active})
+  if "zernike_psf" in active and "zernike" in pred and "psf" in batch:
+    terms["zernike_psf"] = physics.zernike_psf_l1(pred, batch, psf_cfg)
   total = sum(weights[name] * value for name, value in terms.items())
   return total, {**terms, "loss": total}
