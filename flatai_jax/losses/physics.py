@@ -99,8 +99,9 @@ def zernike_psf_l1(pred, batch, psf_cfg) -> jnp.ndarray:
   Returns:
     float32 scalar: ``Σ_kk |PSF(ĉ) − PSF|`` averaged over nodes and examples,
     in [0, 2] (both sum to 1); zero when the coefficients match the truth. It
-    compares PSFs, not coefficients, so wavefronts that image alike (piston;
-    W and −W rotated by 180° for a symmetric pupil) are not told apart.
+    compares PSFs, not coefficients, so wavefronts that image alike are not
+    told apart: piston, and the sign of a purely even wavefront (defocus,
+    astigmatism, spherical: ±W give the same PSF through a symmetric pupil).
   """
   rendered = optics.render_psfs(pred["zernike"], psf_cfg)
   return jnp.mean(jnp.sum(jnp.abs(rendered - batch["psf"]), axis=(-1, -2)))
