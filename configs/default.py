@@ -8,8 +8,8 @@ Commands (run from the repository root):
   flatai train --config=configs/default.py:psf,large,seed=7 --workdir=runs/large
 
 Arguments: task ``flat | psf | combined``; size ``quickstart | base | large``
-(quickstart: ~0.3 M parameters, 64-px crops, minutes on 2 CPU cores; base: the
-seed's ~40 M network; large: 1.5× wider); ``seed=N``; ``channels=1|3``.
+(quickstart: 0.57 M parameters, 64-px crops, minutes on 2 CPU cores; base: the
+seed's 36.3 M network; large: 1.5× wider); ``seed=N``; ``channels=1|3``.
 """
 import ml_collections
 

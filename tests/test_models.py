@@ -238,15 +238,17 @@ def test_fsdp_sharded_forward_equals_replicated():
 
 
 # --- Precision ----------------------------------------------------------------
-BF16_TOL = 3e-2  # relative RMS error; measured ~0.4–0.8 % (see test docstring)
+BF16_TOL = 5e-2  # relative RMS error of each output; measured 1.9–2.3 % (see the test)
 
 
 def test_bfloat16_compute_matches_float32():
-  """bf16 keeps 8 significant bits (rounding error 2⁻⁹ ≈ 0.2 % per operation); over the ~20
-  conv / norm layers of the tiny net the errors add up like a random walk to ~1 %: measured
-  relative RMS errors of 0.4–0.8 % on every output. 3 % allows for the depth of real configs
-  without hiding a float16-style overflow or a dropped cast (which give errors ≥ 10 %).
-  Parameters stay float32 and every output is float32."""
+  """bf16 keeps 8 significant bits: each rounding is off by at most u = 2⁻⁹ ≈ 0.2 %. The tiny net
+  has L ≈ 17 bf16 layers between input and head (stem, 3 + 2 residual blocks of 2 convs, gates,
+  up-convs, attention), so the output error lies between the random-walk √L·u ≈ 0.8 % and the
+  worst case L·u ≈ 3.3 % (norms can amplify it a little). Measured on two seeds: 1.9–2.3 % relative
+  RMS on every output (relative to what the net adds to its input). 5 % is that worst case with
+  margin; the lower bound 1e-4 proves the bf16 path is really taken. Parameters stay float32 and
+  every output is float32."""
   x = inputs(n=4)
   outs = {}
   for dtype in (jnp.float32, jnp.bfloat16):
@@ -259,7 +261,7 @@ def test_bfloat16_compute_matches_float32():
     assert low.dtype == jnp.float32
     signal = ref - jnp.mean(ref) if k != "clean" else ref - x[0]  # compare what the net adds
     rel = float(jnp.sqrt(jnp.mean((low - ref) ** 2) / jnp.mean(signal ** 2)))
-    assert 1e-4 < rel < BF16_TOL, (k, rel)  # > 1e-4: the bf16 path is really taken
+    assert 1e-4 < rel < BF16_TOL, (k, rel)
 
 
 # --- The physics-informed Zernike head -------------------------------------
