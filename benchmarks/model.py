@@ -2,25 +2,34 @@
 measured in the same run on the same inputs' shapes (1 JAX device; torch with its default threads).
 
   PYTHONPATH=. python benchmarks/model.py [--sizes quickstart,base] [--shapes 128x4,256x2]
-      [--iters 2] [--torch old,latest] [--dtype bfloat16] [--peak_tflops 989]
+      [--iters 2] [--torch old,latest] [--threads 1] [--dtype bfloat16] [--peak_tflops 989]
 
 A shape ``SxB`` is an S² crop at batch B. The JAX loss is the L1 of the corrected image against a
 target (heads of the ``flat`` task: F, G, confidence); torch's is the L1 of its output (``old``: the
 seed's 40.1 M network, 1 in / 1 out; ``latest``: its 36.3 M network, 4 in / 3 out, the
 architecture ``base`` rebuilds). Ratios are JAX / seed-old at the same shape. On an accelerator
-``--peak_tflops`` adds MFU from XLA's FLOP count of the compiled step.
+``--peak_tflops`` adds MFU from XLA's FLOP count of the compiled step. ``--threads 1`` runs both
+frameworks on one thread each (a fairer comparison on a CPU shared with other work).
 """
 from __future__ import annotations
 
 import argparse
+import os
+import sys
 import time
 
-import jax
-import jax.numpy as jnp
-from flax import nnx
+if "--threads" in sys.argv:  # XLA reads its CPU thread flags once, before jax is imported
+  _n = sys.argv[sys.argv.index("--threads") + 1]
+  if _n == "1":
+    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_cpu_multi_thread_eigen=false"
+                               " intra_op_parallelism_threads=1").strip()
 
-from configs.default import get_config
-from flatai_jax.models import build_model
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+from flax import nnx  # noqa: E402
+
+from configs.default import get_config  # noqa: E402
+from flatai_jax.models import build_model  # noqa: E402
 
 
 def _time(fn, iters):
@@ -62,9 +71,11 @@ def bench_jax(size, crop, batch, iters, dtype=None, remat=None):
           "flops": flops, "step_s": t}
 
 
-def bench_torch(variant, crop, batch, iters):
+def bench_torch(variant, crop, batch, iters, threads=None):
   import torch  # the bench extra
   from benchmarks.seed_torch import VARIANTS, SeedUNet, num_params
+  if threads:
+    torch.set_num_threads(threads)
   torch.manual_seed(0)
   model = SeedUNet(variant).train()
   cin, cout = VARIANTS[variant]
@@ -95,15 +106,18 @@ def main():
   p.add_argument("--torch", default="old,latest", help="seed variants to time ('' = none)")
   p.add_argument("--dtype", default=None, help="JAX compute dtype (default: the config's)")
   p.add_argument("--remat", default=None, choices=(None, "true", "false"))
+  p.add_argument("--threads", type=int, default=None,
+                  help="1: one thread per framework (default: each framework's own default)")
   p.add_argument("--peak_tflops", type=float, default=None, help="per-device peak, for MFU")
   a = p.parse_args()
   shapes = [tuple(int(v) for v in s.split("x")) for s in a.shapes.split(",")]
   remat = None if a.remat is None else a.remat == "true"
-  print(f"device: {jax.devices()[0].device_kind} ({jax.device_count()} visible, 1 used)")
+  print(f"device: {jax.devices()[0].device_kind} ({jax.device_count()} visible, 1 used), "
+        f"threads: {a.threads or 'default'}, {os.cpu_count()} CPUs")
   print(f"{'model':>18} {'params':>8} {'crop':>4} {'batch':>5} {'dtype':>8} {'compile s':>9} "
         f"{'s/step':>7} {'img/s':>7} {'vs seed-old':>11} {'MFU':>6}")
   for crop, batch in shapes:
-    rows = [bench_torch(v, crop, batch, a.iters) for v in a.torch.split(",") if v]
+    rows = [bench_torch(v, crop, batch, a.iters, a.threads) for v in a.torch.split(",") if v]
     rows += [bench_jax(s, crop, batch, a.iters, a.dtype, remat) for s in a.sizes.split(",")]
     ref = next((r["images_per_s"] for r in rows if r["name"] == "torch seed-old"), None)
     for r in rows:
