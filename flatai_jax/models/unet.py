@@ -34,6 +34,10 @@ def _conv(cin, cout, k, *, dtype, rngs, init=None):
       bias_init=nnx.with_partitioning(nnx.initializers.zeros_init(), ("conv_out",)))
 
 
+def _identity(x):
+  return x
+
+
 def _norm(kind, c, groups, *, dtype, rngs):
   """GroupNorm (``gcd(c, groups)`` groups), LayerNorm over channels (per pixel), or identity."""
   scale = nnx.with_partitioning(nnx.initializers.ones_init(), ("norm",))
@@ -44,7 +48,7 @@ def _norm(kind, c, groups, *, dtype, rngs):
   if kind == "layer":
     return nnx.LayerNorm(c, dtype=dtype, rngs=rngs, scale_init=scale, bias_init=bias)
   if kind == "none":
-    return lambda x: x
+    return _identity
   raise ValueError(f"unknown norm {kind!r}; expected one of {NORMS}")
 
 
