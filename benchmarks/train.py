@@ -70,7 +70,8 @@ def bench(size: str, steps: int, batch: int | None, crop: int | None, dtype: str
   @functools.partial(jax.jit, donate_argnums=0)
   def model_only(s, batch, nets):
     def loss_fn(p):
-      return objective(forward(graphdef, p, batch), batch, c.loss, nets, c.perceptual)[0]
+      return objective(forward(graphdef, p, batch), batch, c.loss, nets, c.perceptual,
+                       c.degrade.psf)[0]
     g = jax.grad(loss_fn)(s.params)
     u, o = tx.update(g, s.opt_state, s.params)
     return s.replace(params=optax.apply_updates(s.params, u), opt_state=o)

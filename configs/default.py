@@ -8,8 +8,8 @@ Commands (run from the repository root):
   flatai train --config=configs/default.py:psf,large,seed=7 --workdir=runs/large
 
 Arguments: task ``flat | psf | combined``; size ``quickstart | base | large``
-(quickstart: ~0.3 M parameters, 64-px crops, minutes on 2 CPU cores; base: the
-seed's ~40 M network; large: 1.5× wider); ``seed=N``; ``channels=1|3``.
+(quickstart: 0.57 M parameters, 64-px crops, minutes on 2 CPU cores; base: the
+seed's 36.3 M network; large: 1.5× wider); ``seed=N``; ``channels=1|3``.
 """
 import ml_collections
 
@@ -111,12 +111,17 @@ def get_config(arg=None):
   c.model = ml_collections.ConfigDict()
   c.model.base_width = 64  # width of the first level
   c.model.width_multipliers = (1, 2, 4, 8, 16)  # per level; last = bottleneck
-  c.model.groups = 32  # GroupNorm groups
-  c.model.attention_gates = True
+  c.model.norm = "group"  # 'group' (GroupNorm) | 'layer' (LayerNorm over channels) | 'none'
+  c.model.groups = 32  # GroupNorm groups (gcd with each width is used)
+  c.model.up_block = "conv"  # decoder upsampling: 'conv' (×2 + conv3×3) | 'resblock' (×2 + ResBlock)
+  c.model.coord_inputs = True  # feed the global (x, y) coordinate channels
+  c.model.noise_input = True  # feed the noise-level map
+  c.model.attention_gates = True  # additive attention gates on the skip connections
   c.model.bottleneck_heads = 0  # self-attention heads at the bottleneck (0 = off)
   c.model.f_max = 3.0  # F bounded to [1/f_max, f_max]
   c.model.dtype = "float32"  # compute dtype: 'float32' or 'bfloat16'
   c.model.remat = False  # rematerialise residual blocks
+  c.model.zernike_head = False  # psf/combined: predict Noll coefficients (waves) at degrade.psf.grid nodes
 
   # --- Loss weights ---------------------------------------------------------
   c.loss = ml_collections.ConfigDict()
@@ -136,6 +141,7 @@ def get_config(arg=None):
   c.perceptual.softening = 0.1  # asinh knee of the display transform, normalised units
   c.perceptual.dtype = "float32"  # compute dtype of the loss nets: 'float32' or 'bfloat16'
   c.perceptual.weights_dir = ""  # folder of lpips_{vgg,alex}.npz ("" = flatai_jax/assets)
+  c.loss.zernike_psf = 0.0  # Zernike head: Σ|PSF re-rendered − true PSF| per node (0 … 2), mean
 
   # --- Optimiser ------------------------------------------------------------
   c.optim = ml_collections.ConfigDict()

@@ -124,7 +124,8 @@ def train_step(state: TrainState, inputs, nets=None, *, graphdef, tx, config,
     batch = synthetic.make_batch(data_key, state.step, micro, config, augment=True)
 
     def loss_fn(p):
-      return objective(forward(graphdef, p, batch), batch, config.loss, nets, config.perceptual)
+      return objective(forward(graphdef, p, batch), batch, config.loss, nets, config.perceptual,
+                       config.degrade.psf)
 
     return jax.value_and_grad(loss_fn, has_aux=True)(params)
 

@@ -9,6 +9,7 @@ Terms (weights in ``config.loss``; a term whose weight is 0 is not computed):
 - ``smooth_f``, ``smooth_g``: roughness of predicted fields beyond the truth's own;
 - ``lpips``, ``style``: LPIPS and VGG16 Gram style of the corrected vs the clean image, both
   display-transformed (``lpips.display_transform``); pretrained nets in ``nets``.
+- ``zernike_psf``: the Zernike head's coefficients re-rendered into PSFs vs the true PSF field.
 
 All are supervised on the *known* truth of the forward model, never on the
 model's own predictions re-applied to themselves.
@@ -28,6 +29,8 @@ def term_names(config) -> list[str]:
   names = [n for n, w in config.loss.items() if w > 0]
   if not config.degrade.apply_flat:
     names = [n for n in names if n not in FLAT_TERMS]
+  if not (config.degrade.apply_psf and config.model.zernike_head):
+    names = [n for n in names if n != "zernike_psf"]
   return names
 
 
@@ -63,7 +66,7 @@ def perceptual_terms(pred_clean, clean, nets, perceptual, active) -> dict:
   return terms
 
 
-def objective(pred: dict, batch: dict, weights, nets=None, perceptual=None
+def objective(pred: dict, batch: dict, weights, nets=None, perceptual=None, psf_cfg=None
               ) -> tuple[jnp.ndarray, dict]:
   """Weighted total loss.
 
@@ -73,6 +76,8 @@ def objective(pred: dict, batch: dict, weights, nets=None, perceptual=None
     weights: ``config.loss``; only terms with weight > 0 are computed.
     nets: pretrained loss nets ``lpips.load_nets(config.loss, config.perceptual)``, needed when
       ``lpips`` or ``style`` is on; perceptual: ``config.perceptual``.
+    psf_cfg: ``config.degrade.psf``, needed by ``zernike_psf`` (computed when
+      ``pred`` has ``zernike`` and ``batch`` has ``psf``).
   Returns:
     total float32 scalar; dict of the unweighted float32 terms plus ``loss``.
   """
@@ -96,5 +101,7 @@ def objective(pred: dict, batch: dict, weights, nets=None, perceptual=None
       raise ValueError("loss.lpips / loss.style > 0 need the pretrained nets: pass "
                        "nets=lpips.load_nets(config.loss, config.perceptual)")
     terms.update(perceptual_terms(pred["clean"], batch["clean"], nets, perceptual, active))
+  if "zernike_psf" in active and "zernike" in pred and "psf" in batch:
+    terms["zernike_psf"] = physics.zernike_psf_l1(pred, batch, psf_cfg)
   total = sum(weights[name] * value for name, value in terms.items())
   return total, {**terms, "loss": total}

@@ -87,3 +87,21 @@ def smoothness(pred, batch) -> dict:
                               - laplacian_energy(jnp.log(batch["F"])), 0.0),
       "smooth_g": jnp.maximum(laplacian_energy(pred["G"]) - laplacian_energy(batch["G"]), 0.0),
   }
+
+
+def zernike_psf_l1(pred, batch, psf_cfg) -> jnp.ndarray:
+  """The Zernike head's coefficients re-rendered by the optics forward model vs the true PSFs.
+
+  Args:
+    pred: with ``zernike`` ``(B, gy, gx, J)`` Noll coefficients, waves RMS.
+    batch: with ``psf`` ``(B, gy, gx, k, k)``, the true PSF field.
+    psf_cfg: ``config.degrade.psf`` (the same optics that made ``psf``).
+  Returns:
+    float32 scalar: ``Σ_kk |PSF(ĉ) − PSF|`` averaged over nodes and examples,
+    in [0, 2] (both sum to 1); zero when the coefficients match the truth. It
+    compares PSFs, not coefficients, so wavefronts that image alike are not
+    told apart: piston, and the sign of a purely even wavefront (defocus,
+    astigmatism, spherical: ±W give the same PSF through a symmetric pupil).
+  """
+  rendered = optics.render_psfs(pred["zernike"], psf_cfg)
+  return jnp.mean(jnp.sum(jnp.abs(rendered - batch["psf"]), axis=(-1, -2)))

@@ -113,6 +113,37 @@ def draw_system(key, cfg) -> OpticalSystem:
       tilt=polar(ks[8], uniform(ks[7], (0.0, cfg.sensor_tilt))))
 
 
+def node_coefficients(key, coords, cfg, aspect: float):
+  """Noll coefficients at the PSF grid nodes of one crop for a freshly drawn optical system.
+
+  Args:
+    key: PRNG key of this example's optics.
+    coords: ``(H, W, 2)`` global sensor coordinates of the crop.
+    cfg: ``config.degrade.psf``.
+    aspect: sensor height / width.
+  Returns:
+    ``(gy, gx, J) float32`` waves RMS at λ_ref, at :func:`convolve.node_coords`.
+  """
+  system = draw_system(key, cfg)
+  nodes = convolve.node_coords(coords, tuple(cfg.grid))
+  return field_coefficients(system, field_position(nodes, aspect), cfg.num_modes,
+                            float(cfg.obstruction))
+
+
+def render_psfs(coeffs, cfg):
+  """PSFs of Noll coefficients as the forward model renders them (``psf.psf`` + ``psf.recenter``).
+
+  Args:
+    coeffs: ``(..., J)`` waves RMS at λ_ref.
+    cfg: ``config.degrade.psf``.
+  Returns:
+    ``(..., k, k) float32``, each summing to 1 with its centroid on the centre
+    pixel (the kernel cuts an asymmetric PSF's far wing, which would otherwise
+    move its centroid and distort the image).
+  """
+  return psf.recenter(psf.psf(coeffs, psf.PSFSpec.from_config(cfg)))
+
+
 def psf_field(key, coords, cfg, aspect: float):
   """PSF grid of one crop for a freshly drawn optical system.
 
@@ -123,16 +154,9 @@ def psf_field(key, coords, cfg, aspect: float):
     aspect: sensor height / width.
   Returns:
     ``(gy, gx, k, k) float32`` PSFs at the grid nodes of the crop
-    (:func:`convolve.node_coords`), each summing to 1 with its centroid on the
-    centre pixel (``psf.recenter``: the kernel cuts an asymmetric PSF's far
-    wing, which would otherwise move its centroid and distort the image).
+    (:func:`convolve.node_coords`), from :func:`render_psfs`.
   """
-  spec = psf.PSFSpec.from_config(cfg)
-  system = draw_system(key, cfg)
-  nodes = convolve.node_coords(coords, tuple(cfg.grid))
-  coeffs = field_coefficients(system, field_position(nodes, aspect), spec.num_modes,
-                              spec.obstruction)
-  return psf.recenter(psf.psf(coeffs, spec))
+  return render_psfs(node_coefficients(key, coords, cfg, aspect), cfg)
 
 
 def blur(image, psfs):
