@@ -16,7 +16,8 @@ ALL = {"clean_l1": 1.0, "log_f_l1": 1.0, "g_l1": 1.0, "pedestal_l1": 1.0, "consi
 
 def _batch(task, noise=False):
   c = tiny_config(task, **{"degrade.noise.enabled": noise})
-  b = synthetic.make_batch(base_keys(0)[0], 0, jnp.arange(4, dtype=jnp.int32), c)
+  b = jax.jit(lambda i: synthetic.make_batch(base_keys(0)[0], 0, i, c))(
+      jnp.arange(4, dtype=jnp.int32))  # jitted: op-by-op generation takes half a minute
   return c, b
 
 
@@ -81,12 +82,13 @@ def test_laplacian_energy_is_zero_on_planes():
 def test_gradients_are_finite_under_bfloat16():
   c = tiny_config("combined", **{"model.dtype": "bfloat16"})
   graphdef, params = split_model(c)
-  b = synthetic.make_batch(base_keys(0)[0], 0, jnp.arange(4, dtype=jnp.int32), c)
+  b = jax.jit(lambda i: synthetic.make_batch(base_keys(0)[0], 0, i, c))(
+      jnp.arange(4, dtype=jnp.int32))
 
   def loss(p):
     return obj.objective(forward(graphdef, p, b), b, dict(ALL))[0]
 
-  g = jax.grad(loss)(params)
+  g = jax.jit(jax.grad(loss))(params)
   leaves = jax.tree.leaves(g)
   assert all(bool(jnp.all(jnp.isfinite(x))) for x in leaves)
   assert sum(float(jnp.sum(jnp.abs(x))) for x in leaves) > 0
