@@ -1,14 +1,34 @@
 """Procedural linear skies: the embedded default training data.
 
 Units: 1.0 is the sensor's saturation level (full well); a dark sky
-background is ~0.01–0.1. Stars follow a power-law luminosity function and are
-rendered with a Moffat profile (some saturate); nebulosity is multi-scale
-fractal noise. Everything is a pure function of a JAX key with static shapes.
+background is ~0.01–0.1. A sky is the sum of
+
+- stars: a truncated power-law luminosity function ``N(>flux) ∝ flux^−α``
+  between ``star_flux_min`` and ``star_flux_max`` (the brightest saturate their
+  cores), uniform positions, or a Plummer cluster in some frames, sparse fields
+  in others; colours of black bodies of the drawn temperature (RGB);
+- galaxies: Sérsic profiles ``I ∝ exp(−b_n((r/r_e)^{1/n} − 1))``, elliptical,
+  redder for higher ``n``;
+- both convolved with one Moffat seeing profile per frame;
+- nebulosity: soft-thresholded multi-scale fractal noise (emission, with Hα /
+  OIII colours in RGB) and dark lanes that absorb what lies behind them.
+
+Everything is a pure function of a JAX key with static shapes. ``draw_stars``
+exposes the star catalogue (tests check its luminosity function).
 """
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import jax
 import jax.numpy as jnp
+from jax.scipy.special import gammaln
+
+from flatai_jax.physics import distributions as dist
+
+BAND_UM = (0.61, 0.53, 0.46)  # effective wavelengths of the R, G, B channels, µm
+_HC_K_UM_K = 14387.77  # h·c / k_B in µm·K
+EMISSION_RGB = ((1.0, 0.32, 0.42), (0.30, 0.95, 0.85))  # Hα(+Hβ, SII) and OIII colours
 
 
 def moffat_kernel(fwhm: jnp.ndarray, beta: float, size: int) -> jnp.ndarray:
@@ -66,6 +86,96 @@ def fractal_noise(key, shape_hw: tuple[int, int], scales=(4, 8, 16, 32, 64),
   return (total - total.mean()) / (total.std() + 1e-6)
 
 
+def blackbody_rgb(temperature_k, channels: int) -> jnp.ndarray:
+  """Relative RGB of a black body: ``(..., C)`` with mean 1 over channels (ones for mono)."""
+  t = jnp.asarray(temperature_k, jnp.float32)[..., None]
+  if channels == 1:
+    return jnp.ones(t.shape, jnp.float32)
+  lam = jnp.asarray(BAND_UM, jnp.float32)
+  b = lam ** -5 / jnp.expm1(_HC_K_UM_K / (lam * t))
+  return b / b.mean(axis=-1, keepdims=True)
+
+
+class StarCatalogue(NamedTuple):
+  """Stars of one padded frame (n = max_stars), float32 unless noted."""
+  yx: jax.Array  # (n, 2) positions, px of the padded frame
+  flux: jax.Array  # (n,) total flux (sum over pixels and mean over channels)
+  temperature_k: jax.Array  # (n,)
+  active: jax.Array  # (n,) bool
+
+
+def star_fluxes(u, cfg):
+  """Inverse CDF of the truncated power law: uniform ``u`` in [0, 1) → fluxes."""
+  lo, hi, a = cfg.star_flux_min, cfg.star_flux_max, cfg.star_flux_alpha
+  return lo * (1.0 - u * (1.0 - (lo / hi) ** a)) ** (-1.0 / a)
+
+
+def draw_stars(key, cfg, padded_hw: tuple[int, int]) -> StarCatalogue:
+  """One frame's stars from ``cfg`` (``config.sky``).
+
+  The share of the ``max_stars`` slots in use is drawn from ``star_fraction``,
+  or from ``sparse_fraction`` with probability ``sparse_probability``. With
+  probability ``cluster_probability`` a share ``cluster_fraction`` of the stars
+  follows a Plummer profile of radius ``cluster_radius_px`` around a point of
+  the frame.
+  """
+  ks = jax.random.split(key, 9)
+  n = cfg.max_stars
+  ph, pw = padded_hw
+  sparse = dist.bernoulli(ks[0], cfg.sparse_probability)
+  fraction = jnp.where(sparse, dist.sample(ks[1], cfg.sparse_fraction),
+                       dist.sample(ks[2], cfg.star_fraction))
+  active = jax.random.uniform(ks[3], (n,)) < fraction
+  yx = jax.random.uniform(ks[4], (n, 2)) * jnp.array([ph - 1.0, pw - 1.0])
+  # Plummer sphere projected: R = a / sqrt(u^(-2/3) - 1), uniform direction
+  kc = jax.random.split(ks[5], 4)
+  clustered = dist.bernoulli(kc[0], cfg.cluster_probability)
+  centre = jax.random.uniform(kc[1], (2,)) * jnp.array([ph - 1.0, pw - 1.0])
+  u = jax.random.uniform(kc[2], (n, 2), minval=1e-3, maxval=0.99)
+  radius = dist.sample(ks[6], cfg.cluster_radius_px) / jnp.sqrt(u[:, 0] ** (-2.0 / 3.0) - 1.0)
+  ang = 2.0 * jnp.pi * u[:, 1]
+  member = clustered & (jnp.arange(n) < cfg.cluster_fraction * n)
+  near = centre + radius[:, None] * jnp.stack([jnp.sin(ang), jnp.cos(ang)], -1)
+  yx = jnp.where(member[:, None], near, yx)
+  inside = jnp.all((yx >= 0) & (yx <= jnp.array([ph - 1.0, pw - 1.0])), axis=-1)
+  return StarCatalogue(yx=yx, flux=star_fluxes(jax.random.uniform(ks[7], (n,)), cfg),
+                       temperature_k=dist.sample(ks[8], cfg.star_temperature_k, (n,)),
+                       active=active & inside)
+
+
+def sersic_b(n):
+  """``b_n`` with half the light inside ``r_e`` (Ciotti & Bertin 1999 expansion)."""
+  return 2.0 * n - 1.0 / 3.0 + 4.0 / (405.0 * n) + 46.0 / (25515.0 * n * n)
+
+
+def sersic_images(key, cfg, padded_hw: tuple[int, int], channels: int) -> jnp.ndarray:
+  """Up to ``max_galaxies`` elliptical Sérsic galaxies, ``(H, W, C)``; each has its drawn total flux."""
+  ng = cfg.max_galaxies
+  ph, pw = padded_hw
+  if ng == 0:
+    return jnp.zeros((ph, pw, channels), jnp.float32)
+  ks = jax.random.split(key, 8)
+  on = dist.bernoulli(ks[0], cfg.galaxy_probability, (ng,))
+  yx = jax.random.uniform(ks[1], (ng, 2)) * jnp.array([ph - 1.0, pw - 1.0])
+  n = dist.sample(ks[2], cfg.sersic_index, (ng,))
+  r_e = dist.sample(ks[3], cfg.galaxy_radius_px, (ng,))
+  q = dist.sample(ks[4], cfg.galaxy_axis_ratio, (ng,))
+  theta = jax.random.uniform(ks[5], (ng,), maxval=jnp.pi)
+  flux = dist.sample(ks[6], cfg.galaxy_flux, (ng,)) * on
+  y = jnp.arange(ph, dtype=jnp.float32)[:, None, None] - yx[:, 0]
+  x = jnp.arange(pw, dtype=jnp.float32)[None, :, None] - yx[:, 1]
+  c, s = jnp.cos(theta), jnp.sin(theta)
+  major, minor = x * c + y * s, (-x * s + y * c) / q
+  r = jnp.sqrt(major * major + minor * minor + 0.25)  # a quarter-pixel core softening
+  b = sersic_b(n)
+  prof = jnp.exp(-b * ((r / r_e) ** (1.0 / n) - 1.0))
+  total = 2.0 * jnp.pi * q * r_e ** 2 * n * jnp.exp(b + gammaln(2.0 * n) - 2.0 * n * jnp.log(b))
+  img = prof * (flux / total)  # (H, W, ng)
+  # bulge-dominated (high n) galaxies are old and red, discs bluer
+  colour = blackbody_rgb(3500.0 + 6000.0 * jnp.clip((4.0 - n) / 3.5, 0.0, 1.0), channels)
+  return jnp.einsum("hwg,gc->hwc", img, colour)
+
+
 def render_sky(key, shape_hw: tuple[int, int], channels: int, cfg) -> jnp.ndarray:
   """One clean linear sky.
 
@@ -78,33 +188,34 @@ def render_sky(key, shape_hw: tuple[int, int], channels: int, cfg) -> jnp.ndarra
     ``(H, W, C) float32``, linear, ≥ 0, 1.0 = saturation.
   """
   h, w = shape_hw
-  ks = jax.random.split(key, 10)
+  ks = jax.random.split(key, 12)
   pad = cfg.psf_size // 2
   ph, pw = h + 2 * pad, w + 2 * pad
 
-  # Stars: positions over the padded frame so that halos enter from outside.
-  n = cfg.max_stars
-  density = jax.random.uniform(ks[0], (), minval=cfg.star_fraction[0], maxval=cfg.star_fraction[1])
-  active = jax.random.uniform(ks[1], (n,)) < density
-  ys = jax.random.uniform(ks[2], (n,), minval=0.0, maxval=ph - 1.0)
-  xs = jax.random.uniform(ks[3], (n,), minval=0.0, maxval=pw - 1.0)
-  u = jax.random.uniform(ks[4], (n,), minval=1e-6, maxval=1.0)
-  flux = jnp.minimum(cfg.star_flux_min * u ** (-1.0 / cfg.star_flux_alpha), cfg.star_flux_max)
-  color = 1.0 + cfg.star_color_spread * jax.random.normal(ks[5], (n, channels))
-  color = jnp.clip(color, 0.3, 3.0) if channels > 1 else jnp.ones((n, 1))
-  points = _splat((ph, pw), ys, xs, (flux * active)[:, None] * color)
-  fwhm = jax.random.uniform(ks[6], (), minval=cfg.fwhm_px[0], maxval=cfg.fwhm_px[1])
+  # Stars and galaxies over the padded frame (halos enter from outside), then seeing.
+  stars = draw_stars(ks[0], cfg, (ph, pw))
+  colour = blackbody_rgb(stars.temperature_k, channels)
+  points = _splat((ph, pw), stars.yx[:, 0], stars.yx[:, 1],
+                  (stars.flux * stars.active)[:, None] * colour)
+  points = points + sersic_images(ks[1], cfg, (ph, pw), channels)
+  fwhm = dist.sample(ks[2], cfg.fwhm_px)
   kernel = moffat_kernel(fwhm, cfg.moffat_beta, cfg.psf_size)
-  stars = jax.vmap(_fft_convolve_same, in_axes=(-1, None), out_axes=-1)(points, kernel)
-  stars = stars[pad:pad + h, pad:pad + w]
+  objects = jax.vmap(_fft_convolve_same, in_axes=(-1, None), out_axes=-1)(points, kernel)
+  objects = objects[pad:pad + h, pad:pad + w]
 
-  # Nebulosity: soft-thresholded fractal noise, present in a fraction of frames.
-  neb_on = jax.random.uniform(ks[7], ()) < cfg.nebula_probability
-  neb_amp = jax.random.uniform(ks[8], (), minval=cfg.nebula_amplitude[0],
-                               maxval=cfg.nebula_amplitude[1]) * neb_on
-  nebula = jax.nn.softplus(3.0 * fractal_noise(ks[9], (h, w)) - 1.5) / 3.0
-  tint = jnp.array([1.0, 0.55, 0.75])[:channels] if channels == 3 else jnp.ones((1,))
-  background = jax.random.uniform(jax.random.fold_in(key, 99), (),
-                                  minval=cfg.background[0], maxval=cfg.background[1])
-  sky = background + neb_amp * nebula[:, :, None] * tint + stars
+  # Nebulosity in a fraction of frames: emission (Hα/OIII mix in RGB) and dark lanes.
+  neb_on = dist.bernoulli(ks[3], cfg.nebula_probability)
+  neb_amp = dist.sample(ks[4], cfg.nebula_amplitude) * neb_on
+  nebula = jax.nn.softplus(3.0 * fractal_noise(ks[5], (h, w)) - 1.5) / 3.0
+  if channels == 3:
+    mix = jax.random.uniform(ks[6], ())
+    tint = (1.0 - mix) * jnp.asarray(EMISSION_RGB[0]) + mix * jnp.asarray(EMISSION_RGB[1])
+  else:
+    tint = jnp.ones((1,))
+  background = dist.sample(ks[7], cfg.background)
+  behind = neb_amp * nebula[:, :, None] * tint + objects
+  lanes_on = neb_on & dist.bernoulli(ks[8], cfg.dark_lane_probability)
+  tau = dist.sample(ks[9], cfg.dark_lane_depth) * lanes_on
+  lanes = jax.nn.softplus(4.0 * fractal_noise(ks[10], (h, w)) - 3.0) / 4.0
+  sky = background + behind * jnp.exp(-tau * lanes)[:, :, None]
   return jnp.maximum(sky, 0.0).astype(jnp.float32)
