@@ -86,6 +86,14 @@ class FlatParams(NamedTuple):
   tint: jax.Array  # (4, C) per-channel factors of pedestal, gradients, dome, glow (mean 1)
 
 
+def capped_poisson(u, mean: float, cap: int) -> jax.Array:
+  """``min(Poisson(mean), cap)`` int32 from a uniform ``u`` by the inverse CDF (``mean``, ``cap`` static)."""
+  k = np.arange(cap)
+  pmf = np.exp(k * np.log(max(mean, 1e-30)) - mean - np.cumsum(np.log(np.maximum(k, 1))))
+  cdf = jnp.asarray(np.cumsum(pmf), jnp.float32)
+  return jnp.sum(u >= cdf).astype(jnp.int32)
+
+
 def draw_flat_params(key, cfg, channels: int) -> FlatParams:
   """Draws one frame's parameters from ``cfg`` (``config.degrade.flat``).
 
@@ -94,36 +102,35 @@ def draw_flat_params(key, cfg, channels: int) -> FlatParams:
   the sensor, or with probability ``dust_cluster_probability`` Gaussian around
   one centre at one shared distance. Directions and orientations are uniform.
   """
-  ks = iter(jax.random.split(key, 64))
-  s = lambda spec, shape=(): dist.sample(next(ks), spec, shape)
   n, m = cfg.max_dust, cfg.max_specks
-  angle = lambda shape=(): jax.random.uniform(next(ks), shape, jnp.float32, 0.0, 2 * jnp.pi)
+  r = dist.Uniforms(key, 64 + 8 * n + 6 * m + 4 * channels)
+  s = r.sample
   unit = lambda a: jnp.stack([jnp.cos(a), jnp.sin(a)], -1)
 
-  count = jnp.minimum(jax.random.poisson(next(ks), cfg.dust_mean), n)
-  clustered = dist.bernoulli(next(ks), cfg.dust_cluster_probability)
-  uniform_xy = jax.random.uniform(next(ks), (n, 2), jnp.float32, -1.0, 1.0)
-  cluster_xy = jax.random.uniform(next(ks), (1, 2), jnp.float32, -0.8, 0.8)
+  count = capped_poisson(r.take(), cfg.dust_mean, n)
+  clustered = r.bernoulli(cfg.dust_cluster_probability)
+  uniform_xy = s((-1.0, 1.0), (n, 2))
+  cluster_xy = s((-0.8, 0.8), (1, 2))
   spread = s(cfg.dust_cluster_spread, (1, 1))
-  near = cluster_xy + spread * jax.random.normal(next(ks), (n, 2))
+  near = cluster_xy + spread * r.normal((n, 2))
   distance = s(cfg.dust_distance_mm, (n,))
-  obstructed = dist.bernoulli(next(ks), cfg.obstruction_probability)
+  obstructed = r.bernoulli(cfg.obstruction_probability)
 
-  colour = lambda: (1.0 + cfg.channel_spread * jax.random.normal(next(ks), (channels,))
+  colour = lambda: (1.0 + cfg.channel_spread * r.normal((channels,))
                     if channels > 1 else jnp.ones((1,)))
   dome_colour = jnp.asarray(cfg.dome_colour, jnp.float32)[:channels] if channels > 1 else 1.0
   tint = jnp.stack([colour(), colour(), colour() * dome_colour, colour()])
   tint = jnp.maximum(tint, 0.05)
   tint = tint / tint.mean(axis=1, keepdims=True)
 
-  quad_dir = jax.random.normal(next(ks), (3,))
+  quad_dir = r.normal((3,))
   return FlatParams(
       strength=s(cfg.vignetting_strength),
       mechanical_fraction=s(cfg.mechanical_fraction),
       mechanical_onset=s(cfg.mechanical_onset),
       centre=s(cfg.centre_offset, (2,)),
       asymmetry=s(cfg.asymmetry),
-      asymmetry_angle=angle(),
+      asymmetry_angle=r.angle(),
       focal_ratio=s(cfg.focal_ratio),
       exit_pupil_mm=s(cfg.exit_pupil_mm),
       obstruction=jnp.where(obstructed, s(cfg.obstruction), 0.0),
@@ -132,20 +139,20 @@ def draw_flat_params(key, cfg, channels: int) -> FlatParams:
       dust_distance_mm=jnp.where(clustered, distance[:1], distance),
       dust_depth=s(cfg.dust_depth, (n,)),
       dust_softness=s(cfg.dust_softness, (n,)),
-      speck_active=dist.bernoulli(next(ks), cfg.speck_probability, (m,)),
-      speck_xy=jax.random.uniform(next(ks), (m, 2), jnp.float32, -1.0, 1.0),
+      speck_active=r.bernoulli(cfg.speck_probability, (m,)),
+      speck_xy=s((-1.0, 1.0), (m, 2)),
       speck_gain=s(cfg.speck_gain, (m,)),
       speck_sigma_px=s(cfg.speck_sigma_px, (m,)),
       prnu_sigma=s(cfg.prnu_sigma),
       blotch_sigma=s(cfg.prnu_blotch_sigma),
       level=s(cfg.gradient_level),
-      slope=s(cfg.gradient_slope) * unit(angle()),
+      slope=s(cfg.gradient_slope) * unit(r.angle()),
       quadratic=s(cfg.quadratic_amplitude) * quad_dir / jnp.linalg.norm(quad_dir),
-      dome_amplitude=s(cfg.dome_amplitude) * dist.bernoulli(next(ks), cfg.dome_probability),
-      dome_direction=unit(angle()),
+      dome_amplitude=s(cfg.dome_amplitude) * r.bernoulli(cfg.dome_probability),
+      dome_direction=unit(r.angle()),
       dome_scale=s(cfg.dome_scale),
-      glow_amplitude=s(cfg.glow_amplitude) * dist.bernoulli(next(ks), cfg.glow_probability),
-      glow_xy=jnp.asarray(_GLOW_SITES)[jax.random.randint(next(ks), (), 0, 8)],
+      glow_amplitude=s(cfg.glow_amplitude) * r.bernoulli(cfg.glow_probability),
+      glow_xy=jnp.asarray(_GLOW_SITES)[jnp.minimum((8 * r.take()).astype(jnp.int32), 7)],
       glow_scale=s(cfg.glow_scale),
       tint=tint.astype(jnp.float32))
 

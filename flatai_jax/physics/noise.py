@@ -28,8 +28,9 @@ class NoiseParams(NamedTuple):
 
 def draw_noise_params(key, cfg) -> NoiseParams:
   """Draws a sensor from ``cfg`` (``config.degrade.noise``) distribution specs."""
-  k_fw, k_rn = jax.random.split(key)
-  return NoiseParams(dist.sample(k_fw, cfg.full_well_e), dist.sample(k_rn, cfg.read_noise_e))
+  u = jax.random.uniform(key, (2,))
+  return NoiseParams(dist.from_uniform(u[0], cfg.full_well_e),
+                     dist.from_uniform(u[1], cfg.read_noise_e))
 
 
 def noise_variance(signal, full_well_e, read_noise_e):

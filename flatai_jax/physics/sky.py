@@ -78,9 +78,11 @@ def fractal_noise(key, shape_hw: tuple[int, int], scales=(4, 8, 16, 32, 64),
   """
   h, w = shape_hw
   total = jnp.zeros((h, w), jnp.float32)
+  sizes = [(h // s + 3) * (w // s + 3) for s in scales]
+  white = jax.random.normal(key, (sum(sizes),), jnp.float32)  # one threefry call for all octaves
+  starts = [sum(sizes[:i]) for i in range(len(sizes))]
   for i, s in enumerate(scales):
-    k = jax.random.fold_in(key, i)
-    coarse = jax.random.normal(k, (h // s + 3, w // s + 3), jnp.float32)
+    coarse = white[starts[i]:starts[i] + sizes[i]].reshape(h // s + 3, w // s + 3)
     up = jax.image.resize(coarse, ((h // s + 3) * s, (w // s + 3) * s), "cubic")
     total = total + (float(s) ** slope) * up[s:s + h, s:s + w]
   return (total - total.mean()) / (total.std() + 1e-6)
@@ -119,27 +121,26 @@ def draw_stars(key, cfg, padded_hw: tuple[int, int]) -> StarCatalogue:
   follows a Plummer profile of radius ``cluster_radius_px`` around a point of
   the frame.
   """
-  ks = jax.random.split(key, 9)
   n = cfg.max_stars
   ph, pw = padded_hw
-  sparse = dist.bernoulli(ks[0], cfg.sparse_probability)
-  fraction = jnp.where(sparse, dist.sample(ks[1], cfg.sparse_fraction),
-                       dist.sample(ks[2], cfg.star_fraction))
-  active = jax.random.uniform(ks[3], (n,)) < fraction
-  yx = jax.random.uniform(ks[4], (n, 2)) * jnp.array([ph - 1.0, pw - 1.0])
+  r = dist.Uniforms(key, 8 + 7 * n)
+  sparse = r.bernoulli(cfg.sparse_probability)
+  fraction = jnp.where(sparse, r.sample(cfg.sparse_fraction), r.sample(cfg.star_fraction))
+  active = r.take((n,)) < fraction
+  size = jnp.array([ph - 1.0, pw - 1.0])
+  yx = r.take((n, 2)) * size
   # Plummer sphere projected: R = a / sqrt(u^(-2/3) - 1), uniform direction
-  kc = jax.random.split(ks[5], 4)
-  clustered = dist.bernoulli(kc[0], cfg.cluster_probability)
-  centre = jax.random.uniform(kc[1], (2,)) * jnp.array([ph - 1.0, pw - 1.0])
-  u = jax.random.uniform(kc[2], (n, 2), minval=1e-3, maxval=0.99)
-  radius = dist.sample(ks[6], cfg.cluster_radius_px) / jnp.sqrt(u[:, 0] ** (-2.0 / 3.0) - 1.0)
-  ang = 2.0 * jnp.pi * u[:, 1]
+  clustered = r.bernoulli(cfg.cluster_probability)
+  centre = r.take((2,)) * size
+  u = r.sample((1e-3, 0.99), (n,))
+  radius = r.sample(cfg.cluster_radius_px) / jnp.sqrt(u ** (-2.0 / 3.0) - 1.0)
+  ang = r.angle((n,))
   member = clustered & (jnp.arange(n) < cfg.cluster_fraction * n)
   near = centre + radius[:, None] * jnp.stack([jnp.sin(ang), jnp.cos(ang)], -1)
   yx = jnp.where(member[:, None], near, yx)
-  inside = jnp.all((yx >= 0) & (yx <= jnp.array([ph - 1.0, pw - 1.0])), axis=-1)
-  return StarCatalogue(yx=yx, flux=star_fluxes(jax.random.uniform(ks[7], (n,)), cfg),
-                       temperature_k=dist.sample(ks[8], cfg.star_temperature_k, (n,)),
+  inside = jnp.all((yx >= 0) & (yx <= size), axis=-1)
+  return StarCatalogue(yx=yx, flux=star_fluxes(r.take((n,)), cfg),
+                       temperature_k=r.sample(cfg.star_temperature_k, (n,)),
                        active=active & inside)
 
 
@@ -154,21 +155,23 @@ def sersic_images(key, cfg, padded_hw: tuple[int, int], channels: int) -> jnp.nd
   ph, pw = padded_hw
   if ng == 0:
     return jnp.zeros((ph, pw, channels), jnp.float32)
-  ks = jax.random.split(key, 8)
-  on = dist.bernoulli(ks[0], cfg.galaxy_probability, (ng,))
-  yx = jax.random.uniform(ks[1], (ng, 2)) * jnp.array([ph - 1.0, pw - 1.0])
-  n = dist.sample(ks[2], cfg.sersic_index, (ng,))
-  r_e = dist.sample(ks[3], cfg.galaxy_radius_px, (ng,))
-  q = dist.sample(ks[4], cfg.galaxy_axis_ratio, (ng,))
-  theta = jax.random.uniform(ks[5], (ng,), maxval=jnp.pi)
-  flux = dist.sample(ks[6], cfg.galaxy_flux, (ng,)) * on
-  y = jnp.arange(ph, dtype=jnp.float32)[:, None, None] - yx[:, 0]
-  x = jnp.arange(pw, dtype=jnp.float32)[None, :, None] - yx[:, 1]
-  c, s = jnp.cos(theta), jnp.sin(theta)
-  major, minor = x * c + y * s, (-x * s + y * c) / q
-  r = jnp.sqrt(major * major + minor * minor + 0.25)  # a quarter-pixel core softening
+  r = dist.Uniforms(key, 8 * ng)
+  on = r.bernoulli(cfg.galaxy_probability, (ng,))
+  yx = r.take((ng, 2)) * jnp.array([ph - 1.0, pw - 1.0])
+  n = r.sample(cfg.sersic_index, (ng,))
+  r_e = r.sample(cfg.galaxy_radius_px, (ng,))
+  q = r.sample(cfg.galaxy_axis_ratio, (ng,))
+  theta = 0.5 * r.angle((ng,))
+  flux = r.sample(cfg.galaxy_flux, (ng,)) * on
   b = sersic_b(n)
-  prof = jnp.exp(-b * ((r / r_e) ** (1.0 / n) - 1.0))
+  c, s = jnp.cos(theta), jnp.sin(theta)
+  prof = 0.0
+  for oy, ox in ((-0.25, -0.25), (-0.25, 0.25), (0.25, -0.25), (0.25, 0.25)):  # 2×2 per pixel
+    y = jnp.arange(ph, dtype=jnp.float32)[:, None, None] + oy - yx[:, 0]
+    x = jnp.arange(pw, dtype=jnp.float32)[None, :, None] + ox - yx[:, 1]
+    major, minor = x * c + y * s, (-x * s + y * c) / q
+    r = jnp.sqrt(major * major + minor * minor + 1e-4)
+    prof = prof + 0.25 * jnp.exp(-b * ((r / r_e) ** (1.0 / n) - 1.0))
   total = 2.0 * jnp.pi * q * r_e ** 2 * n * jnp.exp(b + gammaln(2.0 * n) - 2.0 * n * jnp.log(b))
   img = prof * (flux / total)  # (H, W, ng)
   # bulge-dominated (high n) galaxies are old and red, discs bluer
@@ -188,34 +191,34 @@ def render_sky(key, shape_hw: tuple[int, int], channels: int, cfg) -> jnp.ndarra
     ``(H, W, C) float32``, linear, ≥ 0, 1.0 = saturation.
   """
   h, w = shape_hw
-  ks = jax.random.split(key, 12)
+  k_stars, k_gal, k_neb, k_lanes, k_par = jax.random.split(key, 5)
+  r = dist.Uniforms(k_par, 8)
   pad = cfg.psf_size // 2
   ph, pw = h + 2 * pad, w + 2 * pad
 
   # Stars and galaxies over the padded frame (halos enter from outside), then seeing.
-  stars = draw_stars(ks[0], cfg, (ph, pw))
+  stars = draw_stars(k_stars, cfg, (ph, pw))
   colour = blackbody_rgb(stars.temperature_k, channels)
   points = _splat((ph, pw), stars.yx[:, 0], stars.yx[:, 1],
                   (stars.flux * stars.active)[:, None] * colour)
-  points = points + sersic_images(ks[1], cfg, (ph, pw), channels)
-  fwhm = dist.sample(ks[2], cfg.fwhm_px)
-  kernel = moffat_kernel(fwhm, cfg.moffat_beta, cfg.psf_size)
+  points = points + sersic_images(k_gal, cfg, (ph, pw), channels)
+  kernel = moffat_kernel(r.sample(cfg.fwhm_px), cfg.moffat_beta, cfg.psf_size)
   objects = jax.vmap(_fft_convolve_same, in_axes=(-1, None), out_axes=-1)(points, kernel)
   objects = objects[pad:pad + h, pad:pad + w]
 
   # Nebulosity in a fraction of frames: emission (Hα/OIII mix in RGB) and dark lanes.
-  neb_on = dist.bernoulli(ks[3], cfg.nebula_probability)
-  neb_amp = dist.sample(ks[4], cfg.nebula_amplitude) * neb_on
-  nebula = jax.nn.softplus(3.0 * fractal_noise(ks[5], (h, w)) - 1.5) / 3.0
+  neb_on = r.bernoulli(cfg.nebula_probability)
+  neb_amp = r.sample(cfg.nebula_amplitude) * neb_on
+  nebula = jax.nn.softplus(3.0 * fractal_noise(k_neb, (h, w)) - 1.5) / 3.0
+  mix = r.take()
   if channels == 3:
-    mix = jax.random.uniform(ks[6], ())
     tint = (1.0 - mix) * jnp.asarray(EMISSION_RGB[0]) + mix * jnp.asarray(EMISSION_RGB[1])
   else:
     tint = jnp.ones((1,))
-  background = dist.sample(ks[7], cfg.background)
+  background = r.sample(cfg.background)
   behind = neb_amp * nebula[:, :, None] * tint + objects
-  lanes_on = neb_on & dist.bernoulli(ks[8], cfg.dark_lane_probability)
-  tau = dist.sample(ks[9], cfg.dark_lane_depth) * lanes_on
-  lanes = jax.nn.softplus(4.0 * fractal_noise(ks[10], (h, w)) - 3.0) / 4.0
+  lanes_on = neb_on & r.bernoulli(cfg.dark_lane_probability)
+  tau = r.sample(cfg.dark_lane_depth) * lanes_on
+  lanes = jax.nn.softplus(4.0 * fractal_noise(k_lanes, (h, w)) - 3.0) / 4.0
   sky = background + behind * jnp.exp(-tau * lanes)[:, :, None]
   return jnp.maximum(sky, 0.0).astype(jnp.float32)
