@@ -97,3 +97,26 @@ class Uniforms:
 
   def angle(self, shape=()) -> jnp.ndarray:
     return (2.0 * math.pi) * self.take(shape)
+
+
+def materialize(tree):
+  """The float32 leaves of ``tree`` computed once, as they are.
+
+  XLA on CPU fuses cheap per-frame parameter arithmetic into the per-pixel loops
+  that use it; those loops then stop vectorising (25× slower dust shadows at
+  256²). A dot with the identity is not fusible, so the parameters are
+  materialised first; it is exact for finite values and costs K² for K floats.
+  """
+  leaves, treedef = jax.tree.flatten(tree)
+  floats = [i for i, x in enumerate(leaves) if x.dtype == jnp.float32]
+  if not floats:
+    return tree
+  packed = jnp.concatenate([leaves[i].ravel() for i in floats])
+  packed = jnp.dot(packed[None], jnp.eye(packed.shape[0], dtype=jnp.float32),
+                   precision=jax.lax.Precision.HIGHEST)[0]
+  start = 0
+  for i in floats:
+    size = leaves[i].size
+    leaves[i] = packed[start:start + size].reshape(leaves[i].shape)
+    start += size
+  return jax.tree.unflatten(treedef, leaves)

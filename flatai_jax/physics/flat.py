@@ -124,7 +124,7 @@ def draw_flat_params(key, cfg, channels: int) -> FlatParams:
   tint = tint / tint.mean(axis=1, keepdims=True)
 
   quad_dir = r.normal((3,))
-  return FlatParams(
+  return dist.materialize(FlatParams(
       strength=s(cfg.vignetting_strength),
       mechanical_fraction=s(cfg.mechanical_fraction),
       mechanical_onset=s(cfg.mechanical_onset),
@@ -154,7 +154,7 @@ def draw_flat_params(key, cfg, channels: int) -> FlatParams:
       glow_amplitude=s(cfg.glow_amplitude) * r.bernoulli(cfg.glow_probability),
       glow_xy=jnp.asarray(_GLOW_SITES)[jnp.minimum((8 * r.take()).astype(jnp.int32), 7)],
       glow_scale=s(cfg.glow_scale),
-      tint=tint.astype(jnp.float32))
+      tint=tint.astype(jnp.float32)))
 
 
 def _to_px(xy, sensor_hw):
@@ -195,23 +195,28 @@ def shadow_geometry(p: FlatParams, cfg, sensor_hw):
 def dust_shadows(p: FlatParams, coords, cfg, sensor_hw) -> jnp.ndarray:
   """``D``: product of soft-edged shadows of the (annular) pupil, ``(H, W)`` in (0, 1]."""
   centres, radius = shadow_geometry(p, cfg, sensor_hw)
-  xy = _to_px(coords, sensor_hw)[..., None, :]
-  rho = jnp.sqrt(jnp.sum((xy - centres) ** 2, axis=-1))  # (H, W, n)
+  xy = _to_px(coords, sensor_hw)
+  col = lambda v: v[:, None, None]  # (n,) → (n, 1, 1): W innermost vectorises on CPU
+  dx = xy[None, ..., 0] - col(centres[:, 0])
+  dy = xy[None, ..., 1] - col(centres[:, 1])
+  rho = jnp.sqrt(dx * dx + dy * dy)  # (n, H, W)
   width = jnp.maximum(p.dust_softness * radius, 0.3)
   inner_r = p.obstruction * radius
   inner_w = jnp.maximum(p.dust_softness * inner_r, 0.3)
-  disc = jax.nn.sigmoid((radius - rho) / width)
-  hole = jnp.where(p.obstruction > 0, jax.nn.sigmoid((inner_r - rho) / inner_w), 0.0)
-  shadow = jnp.clip(disc - hole, 0.0, 1.0) * (p.dust_depth * p.dust_active)
-  return jnp.prod(1.0 - shadow, axis=-1)
+  disc = jax.nn.sigmoid((col(radius) - rho) / col(width))
+  hole = jnp.where(p.obstruction > 0, jax.nn.sigmoid((col(inner_r) - rho) / col(inner_w)), 0.0)
+  shadow = jnp.clip(disc - hole, 0.0, 1.0) * col(p.dust_depth * p.dust_active)
+  return jnp.prod(1.0 - shadow, axis=0)
 
 
 def specks(p: FlatParams, coords, sensor_hw) -> jnp.ndarray:
-  """``S``: rare bright specks, ``(H, W)`` ≥ 1."""
-  xy = _to_px(coords, sensor_hw)[..., None, :]
-  r2 = jnp.sum((xy - _to_px(p.speck_xy, sensor_hw)) ** 2, axis=-1)
-  blob = jnp.exp(-0.5 * r2 / p.speck_sigma_px ** 2) * (p.speck_gain * p.speck_active)
-  return 1.0 + jnp.sum(blob, axis=-1)
+  """``S``: rare bright specks, ``(H, W)`` ≥ 1 (separable Gaussians: two 1-D profiles per speck)."""
+  xy = _to_px(coords, sensor_hw)
+  centre = _to_px(p.speck_xy, sensor_hw)  # (m, 2)
+  inv = 0.5 / p.speck_sigma_px ** 2
+  ex = jnp.exp(-inv * (xy[0, :, 0][:, None] - centre[:, 0]) ** 2)  # (W, m)
+  ey = jnp.exp(-inv * (xy[:, 0, 1][:, None] - centre[:, 1]) ** 2)  # (H, m)
+  return 1.0 + jnp.einsum("hm,wm,m->hw", ey, ex, p.speck_gain * p.speck_active)
 
 
 def additive_field(p: FlatParams, coords, cfg, sensor_hw) -> jnp.ndarray:

@@ -29,8 +29,8 @@ class NoiseParams(NamedTuple):
 def draw_noise_params(key, cfg) -> NoiseParams:
   """Draws a sensor from ``cfg`` (``config.degrade.noise``) distribution specs."""
   u = jax.random.uniform(key, (2,))
-  return NoiseParams(dist.from_uniform(u[0], cfg.full_well_e),
-                     dist.from_uniform(u[1], cfg.read_noise_e))
+  return dist.materialize(NoiseParams(dist.from_uniform(u[0], cfg.full_well_e),
+                                      dist.from_uniform(u[1], cfg.read_noise_e)))
 
 
 def noise_variance(signal, full_well_e, read_noise_e):

@@ -139,9 +139,9 @@ def draw_stars(key, cfg, padded_hw: tuple[int, int]) -> StarCatalogue:
   near = centre + radius[:, None] * jnp.stack([jnp.sin(ang), jnp.cos(ang)], -1)
   yx = jnp.where(member[:, None], near, yx)
   inside = jnp.all((yx >= 0) & (yx <= size), axis=-1)
-  return StarCatalogue(yx=yx, flux=star_fluxes(r.take((n,)), cfg),
-                       temperature_k=r.sample(cfg.star_temperature_k, (n,)),
-                       active=active & inside)
+  return dist.materialize(StarCatalogue(yx=yx, flux=star_fluxes(r.take((n,)), cfg),
+                                       temperature_k=r.sample(cfg.star_temperature_k, (n,)),
+                                       active=active & inside))
 
 
 def sersic_b(n):
@@ -163,20 +163,22 @@ def sersic_images(key, cfg, padded_hw: tuple[int, int], channels: int) -> jnp.nd
   q = r.sample(cfg.galaxy_axis_ratio, (ng,))
   theta = 0.5 * r.angle((ng,))
   flux = r.sample(cfg.galaxy_flux, (ng,)) * on
+  yx, n, r_e, q, theta, flux = dist.materialize((yx, n, r_e, q, theta, flux))
   b = sersic_b(n)
-  c, s = jnp.cos(theta), jnp.sin(theta)
+  col = lambda v: v[:, None, None]  # (ng,) → (ng, 1, 1): W innermost vectorises on CPU
+  c, s = col(jnp.cos(theta)), col(jnp.sin(theta))
   prof = 0.0
   for oy, ox in ((-0.25, -0.25), (-0.25, 0.25), (0.25, -0.25), (0.25, 0.25)):  # 2×2 per pixel
-    y = jnp.arange(ph, dtype=jnp.float32)[:, None, None] + oy - yx[:, 0]
-    x = jnp.arange(pw, dtype=jnp.float32)[None, :, None] + ox - yx[:, 1]
-    major, minor = x * c + y * s, (-x * s + y * c) / q
+    y = jnp.arange(ph, dtype=jnp.float32)[None, :, None] + oy - col(yx[:, 0])
+    x = jnp.arange(pw, dtype=jnp.float32)[None, None, :] + ox - col(yx[:, 1])
+    major, minor = x * c + y * s, (-x * s + y * c) / col(q)
     r = jnp.sqrt(major * major + minor * minor + 1e-4)
-    prof = prof + 0.25 * jnp.exp(-b * ((r / r_e) ** (1.0 / n) - 1.0))
+    prof = prof + 0.25 * jnp.exp(-col(b) * ((r / col(r_e)) ** (1.0 / col(n)) - 1.0))
   total = 2.0 * jnp.pi * q * r_e ** 2 * n * jnp.exp(b + gammaln(2.0 * n) - 2.0 * n * jnp.log(b))
-  img = prof * (flux / total)  # (H, W, ng)
+  img = prof * col(flux / total)  # (ng, H, W)
   # bulge-dominated (high n) galaxies are old and red, discs bluer
   colour = blackbody_rgb(3500.0 + 6000.0 * jnp.clip((4.0 - n) / 3.5, 0.0, 1.0), channels)
-  return jnp.einsum("hwg,gc->hwc", img, colour)
+  return jnp.einsum("ghw,gc->hwc", img, colour)
 
 
 def render_sky(key, shape_hw: tuple[int, int], channels: int, cfg) -> jnp.ndarray:
@@ -216,9 +218,10 @@ def render_sky(key, shape_hw: tuple[int, int], channels: int, cfg) -> jnp.ndarra
   else:
     tint = jnp.ones((1,))
   background = r.sample(cfg.background)
-  behind = neb_amp * nebula[:, :, None] * tint + objects
   lanes_on = neb_on & r.bernoulli(cfg.dark_lane_probability)
   tau = r.sample(cfg.dark_lane_depth) * lanes_on
+  neb_amp, tint, background, tau = dist.materialize((neb_amp, tint, background, tau))
+  behind = neb_amp * nebula[:, :, None] * tint + objects
   lanes = jax.nn.softplus(4.0 * fractal_noise(k_lanes, (h, w)) - 3.0) / 4.0
   sky = background + behind * jnp.exp(-tau * lanes)[:, :, None]
   return jnp.maximum(sky, 0.0).astype(jnp.float32)
