@@ -58,7 +58,7 @@ def np_dust(p, x, y, cfg, sensor):
     cy = ay + (p.dust_xy[i, 1] * h / 2 - ay) * grow
     radius = 0.5 * (big_l / p.focal_ratio) * d / (big_l - d)
     rho = np.hypot(xp - cx, yp - cy)
-    sig = lambda t: 1 / (1 + np.exp(-t))
+    sig = lambda t: 0.5 * (1 + np.tanh(0.5 * t))  # the logistic sigmoid, without exp overflow
     disc = sig((radius - rho) / max(p.dust_softness[i] * radius, 0.3))
     inner = p.obstruction * radius
     hole = sig((inner - rho) / max(p.dust_softness[i] * inner, 0.3)) if p.obstruction > 0 else 0.0
@@ -89,9 +89,9 @@ def np_g(p, x, y, sensor):
 
 def np_fractal(rng, hw, scales):
   h, w = hw
-  total = np.zeros(hw)
+  total = np.zeros(hw, np.float32)
   for s in scales:
-    coarse = rng.standard_normal((h // s + 3, w // s + 3))
+    coarse = rng.standard_normal((h // s + 3, w // s + 3), dtype=np.float32)
     total += ndimage.zoom(coarse, s, order=3)[s:s + h, s:s + w]
   return (total - total.mean()) / (total.std() + 1e-6)
 
@@ -101,13 +101,13 @@ def np_generator(rng, clean, p, sensor_p, coords, cfg, sensor, saturation):
   x, y = coords[..., 0], coords[..., 1]
   f_field = (np_vignetting(p, x, y, sensor) * np_dust(p, x, y, cfg, sensor)
              * np_specks(p, x, y, sensor))[..., None]
-  f_field = f_field * (1 + p.prnu_sigma * rng.standard_normal(clean.shape))
+  f_field = f_field * (1 + p.prnu_sigma * rng.standard_normal(clean.shape, dtype=np.float32))
   f_field = f_field * (1 + p.blotch_sigma * np_fractal(rng, x.shape, cfg.prnu_blotch_scales_px)
                        )[..., None]
   g_field = np_g(p, x, y, sensor)
   signal = np.minimum(clean * f_field + g_field, saturation)
   var = signal / sensor_p.full_well_e + (sensor_p.read_noise_e / sensor_p.full_well_e) ** 2
-  return signal + np.sqrt(var) * rng.standard_normal(signal.shape), f_field, g_field
+  return signal + np.sqrt(var) * rng.standard_normal(signal.shape, dtype=np.float32), f_field, g_field
 
 
 # --- timings -----------------------------------------------------------------------------------
@@ -137,7 +137,7 @@ def bench_generator(size: int, batch: int, reps: int):
 
   params = jax.device_get(jax.vmap(lambda k: flat.draw_flat_params(k, cfg, 1))(keys))
   sensors = jax.device_get(jax.vmap(lambda k: noise.draw_noise_params(k, config.degrade.noise))(keys))
-  clean_np, coords_np = np.asarray(clean, np.float64), np.asarray(coords, np.float64)
+  clean_np, coords_np = np.asarray(clean), np.asarray(coords)  # float32, like JAX
   rng = np.random.default_rng(0)
   take = lambda tree, i: type(tree)(*(np.asarray(v)[i] for v in tree))
 

@@ -137,7 +137,7 @@ def save_panel_grid(path, panels: dict[str, tuple[np.ndarray, str]], cols: int =
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
   rows = -(-len(panels) // cols)
-  fig, axes = plt.subplots(rows, cols, figsize=(2.1 * cols, 1.65 * rows), squeeze=False)
+  fig, axes = plt.subplots(rows, cols, figsize=(2.0 * cols, 1.6 * rows), squeeze=False)
   for ax in axes.ravel():
     ax.axis("off")
   for ax, (title, (img, kind)) in zip(axes.ravel(), panels.items()):

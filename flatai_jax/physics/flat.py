@@ -235,7 +235,7 @@ def additive_field(p: FlatParams, coords, cfg, sensor_hw) -> jnp.ndarray:
     parts.append(p.glow_amplitude * jnp.exp(-dist_g / p.glow_scale))
   else:
     parts.append(zero)
-  g = jnp.einsum("khw,kc->hwc", jnp.stack(parts), p.tint)
+  g = sum(part[..., None] * tint for part, tint in zip(parts, p.tint))  # (H, W, C)
   return jnp.maximum(g, 0.0)
 
 
