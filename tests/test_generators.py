@@ -275,3 +275,21 @@ def test_black_body_colours():
   assert rgb[0, 0] > 2 * rgb[0, 2] and rgb[2, 2] > 1.5 * rgb[2, 0]  # red M dwarf, blue B star
   np.testing.assert_allclose(rgb[1], 1.0, atol=0.1)  # the Sun is about white
   np.testing.assert_array_equal(sky.blackbody_rgb(jnp.array([3000.0]), 1), 1.0)
+
+
+def test_synth_artifact_sheet_shows_every_artifact_type(tiny):
+  from flatai_jax import synth
+  panels = synth.artifact_panels(tiny("flat", **{"data.channels": 3}))
+  titles = " ".join(panels)
+  for word in ("vignetting", "discs", "rings", "cluster", "speck", "pixel PRNU", "blotches",
+               "gradient", "dome", "glow", "F (all)", "G (all)", "clean", "observed"):
+    assert word in titles, word
+  for title, (img, kind) in panels.items():
+    assert img.ndim == 3 and img.shape[-1] in (1, 3) and np.isfinite(img).all(), title
+    assert img.std() > 0, title  # every panel shows something
+    if title.startswith(("F: vignetting", "F: dust")):
+      assert img.max() <= 1.0 and img.min() < 0.999, title
+    if title.startswith("F: bright speck"):
+      assert img.min() >= 1.0 and img.max() > 1.01, title
+    if title.startswith("G:"):
+      assert img.min() >= 0.0 and img.max() > 1e-3, title
