@@ -210,7 +210,11 @@ def dust_shadows(p: FlatParams, coords, cfg, sensor_hw) -> jnp.ndarray:
 
 
 def specks(p: FlatParams, coords, sensor_hw) -> jnp.ndarray:
-  """``S``: rare bright specks, ``(H, W)`` ≥ 1 (separable Gaussians: two 1-D profiles per speck)."""
+  """``S``: rare bright specks, ``(H, W)`` ≥ 1.
+
+  Separable Gaussians (two 1-D profiles per speck), so ``coords`` must be a
+  ``geometry.frame_coords`` grid: rows share y, columns share x.
+  """
   xy = _to_px(coords, sensor_hw)
   centre = _to_px(p.speck_xy, sensor_hw)  # (m, 2)
   inv = 0.5 / p.speck_sigma_px ** 2
