@@ -120,3 +120,4 @@ def materialize(tree):
     leaves[i] = packed[start:start + size].reshape(leaves[i].shape)
     start += size
   return jax.tree.unflatten(treedef, leaves)
+

@@ -18,10 +18,12 @@ exposes the star catalogue (tests check its luminosity function).
 """
 from __future__ import annotations
 
+import functools
 from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax.scipy.special import gammaln
 
 from flatai_jax.physics import distributions as dist
@@ -69,22 +71,46 @@ def _splat(grid_hw, ys, xs, values):
   return out
 
 
+@functools.lru_cache(maxsize=64)
+def cubic_upsampling_matrix(n_in: int, factor: int) -> np.ndarray:
+  """``(n_in·factor, n_in)`` float32 weights of Keys cubic interpolation (a = −0.5), edge-clamped.
+
+  Output sample ``i`` sits at input coordinate ``(i + 0.5) / factor − 0.5``;
+  each row sums to 1.
+  """
+  src = (np.arange(n_in * factor) + 0.5) / factor - 0.5
+  j0 = np.floor(src).astype(np.int64)
+  out = np.zeros((n_in * factor, n_in), np.float64)
+  rows = np.arange(n_in * factor)
+  for tap in range(-1, 3):
+    j = j0 + tap
+    d = np.abs(src - j)
+    w = np.where(d <= 1, 1.5 * d ** 3 - 2.5 * d ** 2 + 1,
+                 np.where(d < 2, -0.5 * d ** 3 + 2.5 * d ** 2 - 4 * d + 2, 0.0))
+    np.add.at(out, (rows, np.clip(j, 0, n_in - 1)), w)
+  return out.astype(np.float32)
+
+
 def fractal_noise(key, shape_hw: tuple[int, int], scales=(4, 8, 16, 32, 64),
                   slope: float = 1.0) -> jnp.ndarray:
-  """Multi-scale smooth noise, ``(H, W) float32`` with unit standard deviation.
+  """Multi-scale smooth noise, ``(H, W) float32`` with zero mean and unit standard deviation.
 
-  Each octave is a coarse Gaussian grid upsampled (cubic) to full size and
+  Each octave is a coarse Gaussian grid upsampled by cubic interpolation (two
+  small matmuls with :func:`cubic_upsampling_matrix`) to full size and
   weighted by ``scale ** slope`` so that large scales dominate.
   """
   h, w = shape_hw
   total = jnp.zeros((h, w), jnp.float32)
-  sizes = [(h // s + 3) * (w // s + 3) for s in scales]
+  grids = [(h // s + 3, w // s + 3) for s in scales]
+  sizes = [gh * gw for gh, gw in grids]
   white = jax.random.normal(key, (sum(sizes),), jnp.float32)  # one threefry call for all octaves
-  starts = [sum(sizes[:i]) for i in range(len(sizes))]
-  for i, s in enumerate(scales):
-    coarse = white[starts[i]:starts[i] + sizes[i]].reshape(h // s + 3, w // s + 3)
-    up = jax.image.resize(coarse, ((h // s + 3) * s, (w // s + 3) * s), "cubic")
-    total = total + (float(s) ** slope) * up[s:s + h, s:s + w]
+  start = 0
+  for s, (gh, gw), size in zip(scales, grids, sizes):
+    coarse = white[start:start + size].reshape(gh, gw)
+    start += size
+    wy = jnp.asarray(cubic_upsampling_matrix(gh, s)[s:s + h])
+    wx = jnp.asarray(cubic_upsampling_matrix(gw, s)[s:s + w])
+    total = total + (float(s) ** slope) * (wy @ coarse @ wx.T)
   return (total - total.mean()) / (total.std() + 1e-6)
 
 
