@@ -59,8 +59,11 @@ def _forced(cfg, **changes):
   return out
 
 
-def artifact_panels(config) -> dict[str, tuple[np.ndarray, str]]:
+def artifact_panels(config, example=None) -> dict[str, tuple[np.ndarray, str]]:
   """Every artifact type alone on the full virtual sensor, then a whole example.
+
+  ``example``: a dict of ``(H, W, C)`` ``F``, ``G``, ``clean``, ``observed``
+  to show last; default: a full-frame example from :func:`make_examples`.
 
   Parameters come from ``config.degrade.flat`` with the artifact's presence
   probability set to 1; specks and pixel PRNU are shown zoomed (``ZOOM`` px).
@@ -74,7 +77,8 @@ def artifact_panels(config) -> dict[str, tuple[np.ndarray, str]]:
                  obstruction_probability=0.0, dust_cluster_probability=0.0)
   ring = _forced(base, obstruction_probability=1.0)
   cluster = _forced(base, dust_cluster_probability=1.0)
-  only = lambda **on: _forced(base, **{**dict(gradient=False, quadratic=False, dome=False, glow=False), **on})
+  g_off = dict(gradient=False, quadratic=False, dome=False, glow=False)
+  only = lambda **on: _forced(base, **{**g_off, **on})
   key = jax.random.fold_in(synth_key(config), 7)
 
   def panels(key):  # (title, field) in display order
@@ -105,18 +109,21 @@ def artifact_panels(config) -> dict[str, tuple[np.ndarray, str]]:
         ("G: amplifier glow", g_only(glow=True)),
     ]
 
-  titles = []
+  titles = []  # filled while tracing: strings cannot leave a jitted function
+
   def arrays(k):
     titled = panels(k)
     titles[:] = [t for t, _ in titled]
     return [v for _, v in titled]
+
   values = jax.device_get(jax.jit(arrays)(key))
   out = {t: (np.asarray(v), "field") for t, v in zip(titles, values)}
-  ex = make_examples(config, 1, full_frame=True)
-  out["F (all)"] = (ex["F"][0], "field")
-  out["G (all)"] = (ex["G"][0], "field")
-  out["clean"] = (ex["clean"][0], "image")
-  out["observed"] = (ex["observed"][0], "image")
+  if example is None:
+    example = {k: v[0] for k, v in make_examples(config, 1, full_frame=True).items()}
+  out["F (all)"] = (example["F"], "field")
+  out["G (all)"] = (example["G"], "field")
+  out["clean"] = (example["clean"], "image")
+  out["observed"] = (example["observed"], "image")
   return out
 
 
@@ -136,7 +143,8 @@ def write_examples(config, output_dir, num: int, full_frame: bool = False) -> li
   metrics.save_sample_grid(out / "contact_sheet.png",
                            {"observed": ex["observed"], "clean": ex["clean"], "F": ex["F"],
                             "G": ex["G"]}, max_rows=min(num, 8))
-  metrics.save_panel_grid(out / "artifacts.png", artifact_panels(config), cols=7)
+  first = {k: v[0] for k, v in ex.items()}
+  metrics.save_panel_grid(out / "artifacts.png", artifact_panels(config, first), cols=7)
   (out / "synth_config.json").write_text(json.dumps(json.loads(config.to_json_best_effort()),
                                                     indent=2))
   return paths
