@@ -107,7 +107,8 @@ def np_generator(rng, clean, p, sensor_p, coords, cfg, sensor, saturation):
   g_field = np_g(p, x, y, sensor)
   signal = np.minimum(clean * f_field + g_field, saturation)
   var = signal / sensor_p.full_well_e + (sensor_p.read_noise_e / sensor_p.full_well_e) ** 2
-  return signal + np.sqrt(var) * rng.standard_normal(signal.shape, dtype=np.float32), f_field, g_field
+  noisy = signal + np.sqrt(var) * rng.standard_normal(signal.shape, dtype=np.float32)
+  return noisy, f_field, g_field
 
 
 # --- timings -----------------------------------------------------------------------------------

@@ -53,7 +53,10 @@ _GLOW_SITES = np.array([[-1, -1], [1, -1], [-1, 1], [1, 1],
 
 
 class FlatParams(NamedTuple):
-  """Random parameters of one frame's F and G (float32 unless noted; n = max_dust, m = max_specks)."""
+  """Random parameters of one frame's F and G.
+
+  float32 unless noted; n = ``max_dust``, m = ``max_specks``.
+  """
   strength: jax.Array  # () corner darkening, corner/centre = 1 − strength
   mechanical_fraction: jax.Array  # () share of ln(corner/centre) from the mechanical clip
   mechanical_onset: jax.Array  # () field radius r₀ where the clip starts
@@ -87,7 +90,10 @@ class FlatParams(NamedTuple):
 
 
 def capped_poisson(u, mean: float, cap: int) -> jax.Array:
-  """``min(Poisson(mean), cap)`` int32 from a uniform ``u`` by the inverse CDF (``mean``, ``cap`` static)."""
+  """``min(Poisson(mean), cap)`` int32 from a uniform ``u`` by the inverse CDF.
+
+  ``mean`` and ``cap`` are static (from the config).
+  """
   k = np.arange(cap)
   pmf = np.exp(k * np.log(max(mean, 1e-30)) - mean - np.cumsum(np.log(np.maximum(k, 1))))
   cdf = jnp.asarray(np.cumsum(pmf), jnp.float32)

@@ -1,9 +1,10 @@
 """Poisson–Gaussian sensor noise in the linear domain and the noise-level map.
 
-Units: pixel values are fractions of full well (1.0 = saturation). A sensor of
-``full_well_e`` electrons at saturation read out to ``adu_max`` ADU has a gain of
-``full_well_e / adu_max`` e⁻/ADU; in these units one electron is
-``1 / full_well_e``. The variance model (:func:`noise_variance`, tested) is
+Units: pixel values are fractions of full well (1.0 = saturation), so one
+electron is ``1 / full_well_e``. A camera whose full well ``full_well_e`` reads
+out as ``A`` ADU (e.g. 65 535 for 16 bits) has a gain of ``full_well_e / A``
+e⁻/ADU; the model needs only the electrons per unit, so no ADU scale is drawn.
+The variance model (:func:`noise_variance`, tested) is
 
     Var[observed] = signal / full_well_e + (read_noise_e / full_well_e)²
 

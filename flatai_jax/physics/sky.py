@@ -73,10 +73,10 @@ def _splat(grid_hw, ys, xs, values):
 
 @functools.lru_cache(maxsize=64)
 def cubic_upsampling_matrix(n_in: int, factor: int) -> np.ndarray:
-  """``(n_in·factor, n_in)`` float32 weights of Keys cubic interpolation (a = −0.5), edge-clamped.
+  """``(n_in·factor, n_in)`` float32 weights of Keys cubic interpolation (a = −0.5).
 
   Output sample ``i`` sits at input coordinate ``(i + 0.5) / factor − 0.5``;
-  each row sums to 1.
+  edges are clamped and each row sums to 1.
   """
   src = (np.arange(n_in * factor) + 0.5) / factor - 0.5
   j0 = np.floor(src).astype(np.int64)
@@ -176,7 +176,7 @@ def sersic_b(n):
 
 
 def sersic_images(key, cfg, padded_hw: tuple[int, int], channels: int) -> jnp.ndarray:
-  """Up to ``max_galaxies`` elliptical Sérsic galaxies, ``(H, W, C)``; each has its drawn total flux."""
+  """Up to ``max_galaxies`` elliptical Sérsic galaxies, ``(H, W, C)``, each of its drawn flux."""
   ng = cfg.max_galaxies
   ph, pw = padded_hw
   if ng == 0:
