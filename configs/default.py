@@ -38,43 +38,84 @@ def get_config(arg=None):
   c.data.sensor_hw = (2048, 3072)  # virtual sensor (H, W), px; crops get its global coordinates
 
   # --- Procedural sky (units: 1.0 = saturation) -----------------------------
-  c.sky = ml_collections.ConfigDict()
-  c.sky.background = (0.01, 0.08)  # uniform range of the sky level
-  c.sky.max_stars = 400  # static upper bound of stars per crop
-  c.sky.star_fraction = (0.2, 1.0)  # fraction of max_stars present (sparse … crowded)
-  c.sky.star_flux_min = 0.02  # faintest star, total flux (sum over its pixels)
-  c.sky.star_flux_alpha = 1.3  # power-law index of N(>flux) ∝ flux^-alpha
+  c.sky = ml_collections.ConfigDict()  # physics/sky.py; distribution specs as in c.degrade.flat
+  c.sky.background = (0.01, 0.08)  # sky level, sky units
+  c.sky.max_stars = 400  # static upper bound of stars per crop (padded by psf_size // 2)
+  c.sky.star_fraction = (0.2, 1.0)  # share of max_stars present in a normal field
+  c.sky.sparse_probability = 0.15  # frames that are sparse fields
+  c.sky.sparse_fraction = (0.0, 0.1)  # share of max_stars present in a sparse field
+  c.sky.cluster_probability = 0.15  # frames with a star cluster
+  c.sky.cluster_fraction = 0.5  # share of the star slots in the cluster
+  c.sky.cluster_radius_px = ("loguniform", 3.0, 30.0)  # Plummer radius of a cluster, px
+  c.sky.star_flux_min = 0.02  # faintest star, total flux (sum over its pixels), sky units
+  c.sky.star_flux_alpha = 1.3  # power-law index of N(>flux) ∝ flux^-alpha (truncated)
   c.sky.star_flux_max = 60.0  # brightest star total flux (saturates its core)
-  c.sky.star_color_spread = 0.25  # RGB only: relative spread of star colours
-  c.sky.fwhm_px = (1.8, 4.0)  # seeing FWHM range, px
+  c.sky.star_temperature_k = ("loguniform", 3000.0, 15000.0)  # RGB: black-body colour temperature, K
+  c.sky.max_galaxies = 3  # static number of galaxy slots per crop
+  c.sky.galaxy_probability = 0.3  # chance that each slot holds a galaxy
+  c.sky.sersic_index = (0.5, 4.0)  # Sérsic n (0.5 ≈ Gaussian, 1 disc, 4 de Vaucouleurs)
+  c.sky.galaxy_radius_px = ("loguniform", 1.5, 12.0)  # effective (half-light) radius, px
+  c.sky.galaxy_axis_ratio = (0.3, 1.0)  # minor / major axis
+  c.sky.galaxy_flux = ("loguniform", 0.3, 20.0)  # total flux, sky units
+  c.sky.fwhm_px = (1.8, 4.0)  # seeing FWHM, px
   c.sky.moffat_beta = 3.0  # Moffat index of star profiles
   c.sky.psf_size = 25  # star rendering kernel side, px (odd)
   c.sky.nebula_probability = 0.5  # fraction of frames with nebulosity
-  c.sky.nebula_amplitude = (0.02, 0.3)  # nebula brightness range
+  c.sky.nebula_amplitude = (0.02, 0.3)  # nebula brightness, sky units
+  c.sky.dark_lane_probability = 0.5  # nebulous frames with absorbing dark lanes
+  c.sky.dark_lane_depth = (0.5, 3.0)  # peak optical depth scale of the lanes
 
   # --- Degradation: the forward model's random parts -------------------------
   c.degrade = ml_collections.ConfigDict()
   c.degrade.apply_flat = arg.task in ("flat", "combined")
   c.degrade.apply_psf = arg.task in ("psf", "combined")
   c.degrade.saturation = 1.0  # full-well level in sky units
-  f = c.degrade.flat = ml_collections.ConfigDict()
+  f = c.degrade.flat = ml_collections.ConfigDict()  # physics/flat.py; distributions: physics/distributions.py
+  # A distribution is (low, high) uniform, ('loguniform', low, high), ('normal', mean, sd) or ('fixed', v).
+  f.pixel_size_um = 3.76  # sensor pixel pitch, µm (dust optics in mm → px on the virtual sensor)
   f.vignetting = True
-  f.vignetting_strength = (0.0, 0.4)  # corner darkening: corner/centre = 1 - s (0.6 … 1.0)
-  f.vignetting_power = 2.0  # radial exponent of the falloff
-  f.centre_offset = 0.1  # max optical-axis offset, in [-1, 1] sensor units
+  f.vignetting_strength = (0.0, 0.4)  # corner darkening s: corner/centre = 1 - s (0.6 … 1.0)
+  f.mechanical_fraction = (0.0, 1.0)  # share of ln(corner/centre) from the mechanical clip (rest: cos⁴)
+  f.mechanical_onset = (0.5, 0.9)  # field radius where the mechanical clip starts (1 = corner)
+  f.centre_offset = (-0.1, 0.1)  # optical-axis offset per axis, sensor half-widths/half-heights
+  f.asymmetry = (0.0, 0.08)  # ellipticity of the falloff (radii × 1 ± a), random orientation
   f.dust = True
-  f.max_dust = 6  # static upper bound of dust shadows per frame
-  f.dust_radius = (0.01, 0.05)  # shadow radius, in units of the sensor half-width
-  f.dust_depth = (0.005, 0.10)  # fractional darkening (0.5 % … 10 %)
-  f.dust_softness = 0.15  # edge softness as a fraction of the radius
-  f.obstruction = 0.3  # central obstruction ratio; 0 = refractor (discs), > 0 = rings
+  f.max_dust = 6  # static upper bound of dust particles per frame
+  f.dust_mean = 2.5  # Poisson mean number of particles per frame (capped at max_dust)
+  f.dust_distance_mm = ("loguniform", 0.3, 3.0)  # particle-to-sensor distance d, mm
+  f.focal_ratio = (4.0, 8.0)  # beam focal ratio N: shadow diameter ≈ d / N
+  f.exit_pupil_mm = (80.0, 600.0)  # exit-pupil distance L, mm: sets the off-axis shift d·tanθ
+  f.obstruction_probability = 0.5  # share of frames from an obstructed telescope (ring shadows)
+  f.obstruction = (0.25, 0.45)  # central obstruction ratio (diameters) when obstructed
+  f.dust_depth = ("loguniform", 0.005, 0.10)  # fractional darkening inside the shadow (0.5 … 10 %)
+  f.dust_softness = (0.05, 0.2)  # edge width, fraction of the shadow radius
+  f.dust_cluster_probability = 0.1  # frames whose particles cluster around one point, at one distance
+  f.dust_cluster_spread = (0.03, 0.15)  # cluster RMS radius, sensor half-widths
+  f.specks = True
+  f.max_specks = 2  # static number of speck slots per frame
+  f.speck_probability = 0.05  # chance that each slot holds a bright speck
+  f.speck_gain = (0.02, 0.15)  # F excess at a speck's centre (relative)
+  f.speck_sigma_px = (0.6, 1.5)  # speck Gaussian sigma, px
   f.prnu = True
-  f.prnu_sigma = 0.004  # pixel response non-uniformity, relative RMS
+  f.prnu_sigma = (0.002, 0.01)  # pixel-scale response non-uniformity, relative RMS
+  f.prnu_blotches = True
+  f.prnu_blotch_sigma = (0.0, 0.01)  # low-frequency PRNU blotches, relative RMS
+  f.prnu_blotch_scales_px = (8, 16, 32)  # blotch octaves, px (each < crop size)
+  f.gradient_level = (0.0, 0.05)  # additive pedestal (always present), sky units
   f.gradient = True
-  f.gradient_level = (0.0, 0.05)  # additive pedestal range
-  f.gradient_slope = 0.02  # max linear gradient across half the sensor
-  f.glow_amplitude = 0.05  # max amplifier-glow level at its corner
-  f.glow_scale = 0.3  # glow e-folding distance, sensor half-widths
+  f.gradient_slope = (0.0, 0.02)  # linear gradient per sensor half-width, random direction
+  f.quadratic = True
+  f.quadratic_amplitude = (0.0, 0.01)  # quadratic gradient (x², y², xy) coefficient norm, sky units
+  f.dome = True
+  f.dome_probability = 0.4  # frames with a light-pollution dome from one side
+  f.dome_amplitude = (0.005, 0.05)  # dome level at its side (direction · coords = 1), sky units
+  f.dome_scale = (0.3, 1.5)  # dome e-folding distance, global coordinate units (1 = half the sensor)
+  f.dome_colour = (1.0, 0.8, 0.55)  # RGB relative colour of light pollution (R, G, B)
+  f.glow = True
+  f.glow_probability = 0.3  # frames with amplifier glow at a corner or an edge midpoint
+  f.glow_amplitude = (0.005, 0.05)  # glow level at its site, sky units
+  f.glow_scale = (0.05, 0.3)  # glow e-folding distance, sensor half-widths
+  f.channel_spread = 0.1  # RGB: relative per-channel spread of each G component's colour
   p = c.degrade.psf = ml_collections.ConfigDict()  # optics: physics/psf.py, optics.py, convolve.py
   p.n_pupil = 64  # pupil samples across the diameter (rays beyond q·n_pupil/2 px would wrap)
   p.q = 2.0  # PSF sampling, detector px per λ/D at the reference wavelength (≥ 2: Nyquist)
@@ -98,7 +139,7 @@ def get_config(arg=None):
   p.sensor_tilt = 0.06  # max Z4 gradient per unit field (random direction): tilted sensor
   n = c.degrade.noise = ml_collections.ConfigDict()
   n.enabled = True
-  n.full_well_e = (8000.0, 50000.0)  # electrons at saturation (sets shot noise)
+  n.full_well_e = (8000.0, 50000.0)  # electrons at saturation (1.0 sky units), sets shot noise
   n.read_noise_e = (1.5, 8.0)  # read noise, electrons RMS
 
   # --- Augmentation of clean crops, in the train step ---------------------

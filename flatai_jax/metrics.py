@@ -125,6 +125,32 @@ def save_sample_grid(path, columns: dict[str, np.ndarray], max_rows: int = 4) ->
   plt.close(fig)
 
 
+def save_panel_grid(path, panels: dict[str, tuple[np.ndarray, str]], cols: int = 5) -> None:
+  """One PNG of titled panels, ``cols`` per row.
+
+  Args:
+    path: output PNG.
+    panels: title → (``(H, W, C)`` array, ``"field"`` for linear levels or
+      ``"image"`` for an asinh stretch); panels may differ in size.
+  """
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+  rows = -(-len(panels) // cols)
+  fig, axes = plt.subplots(rows, cols, figsize=(2.0 * cols, 1.6 * rows), squeeze=False)
+  for ax in axes.ravel():
+    ax.axis("off")
+  for ax, (title, (img, kind)) in zip(axes.ravel(), panels.items()):
+    img = np.asarray(img, dtype=np.float32)
+    shown = linear_levels(img) if kind == "field" else asinh_stretch(img)
+    ax.imshow(shown[..., 0] if shown.shape[-1] == 1 else shown, cmap="gray", vmin=0, vmax=1,
+              interpolation="nearest")
+    ax.set_title(title, fontsize=8)
+  fig.tight_layout()
+  _atomic_savefig(fig, Path(path))
+  plt.close(fig)
+
+
 def psf_mosaic(psf: np.ndarray) -> np.ndarray:
   """PSF grids ``(N, gy, gx, k, k)`` → ``(N, gy·k, gx·k, 1)`` images for sample grids."""
   n, gy, gx, k, _ = psf.shape

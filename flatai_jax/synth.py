@@ -5,15 +5,21 @@ what you see is what the train step makes.
 """
 from __future__ import annotations
 
+import copy
 import json
 from pathlib import Path
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from flatai_jax import metrics
 from flatai_jax.data import synthetic
 from flatai_jax.io import images
+from flatai_jax.physics import flat, geometry
+from flatai_jax.physics.sky import fractal_noise
+
+ZOOM = 96  # side of the zoomed panels (specks, pixel PRNU), px
 
 
 def synth_key(config):
@@ -46,8 +52,84 @@ def make_examples(config, num: int, full_frame: bool = False) -> dict[str, np.nd
   return {k: np.stack([o[k] for o in outs]) for k in outs[0]}
 
 
+def _forced(cfg, **changes):
+  out = copy.deepcopy(cfg)
+  for k, v in changes.items():
+    out[k] = v
+  return out
+
+
+def artifact_panels(config, example=None) -> dict[str, tuple[np.ndarray, str]]:
+  """Every artifact type alone on the full virtual sensor, then a whole example.
+
+  ``example``: a dict of ``(H, W, C)`` ``F``, ``G``, ``clean``, ``observed``
+  to show last; default: a full-frame example from :func:`make_examples`.
+
+  Parameters come from ``config.degrade.flat`` with the artifact's presence
+  probability set to 1; specks and pixel PRNU are shown zoomed (``ZOOM`` px).
+  Returns title → (``(H, W, C)`` array, ``"field"`` | ``"image"``) for
+  :func:`metrics.save_panel_grid`.
+  """
+  sensor = tuple(int(v) for v in config.data.sensor_hw)
+  c = config.data.channels
+  base = _forced(config.degrade.flat, dust_mean=float(config.degrade.flat.max_dust),
+                 speck_probability=1.0, dome_probability=1.0, glow_probability=1.0,
+                 obstruction_probability=0.0, dust_cluster_probability=0.0)
+  ring = _forced(base, obstruction_probability=1.0)
+  cluster = _forced(base, dust_cluster_probability=1.0)
+  g_off = dict(gradient=False, quadratic=False, dome=False, glow=False)
+  only = lambda **on: _forced(base, **{**g_off, **on})
+  key = jax.random.fold_in(synth_key(config), 7)
+
+  def panels(key):  # (title, field) in display order
+    ks = jax.random.split(key, 6)
+    coords = geometry.frame_coords(jnp.zeros(2), sensor, jnp.asarray(sensor, jnp.float32))
+    p = flat.draw_flat_params(ks[0], base, c)
+    p_ring = flat.draw_flat_params(ks[1], ring, c)
+    p_cluster = flat.draw_flat_params(ks[2], cluster, c)
+    speck_px = (p.speck_xy[0] * 0.5 + 0.5) * jnp.array([sensor[1], sensor[0]], jnp.float32)
+    offset = jnp.clip(jnp.round(speck_px[::-1]) - ZOOM // 2, 0,
+                      jnp.array(sensor, jnp.float32) - ZOOM)
+    zoom = geometry.frame_coords(offset, (ZOOM, ZOOM), jnp.asarray(sensor, jnp.float32))
+    no_pedestal = p._replace(level=jnp.float32(0.0))
+    field = lambda x: x[..., None]
+    g_only = lambda **on: flat.additive_field(no_pedestal, coords, only(**on), sensor)
+    blotches = fractal_noise(ks[4], sensor, tuple(base.prnu_blotch_scales_px), slope=0.0)
+    return [
+        ("F: vignetting (cos⁴ + mechanical)", field(flat.vignetting(p, coords, sensor))),
+        ("F: dust, unobstructed (discs)", field(flat.dust_shadows(p, coords, base, sensor))),
+        ("F: dust, obstructed (rings)", field(flat.dust_shadows(p_ring, coords, ring, sensor))),
+        ("F: dust cluster", field(flat.dust_shadows(p_cluster, coords, cluster, sensor))),
+        (f"F: bright speck ({ZOOM} px)", field(flat.specks(p, zoom, sensor))),
+        (f"F: pixel PRNU ({ZOOM} px)",
+         1.0 + p.prnu_sigma * jax.random.normal(ks[3], (ZOOM, ZOOM, c))),
+        ("F: PRNU blotches", field(1.0 + p.blotch_sigma * blotches)),
+        ("G: linear + quadratic gradient", g_only(gradient=True, quadratic=True)),
+        ("G: light-pollution dome", g_only(dome=True)),
+        ("G: amplifier glow", g_only(glow=True)),
+    ]
+
+  titles = []  # filled while tracing: strings cannot leave a jitted function
+
+  def arrays(k):
+    titled = panels(k)
+    titles[:] = [t for t, _ in titled]
+    return [v for _, v in titled]
+
+  values = jax.device_get(jax.jit(arrays)(key))
+  out = {t: (np.asarray(v), "field") for t, v in zip(titles, values)}
+  if example is None:
+    example = {k: v[0] for k, v in make_examples(config, 1, full_frame=True).items()}
+  out["F (all)"] = (example["F"], "field")
+  out["G (all)"] = (example["G"], "field")
+  out["clean"] = (example["clean"], "image")
+  out["observed"] = (example["observed"], "image")
+  return out
+
+
 def write_examples(config, output_dir, num: int, full_frame: bool = False) -> list[Path]:
-  """Writes ``NNNN_{observed,clean,F,G}.fits`` and ``contact_sheet.png``; returns the FITS paths."""
+  """Writes ``NNNN_{observed,clean,F,G}.fits``, ``contact_sheet.png`` (observed / clean / F / G
+  per example) and ``artifacts.png`` (:func:`artifact_panels`); returns the FITS paths."""
   out = Path(output_dir)
   out.mkdir(parents=True, exist_ok=True)
   ex = make_examples(config, num, full_frame)
@@ -61,6 +143,8 @@ def write_examples(config, output_dir, num: int, full_frame: bool = False) -> li
   metrics.save_sample_grid(out / "contact_sheet.png",
                            {"observed": ex["observed"], "clean": ex["clean"], "F": ex["F"],
                             "G": ex["G"]}, max_rows=min(num, 8))
+  first = {k: v[0] for k, v in ex.items()}
+  metrics.save_panel_grid(out / "artifacts.png", artifact_panels(config, first), cols=7)
   (out / "synth_config.json").write_text(json.dumps(json.loads(config.to_json_best_effort()),
                                                     indent=2))
   return paths

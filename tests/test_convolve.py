@@ -151,7 +151,7 @@ def test_degrade_blurs_with_the_returned_psf_field():
   rng = np.random.default_rng(6)
   clean = jnp.asarray(rng.random((64, 64, 1)) * 0.5, jnp.float32)
   coords = geometry.frame_coords(jnp.asarray([0.0, 0.0]), (64, 64), jnp.asarray([384.0, 576.0]))
-  out = jax.jit(lambda k: forward.degrade(k, clean, coords, config.degrade, 384 / 576))(
+  out = jax.jit(lambda k: forward.degrade(k, clean, coords, config.degrade, (384, 576)))(
       jax.random.key(0))
   gy, gx = config.degrade.psf.grid
   k = config.degrade.psf.kernel_size

@@ -18,11 +18,6 @@ def example_keys(base_key, step, indices):
   return jax.vmap(lambda i: jax.random.fold_in(step_key, i))(indices)
 
 
-def sensor_aspect(config) -> float:
-  h, w = config.data.sensor_hw
-  return float(h) / float(w)
-
-
 def procedural_example(key, config, crop_hw=None, offset_yx=None):
   """One clean sky crop and its global coordinates.
 
@@ -48,7 +43,7 @@ def procedural_example(key, config, crop_hw=None, offset_yx=None):
 def degrade_example(key, clean, coords, config):
   """The forward model applied to one example (see physics.forward.degrade)."""
   return forward.degrade(jax.random.fold_in(key, 1), clean, coords, config.degrade,
-                         sensor_aspect(config))
+                         tuple(config.data.sensor_hw))
 
 
 def model_inputs(observed):

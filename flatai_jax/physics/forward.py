@@ -35,7 +35,7 @@ def invert_flat(observed, f_field, g_field):
   return (observed - g_field) / f_field
 
 
-def degrade(key, clean, coords, cfg, aspect: float):
+def degrade(key, clean, coords, cfg, sensor_hw):
   """Degrades one clean image with fields drawn from ``key``.
 
   Args:
@@ -43,16 +43,19 @@ def degrade(key, clean, coords, cfg, aspect: float):
     clean: ``(H, W, C) float32`` linear, 1.0 = saturation.
     coords: ``(H, W, 2)`` global sensor coordinates of the crop.
     cfg: ``config.degrade``.
-    aspect: sensor height / width.
+    sensor_hw: static ``(H, W)`` of the virtual sensor, px (``config.data.sensor_hw``):
+      converts the flat field's physical lengths to px; its aspect places the PSF field.
   Returns:
     dict with ``observed``, ``F``, ``G`` — each ``(H, W, C) float32`` — and,
     when ``cfg.apply_psf``, ``psf`` ``(gy, gx, k, k) float32``: the true PSFs at
     the crop's grid nodes (``physics.convolve.node_coords``), each summing to 1.
   """
-  k_flat, k_gain, k_read, k_noise = jax.random.split(key, 4)
+  k_flat, k_sensor, _, k_noise = jax.random.split(key, 4)
   c = clean.shape[-1]
+  sensor_hw = (float(sensor_hw[0]), float(sensor_hw[1]))
+  aspect = sensor_hw[0] / sensor_hw[1]
   if cfg.apply_flat:
-    f_field, g_field = flat.draw_flat_fields(k_flat, coords, c, cfg.flat, aspect)
+    f_field, g_field = flat.draw_flat_fields(k_flat, coords, c, cfg.flat, sensor_hw)
   else:
     f_field, g_field = jnp.ones_like(clean), jnp.zeros_like(clean)
   blur, extra = None, {}
@@ -61,11 +64,8 @@ def degrade(key, clean, coords, cfg, aspect: float):
     blur, extra = (lambda image: optics.blur(image, psfs)), {"psf": psfs}
   signal = expected_signal(clean, f_field, g_field, cfg.saturation, blur)
   if cfg.noise.enabled:
-    full_well = jax.random.uniform(k_gain, (), minval=cfg.noise.full_well_e[0],
-                                   maxval=cfg.noise.full_well_e[1])
-    read = jax.random.uniform(k_read, (), minval=cfg.noise.read_noise_e[0],
-                              maxval=cfg.noise.read_noise_e[1])
-    observed = noise.add_sensor_noise(k_noise, signal, full_well, read)
+    sensor = noise.draw_noise_params(k_sensor, cfg.noise)
+    observed = noise.add_sensor_noise(k_noise, signal, sensor.full_well_e, sensor.read_noise_e)
   else:
     observed = signal
   return {"observed": observed, "F": f_field, "G": g_field, **extra}

@@ -1,20 +1,52 @@
 """Poisson–Gaussian sensor noise in the linear domain and the noise-level map.
 
-Units: pixel values are fractions of full well (1.0 = saturation); the gain
-converts them to electrons (``electrons = value * full_well_e``).
+Units: pixel values are fractions of full well (1.0 = saturation), so one
+electron is ``1 / full_well_e``. A camera whose full well ``full_well_e`` reads
+out as ``A`` ADU (e.g. 65 535 for 16 bits) has a gain of ``full_well_e / A``
+e⁻/ADU; the model needs only the electrons per unit, so no ADU scale is drawn.
+The variance model (:func:`noise_variance`, tested) is
+
+    Var[observed] = signal / full_well_e + (read_noise_e / full_well_e)²
+
+where ``signal`` includes the sky background and G (every photon-electron
+counts), i.e. shot noise ``∝ signal`` plus a constant read-noise floor.
 """
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import jax
 import jax.numpy as jnp
+
+from flatai_jax.physics import distributions as dist
+
+
+class NoiseParams(NamedTuple):
+  """Sensor of one frame, float32 scalars."""
+  full_well_e: jax.Array  # electrons at saturation (1.0)
+  read_noise_e: jax.Array  # electrons RMS
+
+
+def draw_noise_params(key, cfg) -> NoiseParams:
+  """Draws a sensor from ``cfg`` (``config.degrade.noise``) distribution specs."""
+  u = jax.random.uniform(key, (2,))
+  return dist.materialize(NoiseParams(dist.from_uniform(u[0], cfg.full_well_e),
+                                      dist.from_uniform(u[1], cfg.read_noise_e)))
+
+
+def noise_variance(signal, full_well_e, read_noise_e):
+  """Per-pixel variance of :func:`add_sensor_noise` in signal units, same shape as ``signal``."""
+  return jnp.maximum(signal, 0.0) / full_well_e + (read_noise_e / full_well_e) ** 2
 
 
 def add_sensor_noise(key, signal: jnp.ndarray, full_well_e, read_noise_e) -> jnp.ndarray:
   """Adds shot and read noise.
 
   Shot noise uses the Gaussian limit of the Poisson law (variance = mean in
-  electrons), accurate above a few tens of electrons, which a sky background
-  always exceeds.
+  electrons), which keeps the step free of the slow rejection sampler of
+  ``jax.random.poisson``. Mean and variance are exact; only the skewness
+  ``1/√N_e`` is missing (2 % at 2 500 e⁻, 11 % at the faintest sky of the
+  default config, 0.01 × 8 000 e⁻).
 
   Args:
     key: PRNG key.
@@ -24,10 +56,9 @@ def add_sensor_noise(key, signal: jnp.ndarray, full_well_e, read_noise_e) -> jnp
   Returns:
     ``(H, W, C) float32`` noisy signal in the same units.
   """
-  electrons = jnp.maximum(signal, 0.0) * full_well_e
-  sigma_e = jnp.sqrt(electrons + read_noise_e ** 2)
-  noisy = electrons + sigma_e * jax.random.normal(key, signal.shape, jnp.float32)
-  return (noisy / full_well_e).astype(jnp.float32)
+  sigma = jnp.sqrt(noise_variance(signal, full_well_e, read_noise_e))
+  noisy = signal + sigma * jax.random.normal(key, signal.shape, jnp.float32)
+  return noisy.astype(jnp.float32)
 
 
 def _box_mean(x: jnp.ndarray, radius: int) -> jnp.ndarray:
