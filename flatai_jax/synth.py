@@ -36,16 +36,23 @@ def make_examples(config, num: int, full_frame: bool = False) -> dict[str, np.nd
     full_frame: render the whole virtual sensor (``config.data.sensor_hw``)
       instead of training crops.
   Returns:
-    dict of ``(num, H, W, C) float32``: ``observed``, ``clean``, ``F``, ``G``.
+    dict of ``(num, H, W, C) float32``: ``observed``, ``clean``, ``F``, ``G``;
+    for the psf/combined tasks also ``psf`` ``(num, gy, gx, k, k)``, the true
+    PSFs at the grid nodes (a full frame gets ``config.eval.frame_psf_grid``
+    nodes, since the training grid spans only one crop).
   """
   crop_hw = tuple(config.data.sensor_hw) if full_frame else None
   offset = np.zeros(2, np.float32) if full_frame else None
+  if full_frame and config.degrade.apply_psf:
+    config = _forced(config)
+    config.degrade.psf.grid = tuple(config.eval.frame_psf_grid)
 
   @jax.jit
   def one(key):
     clean, coords = synthetic.procedural_example(key, config, crop_hw, offset)
     deg = synthetic.degrade_example(key, clean, coords, config)
-    return {"observed": deg["observed"], "clean": clean, "F": deg["F"], "G": deg["G"]}
+    extra = {"psf": deg["psf"]} if "psf" in deg else {}
+    return {"observed": deg["observed"], "clean": clean, "F": deg["F"], "G": deg["G"], **extra}
 
   keys = synthetic.example_keys(synth_key(config), 0, np.arange(num, dtype=np.int32))
   outs = [jax.device_get(one(keys[i])) for i in range(num)]
@@ -127,9 +134,40 @@ def artifact_panels(config, example=None) -> dict[str, tuple[np.ndarray, str]]:
   return out
 
 
+def point_source_grid(shape_hw, spacing: int) -> np.ndarray:
+  """``(H, W, 1)`` zeros with a unit point source every ``spacing`` px (half a spacing from the edges)."""
+  img = np.zeros(tuple(shape_hw) + (1,), np.float32)
+  img[spacing // 2::spacing, spacing // 2::spacing] = 1.0
+  return img
+
+
+def psf_panels(config, psfs: np.ndarray, shape_hw) -> dict[str, tuple[np.ndarray, str]]:
+  """What the optics do across the frame: the true PSF grid, and a grid of point sources seen
+  through that PSF field (whole frame, then zooms on the centre and a corner).
+
+  Args:
+    psfs: ``(gy, gx, k, k)`` PSFs of one example (``make_examples(...)["psf"][i]``).
+    shape_hw: the example's ``(H, W)``.
+  """
+  from flatai_jax.physics import optics
+  h, w = (int(v) for v in shape_hw)
+  k = psfs.shape[-1]
+  stars = optics.blur(jnp.asarray(point_source_grid((h, w), 2 * k)), jnp.asarray(psfs))
+  stars = np.asarray(jax.device_get(stars))
+  z = min(4 * k, h // 2, w // 2)
+  gy, gx = psfs.shape[:2]
+  return {f"true PSFs at the {gy}×{gx} nodes": (metrics.psf_mosaic(psfs[None])[0], "image"),
+          "point sources through the field": (stars, "image"),
+          f"centre ({z} px)": (stars[(h - z) // 2:(h + z) // 2, (w - z) // 2:(w + z) // 2], "image"),
+          f"top-left corner ({z} px)": (stars[:z, :z], "image"),
+          f"bottom-right corner ({z} px)": (stars[-z:, -z:], "image")}
+
+
 def write_examples(config, output_dir, num: int, full_frame: bool = False) -> list[Path]:
   """Writes ``NNNN_{observed,clean,F,G}.fits``, ``contact_sheet.png`` (observed / clean / F / G
-  per example) and ``artifacts.png`` (:func:`artifact_panels`); returns the FITS paths."""
+  per example) and ``artifacts.png`` (:func:`artifact_panels`); for the psf/combined tasks also
+  ``NNNN_psf.fits`` (the PSF grid as a mosaic) and ``psf_field.png`` (:func:`psf_panels`).
+  Returns the FITS paths."""
   out = Path(output_dir)
   out.mkdir(parents=True, exist_ok=True)
   ex = make_examples(config, num, full_frame)
@@ -140,9 +178,18 @@ def write_examples(config, output_dir, num: int, full_frame: bool = False) -> li
       images.write_image(p, ex[name][i], history=f"flatai synth {name}, task={config.task}, "
                          f"seed={config.seed}, example={i}")
       paths.append(p)
-  metrics.save_sample_grid(out / "contact_sheet.png",
-                           {"observed": ex["observed"], "clean": ex["clean"], "F": ex["F"],
-                            "G": ex["G"]}, max_rows=min(num, 8))
+    if "psf" in ex:
+      p = out / f"{i:04d}_psf.fits"
+      images.write_image(p, metrics.psf_mosaic(ex["psf"][i:i + 1])[0],
+                         history=f"flatai synth true PSF grid {ex['psf'].shape[1:3]}, "
+                         f"task={config.task}, seed={config.seed}, example={i}")
+      paths.append(p)
+  sheet = {"observed": ex["observed"], "clean": ex["clean"], "F": ex["F"], "G": ex["G"]}
+  if "psf" in ex:
+    sheet["PSF grid"] = metrics.psf_mosaic(ex["psf"])
+    metrics.save_panel_grid(out / "psf_field.png",
+                            psf_panels(config, ex["psf"][0], ex["observed"].shape[1:3]), cols=5)
+  metrics.save_sample_grid(out / "contact_sheet.png", sheet, max_rows=min(num, 8))
   first = {k: v[0] for k, v in ex.items()}
   metrics.save_panel_grid(out / "artifacts.png", artifact_panels(config, first), cols=7)
   (out / "synth_config.json").write_text(json.dumps(json.loads(config.to_json_best_effort()),

@@ -8,6 +8,7 @@ from scipy import stats
 
 from configs.default import get_config
 from flatai_jax.physics import distributions as dist
+from flatai_jax.io import images
 from flatai_jax.physics import flat, forward, geometry, noise, sky
 
 N_DRAWS = 2000
@@ -293,3 +294,20 @@ def test_synth_artifact_sheet_shows_every_artifact_type(tiny):
       assert img.min() >= 1.0 and img.max() > 1.01, title
     if title.startswith("G:"):
       assert img.min() >= 0.0 and img.max() > 1e-3, title
+
+
+def test_synth_psf_outputs_show_the_true_field(tiny, tmp_path):
+  """psf task: the PSF grid is written as a mosaic (each node sums to 1), coma at the corners
+  spreads their PSFs (lower peak than the centre's), and the point-source grid is regular."""
+  from flatai_jax import synth
+  config = tiny("psf", **{"eval.frame_psf_grid": (3, 3), "degrade.psf.coma": (0.25, 0.3)})
+  paths = synth.write_examples(config, tmp_path, 1, full_frame=True)
+  assert (tmp_path / "0000_psf.fits") in paths and (tmp_path / "psf_field.png").is_file()
+  mosaic, _ = images.read_image(tmp_path / "0000_psf.fits")
+  k = config.degrade.psf.kernel_size
+  assert mosaic.shape == (3 * k, 3 * k, 1)
+  nodes = mosaic[..., 0].reshape(3, k, 3, k).sum(axis=(1, 3))
+  np.testing.assert_allclose(nodes, 1.0, atol=1e-5)
+  assert mosaic[k:2 * k, k:2 * k].max() > mosaic[:k, :k].max()  # coma spreads corner PSFs
+  stars = synth.point_source_grid((96, 128), 16)
+  assert stars.sum() == 6 * 8
