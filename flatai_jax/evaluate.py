@@ -278,6 +278,9 @@ def score_frames(frames: dict, methods: dict, config, lpips=None) -> dict:
   for i in range(frames["observed"].shape[0]):
     fr = {k: v[i] for k, v in frames.items()}
     valid = quality.valid_mask(fr["observed"], sat)
+    # blur moves star flux by up to a kernel radius: dust dips are measured away from stars
+    dust_valid = valid & quality.away_from_sources(
+        fr["clean"], config.degrade.psf.kernel_size // 2 if psf else 2)
     peak = quality.data_range(fr["clean"], valid)
     sky = float(np.median(fr["clean"]))
     xy = None
@@ -298,7 +301,7 @@ def score_frames(frames: dict, methods: dict, config, lpips=None) -> dict:
              quality.g_rms_pct(out["G"], fr["G"], sky, valid),
              "corner_centre_pct": quality.corner_centre_pct(corr, fr["clean"], valid)}
       per[name]["rows"].append(row)
-      per[name]["dust"] += quality.dust_depths(corr, fr["clean"], fr["dust"], valid)
+      per[name]["dust"] += quality.dust_depths(corr, fr["clean"], fr["dust"], dust_valid)
       if psf:
         per[name]["stars"].append(stars.measure(corr.mean(-1), xy))
   pool = lambda tables: {k: np.concatenate([t[k] for t in tables]) for k in tables[0]}

@@ -116,6 +116,22 @@ def g_rms_pct(g_est: np.ndarray, g_true: np.ndarray, sky: float, mask=None) -> f
   return float(100.0 * np.sqrt(np.mean((d - np.median(d)) ** 2)) / max(sky, 1e-12))
 
 
+def away_from_sources(reference: np.ndarray, grow: int, size: int = 15,
+                      nsigma: float = 5.0) -> np.ndarray:
+  """``(H, W, C)`` bool: pixels at least ``grow`` px from any compact source of the truth.
+
+  A source is where the truth exceeds its ``size``-px median background by more
+  than ``nsigma`` robust σ of that excess. Blur moves a star's flux by up to a
+  PSF radius, so ratios of blurred to sharp images are only meaningful away
+  from sources (e.g. the dust dip of a psf/combined correction).
+  """
+  plane = reference.mean(-1).astype(np.float64)
+  excess = plane - ndimage.median_filter(plane, size=size, mode="reflect")
+  sigma = 1.4826 * np.median(np.abs(excess - np.median(excess)))
+  near = ndimage.binary_dilation(excess > nsigma * max(sigma, 1e-12), iterations=max(grow, 1))
+  return np.repeat(~near[..., None], reference.shape[-1], axis=-1)
+
+
 def dust_depths(corrected: np.ndarray, reference: np.ndarray, dust: np.ndarray,
                 mask=None, threshold: float = 0.002, ring_px: int = 4) -> list[tuple[float, float]]:
   """``(remaining, true)`` dip depth of each dust shadow, fractions.

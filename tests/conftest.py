@@ -40,6 +40,8 @@ def tiny_config(task="flat", **overrides):
     *parents, leaf = key.split(".")
     for p in parents:
       node = node[p]
+    if leaf not in node:  # a stale knob name would silently test nothing
+      raise KeyError(f"tiny_config: no config field {key!r}")
     node[leaf] = value
   return c
 

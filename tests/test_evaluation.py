@@ -122,8 +122,14 @@ def test_report_has_every_column_and_identity_scores_like_uncorrected(tiny, tmp_
   from flatai_jax.physics.forward import invert_flat
   c = tiny("combined", **{"sky.star_flux_min": 0.5, "sky.max_stars": 3, "sky.star_fraction": (1, 1),
                           "sky.nebula_probability": 0.0, "eval.frame_psf_grid": (3, 3),
-                          "degrade.flat.dust_radius": (0.15, 0.25),
-                          "degrade.flat.dust_depth": (0.05, 0.1)})
+                          "sky.sparse_probability": 0.0, "sky.cluster_probability": 0.0,
+                          "sky.galaxy_probability": 0.0,  # isolated stars only
+                          # shadows 11–20 px across (d/N), so each is separate on 96 × 128
+                          "degrade.flat.dust_distance_mm": (0.2, 0.3),
+                          "degrade.flat.focal_ratio": (4.0, 5.0),
+                          "degrade.flat.dust_depth": (0.05, 0.1),
+                          # noise-free: a 2 % dip over a few hundred px is otherwise at the noise level
+                          "degrade.noise.enabled": False})
   frames = evaluate.make_eval_frames(c, 1)
   assert frames["observed"].shape == (1, 96, 128, 1) and frames["dust"].max() <= 1.0
   truth = {frames["observed"][0].tobytes(): (frames["F"][0], frames["G"][0])}

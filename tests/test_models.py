@@ -293,7 +293,7 @@ def _psf_batch_cached():
     keys = synthetic.example_keys(base_keys(0)[0], 0, i)
     opt_keys = jax.vmap(lambda k: jax.random.fold_in(jax.random.fold_in(k, 1), 5))(keys)
     return jax.vmap(lambda k, xy: optics.node_coefficients(
-        k, xy, c.degrade.psf, synthetic.sensor_aspect(c)))(opt_keys, coords)
+        k, xy, c.degrade.psf, c.data.sensor_hw[0] / c.data.sensor_hw[1]))(opt_keys, coords)
 
   return c, b, true_coefficients(idx, b["coords"])
 
