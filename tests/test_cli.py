@@ -18,8 +18,8 @@ TINY = [
     "--config.model.base_width=8", "--config.model.width_multipliers=(1,2,4)",
     "--config.model.groups=4", "--config.data.crop_size=32", "--config.data.sensor_hw=(96,128)",
     "--config.sky.max_stars=16", "--config.sky.psf_size=9", "--config.train.batch_size=8",
-    "--config.train.log_every=10", "--config.train.sample_every=60",
-    "--config.train.checkpoint_every=30", "--config.eval.num_examples=8",
+    "--config.train.log_every=20", "--config.train.sample_every=120",
+    "--config.train.checkpoint_every=60", "--config.eval.num_examples=8",
     "--config.eval.batch_size=8", "--config.predict.tile=32", "--config.predict.overlap=8",
     "--config.degrade.flat.vignetting_strength=(0.3,0.5)", "--config.degrade.flat.dust=False",
     "--config.degrade.flat.prnu=False", "--config.optim.warmup_steps=5",
@@ -40,7 +40,7 @@ def flatai(*args, check=True, env=None):
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory):
   workdir = tmp_path_factory.mktemp("run")
-  flatai("train", CONFIG, *TINY, "--config.train.steps=60", f"--workdir={workdir}")
+  flatai("train", CONFIG, *TINY, "--config.train.steps=120", f"--workdir={workdir}")
   return workdir
 
 
@@ -49,12 +49,12 @@ def test_training_writes_everything_and_the_loss_falls(run_dir):
                "eval_final.json"):
     assert (run_dir / name).is_file(), name
   assert list((run_dir / "tensorboard").glob("events.out.tfevents.*"))
-  assert sorted(int(p.name) for p in (run_dir / "checkpoints").iterdir() if p.name.isdigit()) == [30, 60]
+  assert sorted(int(p.name) for p in (run_dir / "checkpoints").iterdir() if p.name.isdigit()) == [60, 120]
   rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
   train = [r["loss"] for r in rows if r["split"] == "train"]
   assert len(train) == 6 and train[-1] < 0.8 * train[0], train
   saved = json.loads((run_dir / "config.json").read_text())
-  assert saved["train"]["steps"] == 60 and saved["model"]["base_width"] == 8
+  assert saved["train"]["steps"] == 120 and saved["model"]["base_width"] == 8
   ev = json.loads((run_dir / "eval_final.json").read_text())
   assert ev["mae"] < ev["mae_identity"] and ev["f_mae"] < ev["f_mae_identity"]
 
@@ -83,13 +83,13 @@ def test_evaluate_command_scores_the_checkpoint(run_dir, tmp_path):
            "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",  # the CLI's compiled programs
            "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0"}
   out = flatai("evaluate", f"--checkpoint={run_dir}", f"--output_dir={tmp_path / 'cli'}", env=cache)
-  result = json.loads((tmp_path / "cli" / "metrics_60.json").read_text())
-  assert result["step"] == 60 and (tmp_path / "cli" / "metrics_60.png").is_file()
+  result = json.loads((tmp_path / "cli" / "metrics_120.json").read_text())
+  assert result["step"] == 120 and (tmp_path / "cli" / "metrics_120.png").is_file()
   final = json.loads((run_dir / "eval_final.json").read_text())
   np.testing.assert_allclose(result["mae"], final["mae"], rtol=1e-5)  # same held-out set
-  assert '"step": 60' in out.stdout and "| metric | best | model | uncorrected |" in out.stdout
-  report = json.loads((tmp_path / "cli" / "eval_60.json").read_text())
-  assert (tmp_path / "cli" / "eval_60.md").is_file() and (tmp_path / "cli" / "eval_60.png").is_file()
+  assert '"step": 120' in out.stdout and "| metric | best | model | uncorrected |" in out.stdout
+  report = json.loads((tmp_path / "cli" / "eval_120.json").read_text())
+  assert (tmp_path / "cli" / "eval_120.md").is_file() and (tmp_path / "cli" / "eval_120.png").is_file()
   assert list(report["methods"]) == ["model", "uncorrected", "poly_sub", "poly_div", "rbf_div",
                                      "median_flat"]
   assert report["frames"]["count"] == 2 and report["frames"]["shape"] == [96, 128, 1]
@@ -100,7 +100,7 @@ def test_evaluate_command_scores_the_checkpoint(run_dir, tmp_path):
   import flatai_jax  # the Python API: same code path, same numbers
   with compilation_cache(tmp_path / "jax_cache"):
     api = flatai_jax.evaluate(run_dir, output_dir=tmp_path / "api", plot=False)
-  assert json.loads((tmp_path / "api" / "eval_60.json").read_text()) == report
+  assert json.loads((tmp_path / "api" / "eval_120.json").read_text()) == report
   assert api["methods"]["model"]["psnr"] == model["psnr"]
 
 
@@ -150,9 +150,9 @@ def test_rerun_resumes_from_the_workdir(run_dir, tmp_path):
   import shutil
   copy = tmp_path / "run"
   shutil.copytree(run_dir, copy)
-  out = flatai("train", CONFIG, *TINY, "--config.train.steps=62", f"--workdir={copy}")
-  assert "resumed from step 60" in out.stdout
-  assert sorted(int(p.name) for p in (copy / "checkpoints").iterdir() if p.name.isdigit())[-1] == 62
+  out = flatai("train", CONFIG, *TINY, "--config.train.steps=122", f"--workdir={copy}")
+  assert "resumed from step 120" in out.stdout
+  assert sorted(int(p.name) for p in (copy / "checkpoints").iterdir() if p.name.isdigit())[-1] == 122
 
 
 def test_bad_inputs_fail_with_one_clear_message(run_dir, tmp_path):
