@@ -457,9 +457,10 @@ def _preview_size(a: np.ndarray, max_side: int = 1024) -> np.ndarray:
 
 
 def save_preview(path, image, out: Correction) -> None:
-  """Side-by-side PNG: input, corrected (same stretch), and F, G if present."""
-  fill = lambda a: _preview_size(np.nan_to_num(a, nan=float(np.nanmedian(a))))[None]
-  cols = {"input": fill(image), "corrected": fill(out.corrected)}
+  """Side-by-side PNG: input and corrected (each with its own asinh stretch, since removing G
+  moves the background), and F, G if present (linear levels)."""
+  fill = lambda a: _preview_size(np.nan_to_num(a, nan=float(np.nanmedian(a))))
+  panels = {"input": (fill(image), "image"), "corrected": (fill(out.corrected), "image")}
   if out.F is not None:
-    cols.update({"F": fill(out.F), "G": fill(out.G)})
-  metrics.save_sample_grid(path, cols, max_rows=1)
+    panels.update({"estimated F": (fill(out.F), "field"), "estimated G": (fill(out.G), "field")})
+  metrics.save_panel_grid(path, panels, cols=len(panels))
