@@ -174,3 +174,21 @@ def test_task_selection(tiny):
   # the flat-only result is (observed − G) / F; the full one adds the aberration residual
   np.testing.assert_allclose(flat_only.corrected, (image - flat_only.G) / flat_only.F, rtol=1e-4)
   assert np.abs(full.corrected - flat_only.corrected).max() > 1.0
+
+
+def test_the_shipped_model_loads_and_flattens_a_vignetted_frame():
+  """``flatai_jax.load()`` with no argument: the model in flatai_jax/assets/default_model."""
+  import flatai_jax
+  c = flatai_jax.load()
+  assert c.step == 3000 and c.config.task == "flat" and c.config.data.channels == 1
+  rng = np.random.default_rng(8)
+  h, w = 128, 192
+  yy, xx = np.mgrid[0:h, 0:w]
+  r2 = ((xx - w / 2) / (w / 2)) ** 2 + ((yy - h / 2) / (w / 2)) ** 2
+  f_true = 1.0 - 0.3 * r2  # corner/centre ≈ 0.6
+  sky = 0.05 + rng.normal(0, 0.001, (h, w))
+  image = (sky * f_true + 0.01 * xx / w)[..., None].astype(np.float32)
+  out = c.correct(image)
+  before = predict.background_nonuniformity(image)
+  after = predict.background_nonuniformity(out.corrected)
+  assert after < 0.5 * before, (before, after)
