@@ -35,7 +35,8 @@ def clean_json(obj):
   return obj
 
 
-def _atomic_text(path: Path, text: str) -> None:
+def write_text_atomic(path: Path, text: str) -> None:
+  """Writes ``text`` to a temporary name beside ``path``, then renames it."""
   tmp = path.with_name(f".{path.name}.tmp")
   tmp.write_text(text)
   os.replace(tmp, path)
@@ -108,8 +109,8 @@ def write(out_dir, report: dict, plot: bool = True) -> dict[str, Path]:
   out.mkdir(parents=True, exist_ok=True)
   step = report["step"]
   paths = {"json": out / f"eval_{step}.json", "md": out / f"eval_{step}.md"}
-  _atomic_text(paths["json"], json.dumps(clean_json(report), indent=2))
-  _atomic_text(paths["md"], markdown(report))
+  write_text_atomic(paths["json"], json.dumps(clean_json(report), indent=2))
+  write_text_atomic(paths["md"], markdown(report))
   if plot:
     paths["png"] = out / f"eval_{step}.png"
     save_chart(paths["png"], report)

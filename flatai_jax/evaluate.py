@@ -379,17 +379,11 @@ def evaluate(checkpoint_dir, step: int | None = None, output_dir=None, num_frame
             **scores, "crops": crops}
   out = Path(output_dir or Path(checkpoint_dir) / "eval")
   eval_report.write(out, report, plot)
-  _write_json(out / f"metrics_{step}.json", {"step": step, **crops})
+  eval_report.write_text_atomic(out / f"metrics_{step}.json",
+                                json.dumps({"step": step, **crops}, indent=2))
   if plot:
     save_metric_chart(out / f"metrics_{step}.png", {"step": step, **crops})
   return report
-
-
-def _write_json(path: Path, obj) -> None:
-  path.parent.mkdir(parents=True, exist_ok=True)
-  tmp = path.with_name(f".{path.name}.tmp")
-  tmp.write_text(json.dumps(obj, indent=2))
-  tmp.replace(path)
 
 
 class _CallableModule(types.ModuleType):

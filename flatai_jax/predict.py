@@ -120,7 +120,9 @@ def correct_image(graphdef, params, config, image: np.ndarray, tile: int | None 
   sensor_hw = jnp.asarray((h, w), jnp.float32)
   acc = {k: np.zeros((hp, wp, c), np.float32) for k in ("clean", "F", "G")}
   weight = np.zeros((hp, wp, 1), np.float32)
-  matcher = TileOffsetMatcher(ys, xs, tile, c)
+  has_flat = task != "psf"
+  match = has_flat and config.predict.get("match_tiles", True) and overlap > 0 and len(grid) > 1
+  matcher = TileOffsetMatcher(ys, xs, tile, c) if match else None
   for b in range(0, len(grid), batch_size):
     chunk = grid[b:b + batch_size]
     real = len(chunk)
@@ -133,15 +135,15 @@ def correct_image(graphdef, params, config, image: np.ndarray, tile: int | None 
       for k in acc:
         acc[k][y:y + tile, x:x + tile] += out[k][i] * window
       weight[y:y + tile, x:x + tile] += window
-      matcher.add(gy, gx, out["G"][i])
+      if match:
+        matcher.add(gy, gx, out["G"][i])
     if progress is not None:
       progress(min(b + real, len(grid)), len(grid))
   weight = np.maximum(weight, 1e-12)
-  has_flat = task != "psf"
   for k in acc:  # in place: full frames are large
     acc[k] /= weight
   clean, f_field, g_field = acc["clean"], acc["F"], acc["G"]
-  if has_flat and config.predict.get("match_tiles", True) and overlap > 0 and len(grid) > 1:
+  if match:
     # Shift each tile's G by its solved pedestal; (observed − G)/F moves by −δ/F.
     delta = matcher.solve()
     shift = np.zeros_like(g_field)
@@ -394,13 +396,14 @@ class Corrector:
       images.write_image(paths["G"], out.G, meta, history=history + " (additive field G)",
                          protect=[input_path], carry_hdus=False)
     save_preview(paths["preview"], image, out)
-    finite = lambda a: np.nan_to_num(a, nan=float(np.nanmedian(a)))
     report = {"input": str(input_path),
-              "background_nonuniformity_before": background_nonuniformity(finite(image)),
-              "background_nonuniformity_after": background_nonuniformity(finite(out.corrected))}
+              "background_nonuniformity_before": background_nonuniformity(
+                  _nan_to_median(image)),
+              "background_nonuniformity_after": background_nonuniformity(
+                  _nan_to_median(out.corrected))}
     if ref is not None:
-      before = error_vs_reference(finite(image), finite(ref))
-      after = error_vs_reference(finite(out.corrected), finite(ref))
+      before = error_vs_reference(_nan_to_median(image), _nan_to_median(ref))
+      after = error_vs_reference(_nan_to_median(out.corrected), _nan_to_median(ref))
       report.update({"mae_before": before["mae"], "mae_after": after["mae"],
                      "psnr_before": before["psnr"], "psnr_after": after["psnr"]})
     report["outputs"] = {k: str(v) for k, v in paths.items()
@@ -447,6 +450,11 @@ def output_paths(input_path, output=None, out_dir=None) -> dict[str, Path]:
           "G": main.with_name(f"{stem}_G{ext}"), "preview": main.with_name(f"{stem}_preview.png")}
 
 
+def _nan_to_median(a: np.ndarray) -> np.ndarray:
+  """NaN (masked) pixels replaced by the median of the rest, for report numbers and previews."""
+  return np.nan_to_num(a, nan=float(np.nanmedian(a)))
+
+
 def _preview_size(a: np.ndarray, max_side: int = 1024) -> np.ndarray:
   """Block mean down to at most ``max_side`` px per side (previews of full frames)."""
   k = -(-max(a.shape[:2]) // max_side)
@@ -459,7 +467,7 @@ def _preview_size(a: np.ndarray, max_side: int = 1024) -> np.ndarray:
 def save_preview(path, image, out: Correction) -> None:
   """Side-by-side PNG: input and corrected (each with its own asinh stretch, since removing G
   moves the background), and F, G if present (linear levels)."""
-  fill = lambda a: _preview_size(np.nan_to_num(a, nan=float(np.nanmedian(a))))
+  fill = lambda a: _preview_size(_nan_to_median(a))
   panels = {"input": (fill(image), "image"), "corrected": (fill(out.corrected), "image")}
   if out.F is not None:
     panels.update({"estimated F": (fill(out.F), "field"), "estimated G": (fill(out.G), "field")})
