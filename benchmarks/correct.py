@@ -3,7 +3,7 @@
   PYTHONPATH=. python benchmarks/correct.py [--size quickstart|base] [--height 4000 --width 6000]
       [--batch 16]
 
-Writes a synthetic float32 FITS frame, then times ``flatai_jax.predict.Corrector.correct_file``
+Writes a synthetic float32 FITS frame, then times ``flatai_jax.correct.Corrector.correct_file``
 (read → tiles → model → blend → tile matching → write corrected, F, G and preview) with an
 untrained model of the given size (the speed does not depend on the weights), and, as the
 reference measured in the same run, reading + writing the same frame alone. Peak memory is the
@@ -22,7 +22,7 @@ import numpy as np
 from astropy.io import fits
 
 from configs.default import get_config
-from flatai_jax import predict
+from flatai_jax import correct
 from flatai_jax.io import images
 from flatai_jax.train_step import split_model
 
@@ -41,7 +41,7 @@ def main():
   config = get_config(f"flat,{a.size}")
   config.predict.batch_size = a.batch
   graphdef, params = split_model(config)
-  corrector = predict.Corrector(config, graphdef, params, 0, f"untrained-{a.size}")
+  corrector = correct.Corrector(config, graphdef, params, 0, f"untrained-{a.size}")
   tmp = Path(tempfile.mkdtemp())
   rng = np.random.default_rng(0)
   frame = (rng.gamma(4.0, 50.0, (a.height, a.width)) + 1000.0).astype(np.float32)
@@ -57,8 +57,8 @@ def main():
   del pixels
 
   tile, overlap = config.predict.tile, config.predict.overlap
-  n_tiles = len(predict.tile_origins(a.height + overlap, tile, tile - overlap)) * len(
-      predict.tile_origins(a.width + overlap, tile, tile - overlap))
+  n_tiles = len(correct.tile_origins(a.height + overlap, tile, tile - overlap)) * len(
+      correct.tile_origins(a.width + overlap, tile, tile - overlap))
   t = time.perf_counter()  # compile once (same tile batch shape), reported on its own
   corrector.correct(np.ones((tile, tile), np.float32) + rng.random((tile, tile), np.float32))
   compile_s = time.perf_counter() - t

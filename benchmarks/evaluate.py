@@ -3,8 +3,8 @@
     PYTHONPATH=. python benchmarks/evaluate.py [--hw 2048,3072] [--repeats 3]
 
 Prints, on this machine and in one run, seconds per mono frame of the default
-sensor size for each baseline of ``flatai_jax.baselines`` and for the star fits
-of ``flatai_jax.stars``, each with its ratio to a reference measured in the same
+sensor size for each baseline of ``flatai_jax.evaluation.baselines`` and for the star fits
+of ``flatai_jax.evaluation.stars``, each with its ratio to a reference measured in the same
 run: the background samples (16 boxes along the short side, 3σ-clipped medians)
 made with astropy's ``sigma_clipped_stats`` box by box, as a plain script would.
 """
@@ -16,7 +16,7 @@ import time
 import numpy as np
 from scipy import ndimage
 
-from flatai_jax import baselines, stars
+from flatai_jax.evaluation import baselines, stars
 
 
 def timed(fn, repeats):

@@ -21,7 +21,8 @@ from flatai_jax import sharding
 from flatai_jax.data import synthetic
 from flatai_jax.losses import lpips
 from flatai_jax.losses.objective import objective
-from flatai_jax.train_step import base_keys, bind_train_step, forward, init_state, make_optimizer
+from flatai_jax.models import forward
+from flatai_jax.train_step import base_keys, bind_train_step, init_state, make_optimizer
 
 
 def _time(fn, args, steps):

@@ -10,7 +10,7 @@ compare across runs and code versions.
 from absl import app, flags
 from ml_collections import config_flags
 
-from flatai_jax import evaluate
+from flatai_jax.evaluation import crops
 
 config_flags.DEFINE_config_file("config", None, "Config file with ':arguments'.")
 flags.DEFINE_string("output", None, "Output .npz path.", required=True)
@@ -18,8 +18,8 @@ flags.DEFINE_string("output", None, "Output .npz path.", required=True)
 
 def main(_):
   config = flags.FLAGS.config
-  data = evaluate.make_eval_set(config)
-  digest = evaluate.save_eval_set(data, flags.FLAGS.output)
+  data = crops.make_eval_set(config)
+  digest = crops.save_eval_set(data, flags.FLAGS.output)
   n = next(iter(data.values())).shape[0]
   print(f"wrote {n} examples to {flags.FLAGS.output} (sha256 {digest})")
 

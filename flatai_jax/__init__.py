@@ -10,19 +10,16 @@ Python API (the same code paths as the ``flatai`` command)::
 
 Submodules load on first use, so ``import flatai_jax`` stays light (no JAX import).
 """
-import importlib
-
-_LAZY = ("evaluate",)
 
 
 def load(checkpoint_dir=None, step=None):
-  """A :class:`flatai_jax.predict.Corrector` for a run directory's checkpoint
-  (``None``: the small model shipped with the package)."""
-  from flatai_jax import predict
-  return predict.load(checkpoint_dir, step)
+  """A :class:`flatai_jax.correct.Corrector` for an exported model or a run directory's
+  checkpoint (``None``: the small model shipped with the package)."""
+  from flatai_jax import correct
+  return correct.load(checkpoint_dir, step)
 
 
-def __getattr__(name):
-  if name in _LAZY:
-    return importlib.import_module(f"flatai_jax.{name}")
-  raise AttributeError(f"module 'flatai_jax' has no attribute {name!r}")
+def evaluate(checkpoint_dir, step=None, output_dir=None, **kwargs):
+  """The evaluation report of a checkpoint (``flatai_jax.evaluation.frames.evaluate``)."""
+  from flatai_jax.evaluation import frames
+  return frames.evaluate(checkpoint_dir, step, output_dir, **kwargs)

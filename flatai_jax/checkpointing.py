@@ -1,10 +1,19 @@
 """Checkpoints: the only module that imports orbax.
 
-A checkpoint is one Orbax step folder ``<workdir>/checkpoints/<step>/`` with
-three items: ``state`` (TrainState pytree), ``data_iter`` (the data position,
-JSON) and ``config`` (the resolved config, JSON). Saves are asynchronous;
-Orbax writes each step to a temporary folder and renames it when complete,
-so a checkpoint cut short by a crash is never seen as the latest.
+Two kinds of folder:
+
+- a *training* checkpoint: one Orbax step folder ``<workdir>/checkpoints/<step>/``
+  with three items: ``state`` (TrainState pytree), ``data_iter`` (the data
+  position, JSON) and ``config`` (the resolved config, JSON). Saves are
+  asynchronous; Orbax writes each step to a temporary folder and renames it
+  when complete, so a checkpoint cut short by a crash is never seen as the latest.
+- an *inference* checkpoint (``export_inference``): ``config.json``,
+  ``model.json`` (step, format) and ``params/`` (the evaluation parameters
+  only, an Orbax PyTree). Shipped models are of this kind.
+
+``restore_params`` reads the parameters of either kind without building an
+optimizer: from a training checkpoint it restores only ``state.params`` (or
+``state.ema_params`` when kept), never the optimizer state.
 """
 from __future__ import annotations
 
@@ -65,8 +74,80 @@ def latest_step(workdir) -> int | None:
     return m.latest_step()
 
 
+INFERENCE_FORMAT = "flatai-inference-1"
+
+
+def is_inference(path) -> bool:
+  """Whether ``path`` is an exported inference checkpoint (``export_inference``)."""
+  return (Path(path) / "model.json").is_file() and (Path(path) / "params").is_dir()
+
+
+def export_inference(path, params, config: ml_collections.ConfigDict, step: int) -> Path:
+  """Writes an inference checkpoint: parameters and config only (no optimizer, no data state).
+
+  The folder is assembled under a temporary name and renamed, so a reader
+  never sees half of it. Returns the folder.
+  """
+  import shutil
+  path = Path(path).absolute()
+  tmp = path.with_name(f".{path.name}.tmp")
+  shutil.rmtree(tmp, ignore_errors=True)
+  tmp.mkdir(parents=True)
+  host = jax.tree.map(lambda x: jax.device_get(x), params)
+  ocp.PyTreeCheckpointer().save(tmp / "params", args=ocp.args.PyTreeSave(host))
+  (tmp / "config.json").write_text(config.to_json_best_effort(indent=2) + "\n")
+  (tmp / "model.json").write_text(json.dumps({"format": INFERENCE_FORMAT, "step": int(step)})
+                                  + "\n")
+  if path.exists():
+    shutil.rmtree(path)
+  tmp.rename(path)
+  return path
+
+
+def restore_params(path, abstract_params, step: int | None = None):
+  """Parameters only, from an inference or a training checkpoint.
+
+  Args:
+    path: inference checkpoint folder, or a run directory (``--workdir``).
+    abstract_params: ``ShapeDtypeStruct`` pytree of the parameters
+      (``models.abstract_params``); leaves with ``.sharding`` are restored onto
+      it, others onto the first device.
+    step: training step (run directories only); default the latest.
+  Returns:
+    ``(params, step)``. From a training checkpoint: the EMA parameters when the
+    run kept them, else the live ones; the optimizer state is never read.
+  """
+  path = Path(path)
+  dev = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+  target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(
+      x.shape, x.dtype, sharding=getattr(x, "sharding", None) or dev), abstract_params)
+  checkpointer = ocp.PyTreeCheckpointer()
+  if is_inference(path):
+    meta = json.loads((path / "model.json").read_text())
+    restored = checkpointer.restore(path / "params", args=ocp.args.PyTreeRestore(
+        item=target, restore_args=ocp.checkpoint_utils.construct_restore_args(target)))
+    return restored, int(meta["step"])
+  step = latest_step(path) if step is None else step
+  if step is None:
+    raise FileNotFoundError(f"{checkpoint_dir(path)}: no checkpoint found")
+  state_dir = checkpoint_dir(path) / str(step) / "state"
+  if not state_dir.is_dir():
+    raise FileNotFoundError(f"{state_dir}: no checkpoint at step {step}")
+  tree = checkpointer.metadata(state_dir).item_metadata.tree
+  key = "ema_params" if tree.get("ema_params") is not None else "params"
+  restored = checkpointer.restore(state_dir, args=ocp.args.PyTreeRestore(
+      item={key: target}, restore_args={key: ocp.checkpoint_utils.construct_restore_args(target)},
+      partial_restore=True))
+  return restored[key], int(step)
+
+
 def load_config(workdir, step: int | None = None) -> ml_collections.ConfigDict:
-  """The config saved with a checkpoint (the latest by default)."""
+  """The config saved with a checkpoint (the latest by default), or an inference checkpoint's."""
+  if is_inference(workdir):
+    return ml_collections.ConfigDict(_tuples(json.loads((Path(workdir) / "config.json").read_text())))
+  if not checkpoint_dir(workdir).is_dir():
+    raise FileNotFoundError(f"{workdir}: neither a run directory (no checkpoints/) nor an "
+                            "exported model (no model.json)")
   with create_manager(workdir, read_only=True, async_save=False) as m:
     step = m.latest_step() if step is None else step
     if step is None:

@@ -5,6 +5,7 @@
   flatai correct  IMAGE... --checkpoint=runs/x [--out=DIR | --output=out.fits] [--task=flat]
                   [--reference=clean.fits]
   flatai synth    --config=configs/default.py:flat,quickstart --output_dir=synth [--num=8] [--full_frame]
+  flatai export   --checkpoint=runs/x --output=models/x   (parameters + config only)
   flatai build_dataset --input_dir=my_clean_images --output_dir=data/mine [--min_size=128] [--val_percent=10]
 
 Only parsing and dispatch live here.
@@ -17,7 +18,7 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-COMMANDS = ("train", "evaluate", "correct", "synth", "build_dataset")
+COMMANDS = ("train", "evaluate", "correct", "synth", "build_dataset", "export")
 
 config_flags.DEFINE_config_file("config", None, "Config file with optional ':arguments'.",
                                 lock_config=True)
@@ -80,27 +81,27 @@ def _train():
 
 
 def _evaluate():
-  from flatai_jax import eval_report, evaluate
+  from flatai_jax.evaluation import frames, report as eval_report
   checkpoint = FLAGS.checkpoint or FLAGS.workdir
   if checkpoint is None:
     raise app.UsageError("flatai evaluate needs --checkpoint (or --workdir)")
-  report = evaluate.evaluate(checkpoint, FLAGS.step, FLAGS.output_dir)
+  report = frames.evaluate(checkpoint, FLAGS.step, FLAGS.output_dir)
   print(eval_report.markdown(report))
   print(json.dumps(eval_report.clean_json(report), indent=2))
 
 
 def _correct(argv):
-  from flatai_jax import predict
+  from flatai_jax import correct
   from flatai_jax.io.images import ImageError
   inputs = argv[2:]
   if not inputs:
     raise app.UsageError("usage: flatai correct IMAGE... [--checkpoint=RUN_DIR] [--out=DIR]")
   if FLAGS.output and len(inputs) > 1:
     raise app.UsageError("--output names one file; use --out=DIR for several inputs")
-  corrector = predict.load(FLAGS.checkpoint, FLAGS.step)
+  corrector = correct.load(FLAGS.checkpoint, FLAGS.step)
   checkpoint = corrector.checkpoint
   try:
-    task = predict.resolve_task(corrector.config.task, FLAGS.task)
+    task = correct.resolve_task(corrector.config.task, FLAGS.task)
   except ValueError as e:
     raise app.UsageError(str(e))
   print(f"model: {corrector.config.task} task, step {corrector.step}, from {checkpoint}; "
@@ -137,6 +138,18 @@ def _synth():
   print(f"wrote {len(paths)} FITS files and {out}/contact_sheet.png")
 
 
+def _export():
+  from flatai_jax import checkpointing
+  from flatai_jax.evaluation.frames import restore_params
+  source = FLAGS.checkpoint or FLAGS.workdir
+  if source is None:
+    raise app.UsageError("flatai export needs --checkpoint (a run directory)")
+  out = _require("output", "export")
+  config, _, params, step = restore_params(source, FLAGS.step)
+  path = checkpointing.export_inference(out, params, config, step)
+  print(f"exported step {step} of {source} (parameters and config only) to {path}")
+
+
 def _build_dataset():
   from flatai_jax.data import image_dataset
   src = _require("input_dir", "build_dataset")
@@ -165,6 +178,8 @@ def main(argv):
       _correct(argv)
     elif command == "synth":
       _synth()
+    elif command == "export":
+      _export()
     else:
       _build_dataset()
   except ImageError as e:

@@ -15,7 +15,8 @@ import jax
 import numpy as np
 from absl import logging
 
-from flatai_jax import checkpointing, evaluate, metrics, sharding
+from flatai_jax import checkpointing, metrics, sharding
+from flatai_jax.evaluation import crops
 from flatai_jax.data import indices as data_indices
 from flatai_jax.data.pipeline import Pipeline
 from flatai_jax.losses import lpips
@@ -111,8 +112,8 @@ def train_and_evaluate(config, workdir, devices=None) -> dict:
   step_fn = jax.jit(bind_train_step(graphdef, tx, config, batch_sh),
                     in_shardings=(state_sh, batch_sh) + (sharding.replicated(mesh),) * len(nets),
                     out_shardings=(state_sh, sharding.replicated(mesh)), donate_argnums=0)
-  sample_fn = evaluate.make_eval_fn(graphdef, config, mesh, with_images=True)
-  sample_indices = evaluate.eval_indices(0, config.eval.batch_size, mesh)
+  sample_fn = crops.make_eval_fn(graphdef, config, mesh, with_images=True)
+  sample_indices = crops.eval_indices(0, config.eval.batch_size, mesh)
 
   writer = metrics.MetricWriter(workdir, enabled=is_lead)
   report = metrics.ProgressReporter(total, config.train.log_every, print_fn=say)
@@ -156,7 +157,7 @@ def train_and_evaluate(config, workdir, devices=None) -> dict:
           metrics.save_sample_grid(workdir / "samples.png", cols)
           metrics.save_loss_curve(workdir / "loss_curve.png", writer.jsonl_path)
       if config.train.eval_every and step % config.train.eval_every == 0 and step != total:
-        ev = evaluate.evaluate_params(graphdef, state.eval_params(), config, mesh)
+        ev = crops.evaluate_params(graphdef, state.eval_params(), config, mesh)
         writer.write_scalars(step, ev, prefix="eval")
       if _is_time(step, config.train.checkpoint_every, total) or preempt.requested:
         pipeline.save_state(workdir, step)
@@ -169,11 +170,11 @@ def train_and_evaluate(config, workdir, devices=None) -> dict:
   manager.close()
   result = {"step": step, "train": last}
   if step == total and start < total:
-    ev = evaluate.evaluate_params(graphdef, state.eval_params(), config, mesh)
+    ev = crops.evaluate_params(graphdef, state.eval_params(), config, mesh)
     writer.write_scalars(step, ev, prefix="eval")
     result["eval"] = ev
     if is_lead:
-      evaluate.save_metric_chart(workdir / "eval_final.png", {"step": step, **ev})
+      crops.save_metric_chart(workdir / "eval_final.png", {"step": step, **ev})
       (workdir / "eval_final.json").write_text(json.dumps({"step": step, **ev}, indent=2))
       metrics.save_loss_curve(workdir / "loss_curve.png", writer.jsonl_path)
   writer.close()

@@ -17,7 +17,7 @@ from flax import nnx
 
 from flatai_jax.data import synthetic
 from flatai_jax.losses.objective import objective, term_names
-from flatai_jax.models import build_model
+from flatai_jax.models import forward, split_model as _split_model
 
 
 @flax.struct.dataclass
@@ -58,10 +58,9 @@ def nonfinite_count(opt_state) -> jax.Array:
 
 
 def split_model(config):
-  """``(graphdef, abstract-free params)`` of a freshly initialised model."""
+  """``(graphdef, params)`` of a freshly initialised model, from the config seed."""
   _, init_key = base_keys(config.seed)
-  model = build_model(config, nnx.Rngs(params=init_key))
-  return nnx.split(model, nnx.Param)
+  return _split_model(config, init_key)
 
 
 def init_state(config, tx) -> tuple[nnx.GraphDef, TrainState]:
@@ -91,12 +90,6 @@ def metric_collection(config):
   names = ["loss", "grad_norm", "skipped", *term_names(config)]
   return clu_metrics.Collection.create(
       **{n: clu_metrics.Average.from_output(n) for n in names})
-
-
-def forward(graphdef, params, batch):
-  """Model predictions for a prepared batch (see ``synthetic.make_batch``)."""
-  model = nnx.merge(graphdef, params)
-  return model(batch["observed"], batch["coords"], batch["noise"])
 
 
 def train_step(state: TrainState, inputs, nets=None, *, graphdef, tx, config,

@@ -119,7 +119,7 @@ def test_synth_and_correct_improve_a_full_frame(run_dir, tmp_path):
   f_pred, _ = images.read_image(tmp_path / "fixed_F.fits")
   assert (tmp_path / "fixed_G.fits").is_file() and (tmp_path / "fixed_preview.png").is_file()
   assert any("flatai correct" in str(h) for h in meta.fits_header["HISTORY"])
-  from flatai_jax.predict import error_vs_reference
+  from flatai_jax.correct import error_vs_reference
   assert error_vs_reference(corrected, clean)["mae"] < error_vs_reference(observed, clean)["mae"]
   assert np.abs(f_pred - f_true).mean() < np.abs(1.0 - f_true).mean()
   assert images.read_image(tmp_path / "0000_observed.fits")[0].tobytes() == before  # input untouched

@@ -5,11 +5,11 @@ import numpy as np
 import pytest
 from astropy.io import fits
 
-from flatai_jax import predict
-from flatai_jax.data.synthetic import model_inputs
+from flatai_jax import correct
+from flatai_jax.models import forward, model_inputs
 from flatai_jax.io import images
 from flatai_jax.physics import geometry, normalize
-from flatai_jax.train_step import forward, split_model
+from flatai_jax.train_step import split_model
 
 
 def _corrector(tiny, task="flat", random_head=True, seed=0):
@@ -21,7 +21,7 @@ def _corrector(tiny, task="flat", random_head=True, seed=0):
     key = jax.random.key(seed)
     kernel = params["head"]["kernel"]
     kernel[...] = 0.3 * jax.random.normal(key, kernel[...].shape)
-  return predict.Corrector(config, graphdef, params, 0, "test")
+  return correct.Corrector(config, graphdef, params, 0, "test")
 
 
 def _sky(shape, seed=0):
@@ -61,8 +61,8 @@ def test_no_seams_at_tile_borders(tiny):
   f = c.correct(image, tile=tile, overlap=overlap).F[..., 0]
   pad, stride = overlap // 2, tile - overlap
   # tile edges in frame columns/rows: where one tile's window ends and the next starts
-  edges_x = {x - pad for x in predict.tile_origins(128 + 2 * pad, tile, stride)[1:]}
-  edges_x |= {x + tile - pad for x in predict.tile_origins(128 + 2 * pad, tile, stride)[:-1]}
+  edges_x = {x - pad for x in correct.tile_origins(128 + 2 * pad, tile, stride)[1:]}
+  edges_x |= {x + tile - pad for x in correct.tile_origins(128 + 2 * pad, tile, stride)[:-1]}
   step_x = np.abs(np.diff(f, axis=1))  # step between column j and j+1
   border = [j for j in range(127) if j + 1 in edges_x or j in edges_x]
   inside = [j for j in range(127) if j not in border]
@@ -78,7 +78,7 @@ def test_nan_pixels_stay_nan_and_the_rest_is_untouched(tiny):
   assert np.isnan(out.corrected).sum() == 40 and np.isnan(out.corrected[10:14, 20:30]).all()
   valid = ~np.isnan(image)
   np.testing.assert_allclose(out.corrected[valid], image[valid], rtol=1e-5)
-  filled, mask = predict.fill_masked(image)
+  filled, mask = correct.fill_masked(image)
   assert mask.sum() == 40 and np.isfinite(filled).all()
   assert 1000 < filled[12, 25, 0] < 1600  # filled by the local background, not by zeros
 
@@ -163,10 +163,10 @@ def test_xisf_properties_are_carried_over(tmp_path):
 
 
 def test_task_selection(tiny):
-  assert predict.resolve_task("combined", "flat") == "flat"
-  assert predict.resolve_task("psf", None) == "psf"
+  assert correct.resolve_task("combined", "flat") == "flat"
+  assert correct.resolve_task("psf", None) == "psf"
   with pytest.raises(ValueError, match="a flat model cannot apply --task=psf"):
-    predict.resolve_task("flat", "psf")
+    correct.resolve_task("flat", "psf")
   c = _corrector(tiny, task="combined")
   image = _sky((32, 32, 1), seed=7)
   full, flat_only = c.correct(image, tile=32, overlap=0), c.correct(image, tile=32, overlap=0, task="flat")
@@ -189,6 +189,6 @@ def test_the_shipped_model_loads_and_flattens_a_vignetted_frame():
   sky = 0.05 + rng.normal(0, 0.001, (h, w))
   image = (sky * f_true + 0.01 * xx / w)[..., None].astype(np.float32)
   out = c.correct(image)
-  before = predict.background_nonuniformity(image)
-  after = predict.background_nonuniformity(out.corrected)
+  before = correct.background_nonuniformity(image)
+  after = correct.background_nonuniformity(out.corrected)
   assert after < 0.5 * before, (before, after)

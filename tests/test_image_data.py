@@ -152,7 +152,7 @@ def test_training_on_images_runs_and_learns(built, tmp_path):
 
 
 def test_eval_set_is_bit_identical_when_rebuilt_and_scores_like_the_generated_one(tmp_path):
-  from flatai_jax import evaluate
+  from flatai_jax.evaluation import crops as evaluate
   from flatai_jax.train_step import split_model
   c = tiny_config("combined")
   a = evaluate.make_eval_set(c)

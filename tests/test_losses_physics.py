@@ -8,7 +8,8 @@ from conftest import tiny_config
 from flatai_jax.data import synthetic
 from flatai_jax.losses import objective as obj
 from flatai_jax.losses import physics
-from flatai_jax.train_step import base_keys, forward, split_model
+from flatai_jax.models import forward
+from flatai_jax.train_step import base_keys, split_model
 
 ALL = {"clean_l1": 1.0, "log_f_l1": 1.0, "g_l1": 1.0, "pedestal_l1": 1.0, "consistency": 1.0,
        "flux": 1.0, "smooth_f": 1.0, "smooth_g": 1.0}

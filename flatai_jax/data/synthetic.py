@@ -9,7 +9,8 @@ import jax
 import jax.numpy as jnp
 
 from flatai_jax.data.augment import augment_clean
-from flatai_jax.physics import forward, geometry, noise, normalize, sky
+from flatai_jax.models.forward import model_inputs
+from flatai_jax.physics import forward, geometry, normalize, sky
 
 
 def example_keys(base_key, step, indices):
@@ -44,21 +45,6 @@ def degrade_example(key, clean, coords, config):
   """The forward model applied to one example (see physics.forward.degrade)."""
   return forward.degrade(jax.random.fold_in(key, 1), clean, coords, config.degrade,
                          tuple(config.data.sensor_hw))
-
-
-def model_inputs(observed):
-  """Normalises observed images and computes the noise map — the model's input contract.
-
-  Args:
-    observed: ``(N, H, W, C) float32`` linear.
-  Returns:
-    dict: ``observed`` normalised, ``noise`` ``(N, H, W, C)`` σ map in
-    normalised units, ``offset`` and ``scale`` ``(N, 1, 1, 1)``.
-  """
-  offset, scale = normalize.robust_stats(observed)
-  x = normalize.normalize(observed, offset, scale)
-  return {"observed": x, "noise": jax.vmap(noise.estimate_noise_map)(x),
-          "offset": offset, "scale": scale}
 
 
 def normalized_targets(clean, f_field, g_field, offset, scale):

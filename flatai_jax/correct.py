@@ -1,4 +1,5 @@
-"""Full-frame correction: overlapping tiles with global coordinates, blended back.
+"""Full-frame correction (the ``correct`` verb and the API's corrector): overlapping tiles with
+global coordinates, blended back. Needs nothing of training or evaluation.
 
 Each tile is normalised on its own (exactly as training crops are), run
 through the model, mapped back to linear units, and blended with a smooth
@@ -15,11 +16,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from flatai_jax import metrics
-from flatai_jax.data.synthetic import model_inputs
+from flatai_jax import checkpointing, metrics
 from flatai_jax.io import images
+from flatai_jax.models import abstract_params, forward, model_inputs
 from flatai_jax.physics import geometry, normalize
-from flatai_jax.train_step import forward
 
 
 @dataclasses.dataclass
@@ -88,7 +88,7 @@ def correct_image(graphdef, params, config, image: np.ndarray, tile: int | None 
   """Corrects a full frame.
 
   Args:
-    graphdef, params, config: the model and its config (``evaluate.restore_params``).
+    graphdef, params, config: the model and its config (:func:`load`).
     image: ``(H, W, C) float32`` linear, the whole sensor frame.
     tile: tile side, px, a multiple of 2**depth (default ``config.predict.tile``,
       the training crop size works best).
@@ -415,18 +415,20 @@ DEFAULT_MODEL = Path(__file__).resolve().parent / "assets" / "default_model"
 
 
 def load(checkpoint_dir=None, step: int | None = None) -> Corrector:
-  """The model of a run directory's checkpoint (the latest, or ``step``) as a :class:`Corrector`.
+  """The model of a checkpoint as a :class:`Corrector`: an exported inference checkpoint, or a
+  run directory (its latest checkpoint, or ``step``). Only the parameters are read.
 
   ``checkpoint_dir=None`` loads the small flat model shipped with the package
-  (``data_pipelines/train_default_model.sh`` trains it).
+  (``data_pipelines/train_default_model.sh`` trains and exports it).
   """
-  from flatai_jax import evaluate
   if checkpoint_dir is None:
-    if not (DEFAULT_MODEL / "checkpoints").is_dir():
+    if not checkpointing.is_inference(DEFAULT_MODEL):
       raise FileNotFoundError(f"{DEFAULT_MODEL}: no shipped model in this install; pass "
                               "--checkpoint=RUN_DIR of a trained run")
     checkpoint_dir = DEFAULT_MODEL
-  config, graphdef, params, restored_step = evaluate.restore_params(checkpoint_dir, step)
+  config = checkpointing.load_config(checkpoint_dir, step)
+  graphdef, abstract = abstract_params(config)
+  params, restored_step = checkpointing.restore_params(checkpoint_dir, abstract, step)
   return Corrector(config, graphdef, params, restored_step, checkpoint_dir)
 
 

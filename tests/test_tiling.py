@@ -2,13 +2,13 @@
 import numpy as np
 import pytest
 
-from flatai_jax import predict
+from flatai_jax import correct
 from flatai_jax.train_step import split_model
 
 
 @pytest.mark.parametrize("size,tile,stride", [(100, 32, 24), (32, 32, 24), (20, 32, 24), (97, 32, 16)])
 def test_tile_origins_cover_the_frame(size, tile, stride):
-  starts = predict.tile_origins(size, tile, stride)
+  starts = correct.tile_origins(size, tile, stride)
   covered = np.zeros(max(size, tile), bool)
   for s in starts:
     covered[s:s + tile] = True
@@ -18,7 +18,7 @@ def test_tile_origins_cover_the_frame(size, tile, stride):
 
 
 def test_blend_window_is_symmetric_raised_cosine():
-  w = predict.blend_window(16, 4)
+  w = correct.blend_window(16, 4)
   np.testing.assert_allclose(w, w.T)
   np.testing.assert_allclose(w[8, :4], 0.5 - 0.5 * np.cos(np.pi * (np.arange(4) + 0.5) / 4), atol=1e-6)
   np.testing.assert_allclose(w[4:12, 4:12], 1.0)
@@ -34,7 +34,7 @@ def test_untrained_model_returns_the_image_unchanged(tiny):
   graphdef, params = split_model(config)
   rng = np.random.default_rng(0)
   image = (rng.gamma(2.0, 0.02, (70, 90, 1)) + np.linspace(0, 0.1, 90)[None, :, None]).astype(np.float32)
-  out = predict.correct_image(graphdef, params, config, image, tile=32, overlap=8, batch_size=4)
+  out = correct.correct_image(graphdef, params, config, image, tile=32, overlap=8, batch_size=4)
   np.testing.assert_allclose(out.corrected, image, rtol=1e-5, atol=1e-6)
   np.testing.assert_allclose(out.F, 1.0, atol=1e-6)
   np.testing.assert_allclose(out.G, 0.0, atol=1e-6)
@@ -42,22 +42,22 @@ def test_untrained_model_returns_the_image_unchanged(tiny):
 
 def test_report_numbers():
   flat = np.ones((64, 64, 1), np.float32)
-  assert predict.background_nonuniformity(flat) == 0.0
+  assert correct.background_nonuniformity(flat) == 0.0
   ramp = np.tile(np.linspace(1.0, 2.0, 64, dtype=np.float32)[None, :, None], (64, 1, 1))
   # 8 column blocks: medians 1 + (8j + 3.5)/63, spread 56/63, median of medians 1.5
   expected = (56 / 63) / 1.5
-  np.testing.assert_allclose(predict.background_nonuniformity(ramp), expected, rtol=1e-3)
+  np.testing.assert_allclose(correct.background_nonuniformity(ramp), expected, rtol=1e-3)
   ref = np.zeros((10, 10, 1), np.float32)
   ref[0, 0] = 1.0
-  e = predict.error_vs_reference(ref + 5.0, ref)  # a pure offset is not an error
+  e = correct.error_vs_reference(ref + 5.0, ref)  # a pure offset is not an error
   assert e["mae"] == 0.0
 
 
 def test_output_paths():
-  p = predict.output_paths("/data/m31.fits")
+  p = correct.output_paths("/data/m31.fits")
   assert str(p["corrected"]) == "/data/m31_corrected.fits"
   assert str(p["F"]) == "/data/m31_corrected_F.fits"
-  q = predict.output_paths("/data/m31.fits", "/out/x.xisf")
+  q = correct.output_paths("/data/m31.fits", "/out/x.xisf")
   assert str(q["G"]) == "/out/x_G.xisf" and str(q["preview"]) == "/out/x_preview.png"
 
 
@@ -82,7 +82,7 @@ def test_tile_offset_matcher_recovers_per_tile_pedestals():
   yy, xx = np.mgrid[0:36, 0:44] / 40.0
   g = (0.02 * xx + 0.01 * yy ** 2)[..., None] * np.array([1.0, 2.0])
   pedestal = rng.normal(0, 0.05, (len(ys), len(xs), 2))
-  m = predict.TileOffsetMatcher(ys, xs, tile, 2)
+  m = correct.TileOffsetMatcher(ys, xs, tile, 2)
   for gy, y in enumerate(ys):
     for gx, x in enumerate(xs):
       m.add(gy, gx, g[y:y + tile, x:x + tile] + pedestal[gy, gx])
