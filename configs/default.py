@@ -36,6 +36,7 @@ def get_config(arg=None):
   c.data.channels = arg.channels  # 1 mono, 3 RGB
   c.data.crop_size = 128  # training crop side, px (multiple of 2**depth)
   c.data.sensor_hw = (2048, 3072)  # virtual sensor (H, W), px; crops get its global coordinates
+  c.data.whole_frame = False  # True: examples are whole frames of sensor_hw (configs/frame.py)
 
   # --- Procedural sky (units: 1.0 = saturation) -----------------------------
   c.sky = ml_collections.ConfigDict()  # physics/sky.py; distribution specs as in c.degrade.flat

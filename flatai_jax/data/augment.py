@@ -15,10 +15,13 @@ def dihedral(image, k: jax.Array, flip: jax.Array):
   """One of the 8 symmetries of a square: ``k`` quarter turns, then a left-right flip.
 
   Args:
-    image: ``(H, W, C)`` with H == W.
+    image: ``(H, W, C)``; when H != W only half turns keep the shape, so ``k`` must be even.
     k: int32 scalar in [0, 4).
     flip: bool scalar.
   """
+  if image.shape[0] != image.shape[1]:
+    turned = jnp.where(k >= 2, jnp.rot90(image, 2, axes=(0, 1)), image)
+    return jnp.where(flip, turned[:, ::-1], turned)
   turned = jax.lax.switch(k, [lambda x, n=n: jnp.rot90(x, n, axes=(0, 1)) for n in range(4)], image)
   return jnp.where(flip, turned[:, ::-1], turned)
 
@@ -36,7 +39,10 @@ def augment_clean(key, clean, cfg):
   """
   k_rot, k_flip, k_scale = jax.random.split(key, 3)
   square = clean.shape[0] == clean.shape[1]
-  k = jax.random.randint(k_rot, (), 0, 4) if cfg.rot90 and square else jnp.int32(0)
+  if cfg.rot90:  # a frame that is not square only turns by half turns
+    k = jax.random.randint(k_rot, (), 0, 4) if square else 2 * jax.random.randint(k_rot, (), 0, 2)
+  else:
+    k = jnp.int32(0)
   flip = jax.random.bernoulli(k_flip) if cfg.flips else jnp.bool_(False)
   lo, hi = cfg.intensity_scale
   scale = jnp.exp(jax.random.uniform(k_scale, (), minval=jnp.log(lo), maxval=jnp.log(hi)))

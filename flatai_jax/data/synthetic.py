@@ -25,14 +25,16 @@ def procedural_example(key, config, crop_hw=None, offset_yx=None):
   Args:
     key: example key.
     config: full config.
-    crop_hw: static crop size; default ``(crop_size, crop_size)``.
+    crop_hw: static crop size; default ``(crop_size, crop_size)``, or the whole
+      sensor ``sensor_hw`` when ``config.data.whole_frame``.
     offset_yx: top-left on the sensor; default uniformly random.
   Returns:
     clean ``(h, w, C) float32`` linear; coords ``(h, w, 2) float32``.
   """
   k_sky, k_pos = jax.random.split(key)
   if crop_hw is None:
-    crop_hw = (config.data.crop_size, config.data.crop_size)
+    crop_hw = (tuple(config.data.sensor_hw) if config.data.whole_frame
+               else (config.data.crop_size, config.data.crop_size))
   sensor_hw = jnp.asarray(config.data.sensor_hw, jnp.float32)
   if offset_yx is None:
     span = jnp.asarray(config.data.sensor_hw, jnp.float32) - jnp.asarray(crop_hw, jnp.float32)
