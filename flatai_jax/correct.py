@@ -26,11 +26,13 @@ from flatai_jax.physics import geometry, normalize
 class Correction:
   """Outputs of :func:`correct_image`, each ``(H, W, C) float32`` linear.
 
-  ``F`` and ``G`` are None for the psf task.
+  ``F`` and ``G`` are None for the psf task; ``confidence`` (in [0, 1], 1 = the
+  flipped views of the frame agree) only comes from whole-frame models.
   """
   corrected: np.ndarray
   F: np.ndarray | None
   G: np.ndarray | None
+  confidence: np.ndarray | None = None
 
 
 def tile_origins(size: int, tile: int, stride: int) -> list[int]:
@@ -82,6 +84,97 @@ def _tile_coords(offsets, tile: int, sensor_hw):
   return jax.vmap(lambda o: geometry.frame_coords(o, (tile, tile), sensor_hw))(offsets)
 
 
+# --- Whole-frame (global stage) models: configs/frame.py ---------------------
+
+CONFIDENCE_LOG_F = 0.01  # flipped views disagreeing by 1 % in F → confidence e⁻¹
+CONFIDENCE_G = 0.01  # … or by 1 % of the sky level in G
+
+
+@functools.lru_cache(maxsize=8)
+def make_grid_fn(graphdef):
+  """Jitted ``(params, grids (4, gh, gw, C)) -> (log F, G)`` on the working grid, each
+  ``(4, gh, gw, C)`` linear, for the frame seen in its four flips (un-flipped again)."""
+
+  @jax.jit
+  def fn(params, grids):
+    gh, gw = grids.shape[1:3]
+    inputs = model_inputs(grids)
+    coords = jnp.broadcast_to(geometry.frame_coords(jnp.zeros(2), (gh, gw),
+                                                    jnp.asarray((gh, gw), jnp.float32)),
+                              grids.shape[:3] + (2,))
+    pred = forward(graphdef, params, {**inputs, "coords": coords})
+    _, f_field, g_field = normalize.fields_from_normalized(
+        pred["clean"], pred["F"], pred["G"], inputs["offset"], inputs["scale"])
+    return jnp.log(f_field), g_field
+
+  return fn
+
+
+def _flips(a):
+  """The four flips of ``(gh, gw, C)`` (identity, left-right, up-down, both) as ``(4, …)``;
+  each is its own inverse."""
+  return np.stack([a, a[:, ::-1], a[::-1], a[::-1, ::-1]])
+
+
+def correct_frame(graphdef, params, config, image: np.ndarray, progress=None) -> Correction:
+  """Corrects a whole frame with a whole-frame model (``config.data.whole_frame``).
+
+  The frame is binned to the working grid (``working_grid.bin_frame``), the
+  model predicts log F and G for the whole frame at once — in the frame's four
+  flips, averaged; their spread gives the confidence — and the fields are
+  upsampled smoothly to full resolution. ``corrected = (observed − G) / F``
+  exactly, so noise, stars and galaxies pass through; G's median is moved into
+  the sky (the frame keeps its sky pedestal).
+
+  Args:
+    image: ``(H, W, C) float32`` linear, C = the model's channels, no NaN.
+  Returns:
+    :class:`Correction` with ``confidence``.
+  """
+  from flatai_jax import working_grid
+  h, w, c = image.shape
+  geo = working_grid.geometry((h, w), tuple(config.data.sensor_hw))
+  grid = np.stack([working_grid.bin_frame(image[..., k], geo) for k in range(c)], -1)
+  log_f, g_field = jax.device_get(make_grid_fn(graphdef)(params, _flips(grid)))
+  log_f, g_field = _flips_undone(log_f), _flips_undone(g_field)
+  sky = max(float(np.median(grid)), 1e-12)
+  spread = np.maximum(log_f.std(0) / CONFIDENCE_LOG_F, g_field.std(0) / (CONFIDENCE_G * sky))
+  mean_log_f, mean_g = log_f.mean(0), g_field.mean(0)
+  mean_g -= np.median(mean_g, axis=(0, 1), keepdims=True)
+  up = lambda a: np.stack([working_grid.upsample(a[..., k], geo) for k in range(c)], -1)
+  f_full, g_full = np.exp(up(mean_log_f)), up(mean_g)
+  confidence = np.clip(up(np.exp(-spread)), 0.0, 1.0)
+  if progress is not None:
+    progress(1, 1)
+  corrected = (image - g_full) / f_full
+  return Correction(corrected=corrected.astype(np.float32), F=f_full.astype(np.float32),
+                    G=g_full.astype(np.float32), confidence=confidence.astype(np.float32))
+
+
+def _flips_undone(stack):
+  """Inverse of :func:`_flips` on model outputs ``(4, gh, gw, C)``."""
+  return np.stack([stack[0], stack[1][:, ::-1], stack[2][::-1], stack[3][::-1, ::-1]])
+
+
+def apply_strength(observed: np.ndarray, out: Correction, strength: float) -> Correction:
+  """Blends a correction towards none: ``F^s``, ``s·G`` (``s = 1`` full, ``0`` none), and
+  ``corrected = (observed − s·G) / F^s``; a psf correction is blended linearly."""
+  if strength == 1.0:
+    return out
+  if not 0.0 <= strength <= 1.0:
+    raise ValueError(f"strength {strength} must be in [0, 1]")
+  if out.F is None:
+    return dataclasses.replace(out, corrected=(strength * out.corrected
+                                               + (1.0 - strength) * observed).astype(np.float32))
+  f_s = np.power(out.F, strength, dtype=np.float32)
+  g_s = (strength * out.G).astype(np.float32)
+  return dataclasses.replace(out, corrected=((observed - g_s) / f_s).astype(np.float32),
+                             F=f_s, G=g_s)
+
+
+# --- Tile models -------------------------------------------------------------
+
+
 def correct_image(graphdef, params, config, image: np.ndarray, tile: int | None = None,
                   overlap: int | None = None, batch_size: int | None = None,
                   progress=None, task: str | None = None) -> Correction:
@@ -100,6 +193,8 @@ def correct_image(graphdef, params, config, image: np.ndarray, tile: int | None 
   Returns:
     :class:`Correction` with the corrected image, F and G over the frame.
   """
+  if config.data.whole_frame:
+    return correct_frame(graphdef, params, config, image, progress)
   tile = tile or config.predict.tile
   overlap = config.predict.overlap if overlap is None else overlap
   batch_size = batch_size or config.predict.batch_size
@@ -321,7 +416,7 @@ class Corrector:
     self.step, self.checkpoint = step, str(checkpoint)
 
   def correct(self, image: np.ndarray, *, task: str | None = None, tile: int | None = None,
-              overlap: int | None = None, progress=None) -> Correction:
+              overlap: int | None = None, progress=None, strength: float = 1.0) -> Correction:
     """Corrects one frame held in memory.
 
     Args:
@@ -331,6 +426,7 @@ class Corrector:
       task: ``None`` (the model's task) or ``flat`` for a combined model.
       tile, overlap: tiling in px (defaults from ``config.predict``).
       progress: optional ``callable(done, total)`` per channel.
+      strength: in [0, 1], blends towards no correction (:func:`apply_strength`).
     Returns:
       :class:`Correction` in the input's absolute scale, nothing clipped;
       ``F`` and ``G`` are None when only the psf correction applies.
@@ -350,7 +446,9 @@ class Corrector:
                            progress=progress, task=task) for plane in planes]
     join = lambda k: None if getattr(parts[0], k) is None else np.concatenate(
         [getattr(r, k) for r in parts], axis=-1)
-    out = Correction(corrected=join("corrected"), F=join("F"), G=join("G"))
+    out = Correction(corrected=join("corrected"), F=join("F"), G=join("G"),
+                     confidence=join("confidence"))
+    out = apply_strength(filled, out, strength)
     if mask is not None:
       out.corrected[mask] = np.nan
     return out
@@ -364,12 +462,13 @@ class Corrector:
             f"input={Path(input_path).name}")
 
   def correct_file(self, input_path, output=None, out_dir=None, reference=None, task=None,
-                   tile=None, overlap=None, print_fn=print) -> dict:
+                   tile=None, overlap=None, print_fn=print, strength: float = 1.0) -> dict:
     """Reads, corrects and writes one frame; returns before/after numbers.
 
     Outputs (atomic, never over the input; see :func:`output_paths`): the
     corrected image, F and G (flat/combined) in the input's format with its
-    header, HDUs and metadata kept plus a HISTORY line, and a preview PNG.
+    header, HDUs and metadata kept plus a HISTORY line, the confidence map
+    (whole-frame models), and a preview PNG.
     """
     image, meta = images.read_image(input_path, allow_nan=True)
     ref = None
@@ -383,17 +482,22 @@ class Corrector:
       if p.resolve() == Path(input_path).resolve():
         raise images.ImageError(p, "refusing to overwrite the input file; choose another --output")
     try:
-      out = self.correct(image, task=task, tile=tile, overlap=overlap,
+      out = self.correct(image, task=task, tile=tile, overlap=overlap, strength=strength,
                          progress=ProgressBar(f"  {Path(input_path).name}", print_fn))
     except ValueError as e:
       raise images.ImageError(input_path, str(e)) from None
-    history = self.history(input_path, task, tile, overlap)
+    history = self.history(input_path, task, tile, overlap) + (
+        f" strength={strength:g}" if strength != 1.0 else "")
     images.write_image(paths["corrected"], out.corrected, meta, history=history,
                        protect=[input_path])
     if out.F is not None:
       images.write_image(paths["F"], out.F, meta, history=history + " (flat field F)",
                          protect=[input_path], carry_hdus=False)
       images.write_image(paths["G"], out.G, meta, history=history + " (additive field G)",
+                         protect=[input_path], carry_hdus=False)
+    if out.confidence is not None:
+      images.write_image(paths["confidence"], out.confidence, meta,
+                         history=history + " (confidence of F and G, 0..1)",
                          protect=[input_path], carry_hdus=False)
     save_preview(paths["preview"], image, out)
     report = {"input": str(input_path),
@@ -406,8 +510,9 @@ class Corrector:
       after = error_vs_reference(_nan_to_median(out.corrected), _nan_to_median(ref))
       report.update({"mae_before": before["mae"], "mae_after": after["mae"],
                      "psnr_before": before["psnr"], "psnr_after": after["psnr"]})
-    report["outputs"] = {k: str(v) for k, v in paths.items()
-                         if k in ("corrected", "preview") or out.F is not None}
+    written = {"corrected": True, "preview": True, "F": out.F is not None,
+               "G": out.G is not None, "confidence": out.confidence is not None}
+    report["outputs"] = {k: str(v) for k, v in paths.items() if written[k]}
     return report
 
 
@@ -449,7 +554,9 @@ def output_paths(input_path, output=None, out_dir=None) -> dict[str, Path]:
     main = Path(output)
   stem, ext = images.split_suffix(main)
   return {"corrected": main, "F": main.with_name(f"{stem}_F{ext}"),
-          "G": main.with_name(f"{stem}_G{ext}"), "preview": main.with_name(f"{stem}_preview.png")}
+          "G": main.with_name(f"{stem}_G{ext}"),
+          "confidence": main.with_name(f"{stem}_confidence{ext}"),
+          "preview": main.with_name(f"{stem}_preview.png")}
 
 
 def _nan_to_median(a: np.ndarray) -> np.ndarray:
@@ -473,4 +580,6 @@ def save_preview(path, image, out: Correction) -> None:
   panels = {"input": (fill(image), "image"), "corrected": (fill(out.corrected), "image")}
   if out.F is not None:
     panels.update({"estimated F": (fill(out.F), "field"), "estimated G": (fill(out.G), "field")})
+  if out.confidence is not None:
+    panels["confidence"] = (fill(out.confidence), "field")
   metrics.save_panel_grid(path, panels, cols=len(panels))

@@ -35,6 +35,8 @@ flags.DEFINE_string("output_dir", None, "Output folder (synth, evaluate).")
 flags.DEFINE_string("reference", None, "Known clean image to score the correction against (correct).")
 flags.DEFINE_integer("tile", None, "Tile side in px (correct); default: config.predict.tile.")
 flags.DEFINE_integer("overlap", None, "Tile overlap in px (correct); default: config.predict.overlap.")
+flags.DEFINE_float("strength", 1.0, "Correction strength in [0, 1] (correct): F^s and s·G; "
+                   "0 = no correction.")
 flags.DEFINE_string("input_dir", None, "Folder tree of clean images (build_dataset).")
 flags.DEFINE_integer("min_size", 128, "Images smaller than this per side are skipped (build_dataset).")
 flags.DEFINE_integer("val_percent", 10, "Share of images in the validation split (build_dataset).")
@@ -96,6 +98,8 @@ def _correct(argv):
   inputs = argv[2:]
   if not inputs:
     raise app.UsageError("usage: flatai correct IMAGE... [--checkpoint=RUN_DIR] [--out=DIR]")
+  if not 0.0 <= FLAGS.strength <= 1.0:
+    raise app.UsageError(f"--strength={FLAGS.strength} must be in [0, 1]")
   if FLAGS.output and len(inputs) > 1:
     raise app.UsageError("--output names one file; use --out=DIR for several inputs")
   corrector = correct.load(FLAGS.checkpoint, FLAGS.step)
@@ -110,7 +114,7 @@ def _correct(argv):
   for path in inputs:
     try:
       report = corrector.correct_file(path, FLAGS.output, FLAGS.out, FLAGS.reference, task,
-                                      FLAGS.tile, FLAGS.overlap)
+                                      FLAGS.tile, FLAGS.overlap, strength=FLAGS.strength)
     except ImageError as e:  # one bad file does not stop the others
       print(f"flatai correct: error: {e}", file=sys.stderr)
       failed.append(path)
