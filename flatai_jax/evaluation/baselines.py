@@ -8,7 +8,8 @@ refitted. The surface is a polynomial of total degree 2–4 in the sensor
 coordinates, or a smoothed thin-plate-spline RBF through the samples. Removed by
 subtraction (additive, a gradient ``G``) or division (multiplicative, a flat
 ``F`` normalised to median 1). A third estimate takes a large median filter of
-the frame itself as ``F``.
+the frame itself as ``F``. GraXpert's classical background extraction joins them
+when it is installed (``graxpert_sub`` / ``graxpert_div``, see ``graxpert.py``).
 
 Each method maps an ``(H, W, C) float32`` linear frame to a dict of
 ``corrected``, ``F`` and ``G`` (each ``(H, W, C) float32``, linear; ``F`` = 1 or
@@ -177,13 +178,23 @@ def methods(degree: int = 3, grid: int = 16, median_size: float = 0.125) -> dict
 
   ``uncorrected`` (the input itself), ``poly_sub`` / ``poly_div`` (polynomial
   background subtracted / divided), ``rbf_div`` (RBF surface divided),
-  ``median_flat`` (median-filtered frame as F, divided).
+  ``median_flat`` (median-filtered frame as F, divided); and, when GraXpert is
+  installed (extra ``graxpert``), ``graxpert_sub`` / ``graxpert_div``: GraXpert's
+  classical RBF background with its default grid and settings
+  (:mod:`flatai_jax.evaluation.graxpert`), subtracted (GraXpert's default) / divided.
   """
+  from flatai_jax.evaluation import graxpert
   poly = lambda im: _per_channel(im, lambda p: poly_background(p, degree, grid))
+  found = {}
+  if graxpert.available():
+    gx = lambda im: _per_channel(im, graxpert.background)
+    found = {"graxpert_sub": lambda im: subtract(im, gx(im)),
+             "graxpert_div": lambda im: divide(im, gx(im))}
   return {
       "uncorrected": lambda im: {"corrected": im, "F": np.ones_like(im), "G": np.zeros_like(im)},
       "poly_sub": lambda im: subtract(im, poly(im)),
       "poly_div": lambda im: divide(im, poly(im)),
       "rbf_div": lambda im: divide(im, _per_channel(im, lambda p: rbf_background(p, grid))),
       "median_flat": lambda im: divide(im, _per_channel(im, lambda p: median_flat(p, median_size))),
+      **found,
   }
