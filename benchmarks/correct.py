@@ -1,11 +1,13 @@
 """Full-frame correction: seconds and peak memory for a large frame, against I/O in the same run.
 
   PYTHONPATH=. python benchmarks/correct.py [--size quickstart|base] [--height 4000 --width 6000]
-      [--batch 16]
+      [--batch 16] [--frame]
 
 Writes a synthetic float32 FITS frame, then times ``flatai_jax.correct.Corrector.correct_file``
 (read → tiles → model → blend → tile matching → write corrected, F, G and preview) with an
-untrained model of the given size (the speed does not depend on the weights), and, as the
+untrained model of the given size (the speed does not depend on the weights) — with
+``--frame`` the whole-frame model of ``configs/frame.py`` (bin → one pass on the working grid →
+upsample) instead of tiles — and, as the
 reference measured in the same run, reading + writing the same frame alone. Peak memory is the
 process's maximum resident set size (``resource.getrusage``), compared with the frame's size.
 """
@@ -21,6 +23,7 @@ import jax
 import numpy as np
 from astropy.io import fits
 
+from configs import frame as frame_config
 from configs.default import get_config
 from flatai_jax import correct
 from flatai_jax.io import images
@@ -37,8 +40,9 @@ def main():
   p.add_argument("--height", type=int, default=4000)
   p.add_argument("--width", type=int, default=6000)
   p.add_argument("--batch", type=int, default=16)
+  p.add_argument("--frame", action="store_true", help="the whole-frame model (configs/frame.py)")
   a = p.parse_args()
-  config = get_config(f"flat,{a.size}")
+  config = frame_config.get_config(a.size) if a.frame else get_config(f"flat,{a.size}")
   config.predict.batch_size = a.batch
   graphdef, params = split_model(config)
   corrector = correct.Corrector(config, graphdef, params, 0, f"untrained-{a.size}")
@@ -57,7 +61,7 @@ def main():
   del pixels
 
   tile, overlap = config.predict.tile, config.predict.overlap
-  n_tiles = len(correct.tile_origins(a.height + overlap, tile, tile - overlap)) * len(
+  n_tiles = 1 if a.frame else len(correct.tile_origins(a.height + overlap, tile, tile - overlap)) * len(
       correct.tile_origins(a.width + overlap, tile, tile - overlap))
   t = time.perf_counter()  # compile once (same tile batch shape), reported on its own
   corrector.correct(np.ones((tile, tile), np.float32) + rng.random((tile, tile), np.float32))
@@ -66,8 +70,10 @@ def main():
   corrector.correct_file(tmp / "frame.fits", out_dir=tmp / "out",
                          print_fn=lambda *x, **k: None)
   total_s = time.perf_counter() - t
+  layout = (f"whole frame on a {config.data.sensor_hw} grid" if a.frame
+            else f"tile {tile}, overlap {overlap}, batch {a.batch}")
   print(f"device: {jax.devices()[0].platform} x{jax.device_count()}; model {a.size} "
-        f"(tile {tile}, overlap {overlap}, batch {a.batch}); frame {a.width}x{a.height} mono "
+        f"({layout}); frame {a.width}x{a.height} mono "
         f"({frame_gb:.2f} GiB float32), {n_tiles} tiles")
   print(f"read+write only (reference): {io_s:.2f} s; compile (once): {compile_s:.1f} s")
   print(f"flatai correct: {total_s:.1f} s ({n_tiles / total_s:.0f} tiles/s, "

@@ -229,6 +229,7 @@ def get_config(arg=None):
   c.predict.overlap = 32  # tile overlap, px
   c.predict.batch_size = 8  # tiles per forward pass
   c.predict.match_tiles = True  # solve per-tile G pedestals so overlapping tiles agree (flat/combined)
+  c.predict.auto_strength = True  # whole-frame models: scale the correction back where it does not flatten
 
   if arg.size == "quickstart":
     c.model.base_width = 16

@@ -140,7 +140,12 @@ def correct_frame(graphdef, params, config, image: np.ndarray, progress=None) ->
   sky = max(float(np.median(grid)), 1e-12)
   spread = np.maximum(log_f.std(0) / CONFIDENCE_LOG_F, g_field.std(0) / (CONFIDENCE_G * sky))
   mean_log_f, mean_g = log_f.mean(0), g_field.mean(0)
+  # The overall level of F and the constant of G are not identifiable from one frame:
+  # F keeps median 1 and G median 0, so the frame keeps its sky level.
+  mean_log_f -= np.median(mean_log_f, axis=(0, 1), keepdims=True)
   mean_g -= np.median(mean_g, axis=(0, 1), keepdims=True)
+  s = auto_strength(grid, mean_log_f, mean_g) if config.predict.auto_strength else 1.0
+  mean_log_f, mean_g = s * mean_log_f, s * mean_g
   up = lambda a: np.stack([working_grid.upsample(a[..., k], geo) for k in range(c)], -1)
   f_full, g_full = np.exp(up(mean_log_f)), up(mean_g)
   confidence = np.clip(up(np.exp(-spread)), 0.0, 1.0)
@@ -149,6 +154,32 @@ def correct_frame(graphdef, params, config, image: np.ndarray, progress=None) ->
   corrected = (image - g_full) / f_full
   return Correction(corrected=corrected.astype(np.float32), F=f_full.astype(np.float32),
                     G=g_full.astype(np.float32), confidence=confidence.astype(np.float32))
+
+
+AUTO_STRENGTHS = np.linspace(0.0, 1.0, 21)  # strengths tried by auto_strength
+AUTO_MIN_GAIN = 0.05  # a correction must flatten the background by > 5 % to be applied
+
+
+def auto_strength(grid, log_f, g_field) -> float:
+  """The safe fraction of a predicted correction: 0 unless the correction makes the working grid
+  flatter by more than ``AUTO_MIN_GAIN`` (robust σ of ``(grid − s·G) / exp(s·log F)``
+  relative to its median); then the largest ``s`` in [0, 1] within 2 % of the flattest
+  background reachable. A model that would invent structure on a flat frame gets ``s = 0``
+  (the frame is left as it is); a frame whose background the correction flattens keeps ``s = 1``.
+
+  Args:
+    grid, log_f, g_field: ``(gh, gw, C)`` binned frame, log F, G, linear.
+  """
+  def spread(s):
+    c = (grid - s * g_field) / np.exp(s * log_f)
+    med = np.median(c)
+    return 1.4826 * float(np.median(np.abs(c - med))) / max(abs(float(med)), 1e-12)
+
+  spreads = np.asarray([spread(s) for s in AUTO_STRENGTHS])
+  if spreads[0] <= spreads.min() * (1.0 + AUTO_MIN_GAIN):
+    return 0.0
+  ok = spreads <= spreads.min() * 1.02 + 1e-6
+  return float(AUTO_STRENGTHS[ok].max())
 
 
 def _flips_undone(stack):
@@ -526,6 +557,7 @@ def load(checkpoint_dir=None, step: int | None = None) -> Corrector:
   ``checkpoint_dir=None`` loads the small flat model shipped with the package
   (``data_pipelines/train_default_model.sh`` trains and exports it).
   """
+  _persistent_compilation_cache()
   if checkpoint_dir is None:
     if not checkpointing.is_inference(DEFAULT_MODEL):
       raise FileNotFoundError(f"{DEFAULT_MODEL}: no shipped model in this install; pass "
@@ -535,6 +567,22 @@ def load(checkpoint_dir=None, step: int | None = None) -> Corrector:
   graphdef, abstract = abstract_params(config)
   params, restored_step = checkpointing.restore_params(checkpoint_dir, abstract, step)
   return Corrector(config, graphdef, params, restored_step, checkpoint_dir)
+
+
+def _persistent_compilation_cache():
+  """Keeps compiled correction programs on disk (``$FLATAI_CACHE`` or ``~/.cache/flatai_jax``),
+  so a second ``flatai correct`` skips XLA compilation (tens of seconds on a small CPU).
+  Left alone when JAX already has a cache directory."""
+  import os
+  if jax.config.jax_compilation_cache_dir:
+    return
+  path = Path(os.environ.get("FLATAI_CACHE", Path.home() / ".cache" / "flatai_jax")) / "xla"
+  try:
+    path.mkdir(parents=True, exist_ok=True)
+  except OSError:
+    return  # read-only home: compile every time
+  jax.config.update("jax_compilation_cache_dir", str(path))
+  jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
 
 
 def output_paths(input_path, output=None, out_dir=None) -> dict[str, Path]:
