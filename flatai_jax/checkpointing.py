@@ -115,7 +115,7 @@ def restore_params(path, abstract_params, step: int | None = None):
     ``(params, step)``. From a training checkpoint: the EMA parameters when the
     run kept them, else the live ones; the optimizer state is never read.
   """
-  path = Path(path)
+  path = Path(path).absolute()  # Orbax refuses relative paths
   dev = jax.sharding.SingleDeviceSharding(jax.devices()[0])
   target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(
       x.shape, x.dtype, sharding=getattr(x, "sharding", None) or dev), abstract_params)

@@ -125,7 +125,7 @@ def test_atomic_folder_replaces_an_existing_folder(tmp_path):
   assert len(names) == 20 and all(n.startswith(".a.") and n.endswith(".fits.fz") for n in names)
 
 
-def test_exported_model_folder_is_replaced_whole(tiny, tmp_path):
+def test_exported_model_folder_is_replaced_whole(tiny, tmp_path, monkeypatch):
   import jax
   from flatai_jax import checkpointing
   from flatai_jax.models import abstract_params
@@ -136,5 +136,6 @@ def test_exported_model_folder_is_replaced_whole(tiny, tmp_path):
   checkpointing.export_inference(out, filled(1.0), config, 3)
   checkpointing.export_inference(out, filled(2.0), config, 5)  # over the first one
   assert os.listdir(tmp_path) == ["model"] and checkpointing.is_inference(out)
-  params, step = checkpointing.restore_params(out, abstract)
+  monkeypatch.chdir(tmp_path)  # a relative path, as in `flatai evaluate --checkpoint=model`
+  params, step = checkpointing.restore_params("model", abstract)
   assert step == 5 and all(float(jnp.max(jnp.abs(x - 2.0))) == 0.0 for x in jax.tree.leaves(params))
