@@ -103,7 +103,8 @@ def main():
   p.add_argument("--sizes", default="quickstart,base")
   p.add_argument("--shapes", default="128x4,256x2", help="comma-separated CROPxBATCH")
   p.add_argument("--iters", type=int, default=2, help="timed iterations after one warm-up")
-  p.add_argument("--torch", default="old,latest", help="PyTorch FlatAI variants to time ('' = none)")
+  p.add_argument("--torch", default="old,latest",
+                 help="PyTorch FlatAI variants to time ('' = none)")
   p.add_argument("--dtype", default=None, help="JAX compute dtype (default: the config's)")
   p.add_argument("--remat", default=None, choices=(None, "true", "false"))
   p.add_argument("--threads", type=int, default=None,

@@ -1,5 +1,5 @@
-"""PyTorch FlatAI's Attention Residual U-Net (the PyTorch original), rebuilt as a benchmark-only reference (needs the
-``bench`` extra: torch). Never imported by ``flatai_jax``.
+"""PyTorch FlatAI's Attention Residual U-Net (the PyTorch original), rebuilt as a benchmark-only
+reference (needs the ``bench`` extra: torch). Never imported by ``flatai_jax``.
 
 Architecture as PyTorch FlatAI describes it (its ``FlatAI_README.md`` diagram, ``ORIGINAL_NOTES.md``):
 widths 64-128-256-512-1024, max-pool down; residual blocks of two replication-padded 3×3 convs

@@ -40,7 +40,7 @@ def data_range(reference, axis=None, xp=np):
 
 
 def centred_error(image, reference, axis=None, xp=np):
-  """``d − median(d)`` with ``d = image − reference``, the median over ``axis``; same shape as the inputs."""
+  """``d − median(d)`` with ``d = image − reference``, the median over ``axis``; the inputs' shape."""
   d = image - reference
   return d - xp.median(d, axis=axis, keepdims=True)
 

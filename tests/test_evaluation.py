@@ -44,7 +44,7 @@ def test_psnr_and_ssim_match_scikit_image_and_hand_values():
   c1 = (0.01 * L) ** 2
   assert quality.ssim(a, b, L) == pytest.approx((2 * 0.15 + c1) / (0.09 + 0.25 + c1), abs=1e-12)
   assert quality.ssim(ref, ref, peak) == pytest.approx(1.0, abs=1e-12)
-  # MSE 0.01 at a data range of 1 → 20 dB (a checkerboard ±0.1 on a 0…1 ramp; an offset is free)
+  # MSE 0.01 at a data range of 1 → 20 dB (±0.1 alternating on a 0…1 ramp; an offset is free)
   ramp = np.linspace(0.0, 1.0, 2002)[:, None, None]
   ramp = (ramp - 0.001) / 0.998  # a ramp's percentiles are exact: 0.1th → 0, 99.9th → 1
   sign = np.where(np.arange(2002) % 2 == 0, 1.0, -1.0)[:, None, None]

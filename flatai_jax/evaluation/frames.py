@@ -100,8 +100,8 @@ def score_frames(frames: dict, methods: dict, config, lpips=None) -> dict:
     xy = None
     if psf:
       clean_plane = fr["clean"].mean(-1)
-      xy = stars.find_stars(clean_plane, quality.noise_sigma(fr["observed"].mean(-1)), valid.all(-1),
-                            max_stars=int(config.eval.get("max_stars", 200)))
+      xy = stars.find_stars(clean_plane, quality.noise_sigma(fr["observed"].mean(-1)),
+                            valid.all(-1), max_stars=int(config.eval.get("max_stars", 200)))
       ref_stars.append(stars.measure(clean_plane, xy))
       radii.append(stars.field_radius_px(xy, clean_plane.shape))
     for name, fn in methods.items():

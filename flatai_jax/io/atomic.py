@@ -17,7 +17,8 @@ from typing import Callable
 
 
 def temporary_path(path: Path) -> Path:
-  """A fresh, unused hidden name beside ``path`` with the same suffixes (``.a.fits.fz`` → ``.a.X.fits.fz``).
+  """A fresh, unused hidden name beside ``path`` with the same suffixes
+  (``a.fits.fz`` → ``.a.X.fits.fz``).
 
   The name is unique even among concurrent writers of the same target (``mkstemp``);
   nothing exists under it on return.

@@ -324,7 +324,8 @@ def read_image(path: str | os.PathLike, allow_nan: bool = False) -> tuple[np.nda
 
 
 def _atomic_write(path: Path, write_fn, protect: Iterable[str | os.PathLike]) -> None:
-  """``io.atomic.write_atomic(path, write_fn)``, refusing any path of ``protect``; errors name the file."""
+  """``io.atomic.write_atomic(path, write_fn)``, refusing any path of ``protect``; errors name
+  the file."""
   path = Path(path)
   for p in protect:
     if Path(p).exists() and path.exists() and os.path.samefile(p, path):
