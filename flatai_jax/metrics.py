@@ -6,12 +6,12 @@ imported. All functions run on the host, on process 0 only where noted.
 from __future__ import annotations
 
 import json
-import os
 import time
 from pathlib import Path
 
 import numpy as np
 
+from flatai_jax.io.atomic import save_figure_atomic
 from flatai_jax.io.display import asinh_stretch, linear_levels
 
 
@@ -81,13 +81,6 @@ class ProgressReporter:
     self._last_step, self._t = step, now
 
 
-def _atomic_savefig(fig, path: Path) -> None:
-  path.parent.mkdir(parents=True, exist_ok=True)
-  tmp = path.with_name(f".{path.name}.tmp.png")
-  fig.savefig(tmp, dpi=100, bbox_inches="tight")
-  os.replace(tmp, path)
-
-
 def save_sample_grid(path, columns: dict[str, np.ndarray], max_rows: int = 4) -> None:
   """One PNG: a row per example, a column per named image.
 
@@ -121,7 +114,7 @@ def save_sample_grid(path, columns: dict[str, np.ndarray], max_rows: int = 4) ->
       if r == 0:
         ax.set_title(name, fontsize=9)
   fig.tight_layout()
-  _atomic_savefig(fig, Path(path))
+  save_figure_atomic(fig, path, dpi=100, bbox_inches="tight")
   plt.close(fig)
 
 
@@ -147,7 +140,7 @@ def save_panel_grid(path, panels: dict[str, tuple[np.ndarray, str]], cols: int =
               interpolation="nearest")
     ax.set_title(title, fontsize=8)
   fig.tight_layout()
-  _atomic_savefig(fig, Path(path))
+  save_figure_atomic(fig, path, dpi=100, bbox_inches="tight")
   plt.close(fig)
 
 
@@ -179,5 +172,5 @@ def save_loss_curve(path, jsonl_path, keys=None) -> None:
   ax.grid(alpha=0.3)
   ax.legend(fontsize=8)
   fig.tight_layout()
-  _atomic_savefig(fig, Path(path))
+  save_figure_atomic(fig, path, dpi=100, bbox_inches="tight")
   plt.close(fig)

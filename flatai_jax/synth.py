@@ -1,7 +1,8 @@
 """``flatai synth``: write degraded examples with their truth, to look at what the model learns from.
 
 Uses exactly the training generators (procedural sky → forward model), so
-what you see is what the train step makes.
+what you see is what the train step makes; full frames come from the one
+full-frame generator ``data.synthetic.make_full_frames`` that ``flatai evaluate`` uses.
 """
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ import numpy as np
 from flatai_jax import metrics
 from flatai_jax.data import synthetic
 from flatai_jax.io import images
+from flatai_jax.io.atomic import write_text_atomic
 from flatai_jax.physics import flat, geometry
 from flatai_jax.physics.sky import fractal_noise
 
@@ -34,22 +36,20 @@ def make_examples(config, num: int, full_frame: bool = False) -> dict[str, np.nd
     config: full config.
     num: number of examples.
     full_frame: render the whole virtual sensor (``config.data.sensor_hw``)
-      instead of training crops.
+      instead of training crops, with ``data.synthetic.make_full_frames`` (the
+      training crops' star density, as ``flatai evaluate``'s frames).
   Returns:
     dict of ``(num, H, W, C) float32``: ``observed``, ``clean``, ``F``, ``G``;
     for the psf/combined tasks also ``psf`` ``(num, gy, gx, k, k)``, the true
     PSFs at the grid nodes (a full frame gets ``config.eval.frame_psf_grid``
     nodes, since the training grid spans only one crop).
   """
-  crop_hw = tuple(config.data.sensor_hw) if full_frame else None
-  offset = np.zeros(2, np.float32) if full_frame else None
-  if full_frame and config.degrade.apply_psf:
-    config = _forced(config)
-    config.degrade.psf.grid = tuple(config.eval.frame_psf_grid)
+  if full_frame:
+    return synthetic.make_full_frames(synth_key(config), config, num, with_dust=False)
 
   @jax.jit
   def one(key):
-    clean, coords = synthetic.procedural_example(key, config, crop_hw, offset)
+    clean, coords = synthetic.procedural_example(key, config)
     deg = synthetic.degrade_example(key, clean, coords, config)
     extra = {"psf": deg["psf"]} if "psf" in deg else {}
     return {"observed": deg["observed"], "clean": clean, "F": deg["F"], "G": deg["G"], **extra}
@@ -192,6 +192,6 @@ def write_examples(config, output_dir, num: int, full_frame: bool = False) -> li
   metrics.save_sample_grid(out / "contact_sheet.png", sheet, max_rows=min(num, 8))
   first = {k: v[0] for k, v in ex.items()}
   metrics.save_panel_grid(out / "artifacts.png", artifact_panels(config, first), cols=7)
-  (out / "synth_config.json").write_text(json.dumps(json.loads(config.to_json_best_effort()),
-                                                    indent=2))
+  write_text_atomic(out / "synth_config.json",
+                    json.dumps(json.loads(config.to_json_best_effort()), indent=2))
   return paths

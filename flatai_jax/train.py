@@ -19,6 +19,7 @@ from flatai_jax import checkpointing, metrics, sharding
 from flatai_jax.evaluation import crops
 from flatai_jax.data import indices as data_indices
 from flatai_jax.data.pipeline import Pipeline
+from flatai_jax.io.atomic import write_text_atomic
 from flatai_jax.losses import lpips
 from flatai_jax.train_step import abstract_train_state, bind_train_step, init_state, \
     make_optimizer, nonfinite_count
@@ -51,10 +52,7 @@ class _Preemption:
 def _write_config(workdir: Path, config) -> None:
   if jax.process_index() != 0:
     return
-  workdir.mkdir(parents=True, exist_ok=True)
-  tmp = workdir / ".config.json.tmp"
-  tmp.write_text(config.to_json_best_effort(indent=2))
-  tmp.replace(workdir / "config.json")
+  write_text_atomic(workdir / "config.json", config.to_json_best_effort(indent=2))
 
 
 def _is_time(step: int, every: int, total: int) -> bool:
@@ -175,7 +173,7 @@ def train_and_evaluate(config, workdir, devices=None) -> dict:
     result["eval"] = ev
     if is_lead:
       crops.save_metric_chart(workdir / "eval_final.png", {"step": step, **ev})
-      (workdir / "eval_final.json").write_text(json.dumps({"step": step, **ev}, indent=2))
+      write_text_atomic(workdir / "eval_final.json", json.dumps({"step": step, **ev}, indent=2))
       metrics.save_loss_curve(workdir / "loss_curve.png", writer.jsonl_path)
   writer.close()
   return result

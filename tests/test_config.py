@@ -23,7 +23,7 @@ def test_every_variant_resolves(task, size):
   assert c.predict.overlap <= c.predict.tile // 2
 
 
-def test_quickstart_is_small_and_base_is_the_seed_size():
+def test_quickstart_is_small_and_base_is_the_pytorch_original_size():
   def count(cfg):
     m = nnx.eval_shape(lambda: build_model(cfg, nnx.Rngs(0)))
     return sum(x.size for x in jax.tree.leaves(nnx.state(m, nnx.Param)))

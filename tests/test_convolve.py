@@ -101,7 +101,7 @@ def test_recentered_field_psfs_have_centred_centroids():
   coords = geometry.frame_coords(jnp.asarray([320.0, 512.0]), (64, 64), jnp.asarray([384.0, 576.0]))
   spec = psf.PSFSpec.from_config(cfg)
   system = optics.draw_system(jax.random.key(3), cfg)
-  nodes = optics.field_position(convolve.node_coords(coords, tuple(cfg.grid)), 384 / 576)
+  nodes = geometry.field_position(convolve.node_coords(coords, tuple(cfg.grid)), 384 / 576)
   raw = psf.psf(optics.field_coefficients(system, nodes, spec.num_modes), spec)
   assert float(jnp.abs(psf.centroid(raw)).max()) > 0.2  # the kernel cut the coma wing
   fixed = psf.recenter(raw)

@@ -35,15 +35,20 @@ def test_psnr_and_ssim_match_scikit_image_and_hand_values():
   theirs = metrics.structural_similarity(img, ref, data_range=peak, gaussian_weights=True,
                                          sigma=1.5, use_sample_covariance=False, channel_axis=-1)
   assert abs(ours - theirs) < 1e-6, (ours, theirs)
-  assert abs(quality.psnr(img, ref, peak) -
-             metrics.peak_signal_noise_ratio(ref, img, data_range=peak)) < 1e-6
+  # PSNR: scikit-image's with the truth's percentile range as data_range, after the median offset
+  shifted = img - np.median(img - ref)
+  assert abs(quality.psnr(img, ref) - metrics.peak_signal_noise_ratio(
+      ref, shifted, data_range=quality.data_range(ref))) < 1e-6
   # hand-computed: constant images a, b → SSIM = (2ab + C1) / (a² + b² + C1), variances 0
   a, b, L = np.full((20, 20, 1), 0.3), np.full((20, 20, 1), 0.5), 1.0
   c1 = (0.01 * L) ** 2
   assert quality.ssim(a, b, L) == pytest.approx((2 * 0.15 + c1) / (0.09 + 0.25 + c1), abs=1e-12)
   assert quality.ssim(ref, ref, peak) == pytest.approx(1.0, abs=1e-12)
-  # MSE 0.01 at peak 1 → 20 dB
-  assert quality.psnr(a + 0.1, a, 1.0) == pytest.approx(20.0, abs=1e-9)
+  # MSE 0.01 at a data range of 1 → 20 dB (±0.1 alternating on a 0…1 ramp; an offset is free)
+  ramp = np.linspace(0.0, 1.0, 2002)[:, None, None]
+  ramp = (ramp - 0.001) / 0.998  # a ramp's percentiles are exact: 0.1th → 0, 99.9th → 1
+  sign = np.where(np.arange(2002) % 2 == 0, 1.0, -1.0)[:, None, None]
+  assert quality.psnr(ramp + 0.1 * sign + 7.0, ramp) == pytest.approx(20.0, abs=1e-9)
 
 
 def test_field_scores_on_known_fields():

@@ -1,5 +1,6 @@
 """Flat-field, sensor-noise and sky generators: keys, the F convention, drawn distributions,
-dust shadows against a ray trace of an annular pupil, the noise variance model, star counts."""
+dust shadows against a ray trace of an annular pupil, the noise variance model, star counts,
+synth's full frames."""
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -40,8 +41,10 @@ def _ks(values, spec):
   return stats.kstest(np.asarray(values).ravel(), _scipy(spec).cdf).pvalue
 
 
-def test_same_key_same_example_different_keys_differ():
-  config = get_config("flat,quickstart,channels=3")
+def _example_fn():
+  """``key -> {clean, observed, F, G}`` of a 32-px mono crop at one offset (RGB on a sharded
+  batch hits an XLA CPU FFT layout check, so the sharded comparison below is mono)."""
+  config = get_config("flat,quickstart")
   config.sky.max_stars = 16
   config.sky.psf_size = 9
   hw = (32, 32)
@@ -49,56 +52,83 @@ def test_same_key_same_example_different_keys_differ():
 
   def example(key):
     coords = geometry.frame_coords(jnp.array([40.0, 100.0]), hw, jnp.asarray(sensor, jnp.float32))
-    clean = sky.render_sky(key, hw, 3, config.sky)
+    clean = sky.render_sky(key, hw, 1, config.sky)
     return {"clean": clean, **forward.degrade(jax.random.fold_in(key, 1), clean, coords,
                                               config.degrade, sensor)}
 
-  fn = jax.jit(jax.vmap(example))
-  keys = jax.random.split(jax.random.key(3), 3)
-  a, b = fn(keys), fn(keys)
+  return example
+
+
+def test_an_example_depends_on_its_key_only():
+  """The same key gives the same example at any batch position, alone (no vmap) and on a batch
+  sharded over 4 devices; different keys give different examples."""
+  example = _example_fn()
+  k = jax.random.split(jax.random.key(3), 3)
+  keys = jnp.stack([k[0], k[1], k[0], k[2]])
+  a = jax.jit(jax.vmap(example))(keys)
+  alone = jax.jit(example)(k[1])
+  mesh = jax.make_mesh((4,), ("b",), axis_types=(jax.sharding.AxisType.Auto,),
+                       devices=jax.devices()[:4])
+  sharded = jax.jit(jax.vmap(example))(
+      jax.device_put(keys, jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("b"))))
   for name in ("clean", "observed", "F", "G"):
-    np.testing.assert_array_equal(a[name], b[name])  # same key → identical
-    assert a[name].shape == (3, 32, 32, 3)
-    for i, j in ((0, 1), (0, 2), (1, 2)):  # different keys → different
-      assert np.abs(np.asarray(a[name][i]) - np.asarray(a[name][j])).max() > 1e-4, name
+    x = np.asarray(a[name])
+    assert x.shape == (4, 32, 32, 1), name
+    np.testing.assert_array_equal(x[0], x[2], err_msg=name)  # same key, other batch position
+    np.testing.assert_allclose(x[1], alone[name], rtol=1e-5, atol=1e-6, err_msg=name)
+    np.testing.assert_allclose(x, sharded[name], rtol=1e-5, atol=1e-6, err_msg=name)
+    for i, j in ((0, 1), (0, 3), (1, 3)):  # different keys → different
+      assert np.abs(x[i] - x[j]).max() > 1e-4, name
 
 
-def test_f_normalisation_convention():
-  sensor = (96, 128)
-  coords = geometry.frame_coords(jnp.zeros(2), sensor, jnp.asarray(sensor, jnp.float32))
-  key = jax.random.key(0)
-  # everything off: F ≡ 1, G ≡ 0
-  f_field, g_field = _fields(key, coords, 3, _flat_cfg(), sensor)
+SENSOR = (96, 128)
+
+
+def _sensor_coords(sensor=SENSOR):
+  return geometry.frame_coords(jnp.zeros(2), sensor, jnp.asarray(sensor, jnp.float32))
+
+
+def test_f_is_one_and_g_zero_with_every_artifact_off():
+  f_field, g_field = _fields(jax.random.key(0), _sensor_coords(), 3, _flat_cfg(), SENSOR)
   np.testing.assert_array_equal(f_field, 1.0)
   np.testing.assert_array_equal(g_field, 0.0)
 
-  # vignetting: V = 1 on the optical axis, ≤ 1, corner/centre = 1 − strength when centred
+
+def test_centred_vignetting_is_one_on_axis_and_one_minus_strength_at_the_corners():
   cfg = _flat_cfg(vignetting=True, centre_offset=("fixed", 0.0), asymmetry=("fixed", 0.0))
   corners = jnp.array([[[-1.0, -1.0], [1.0, 1.0], [0.0, 0.0]]])  # (1, 3, 2)
-  params = jax.jit(jax.vmap(lambda k: flat.draw_flat_params(k, cfg, 1)))(jax.random.split(key, 64))
-  v = jax.jit(jax.vmap(lambda p: flat.vignetting(p, corners, sensor)))(params)[:, 0]
+  keys = jax.random.split(jax.random.key(0), 64)
+  params = jax.jit(jax.vmap(lambda k: flat.draw_flat_params(k, cfg, 1)))(keys)
+  v = jax.jit(jax.vmap(lambda p: flat.vignetting(p, corners, SENSOR)))(params)[:, 0]
   np.testing.assert_allclose(v[:, 2], 1.0, atol=1e-6)
   np.testing.assert_allclose(v[:, 0], 1.0 - params.strength, atol=1e-5)
   np.testing.assert_allclose(v[:, 1], 1.0 - params.strength, atol=1e-5)
-  # with an offset, tilted and asymmetric axis: still exactly 1 on the axis and ≤ 1 elsewhere
+  assert float(np.std(params.strength)) > 0.01  # many strengths were drawn
+
+
+def test_offset_tilted_vignetting_is_one_on_its_axis_and_dust_only_darkens():
   cfg = _flat_cfg(vignetting=True, dust=True, centre_offset=(-0.1, 0.1), asymmetry=(0.0, 0.1))
   p = flat.draw_flat_params(jax.random.key(5), cfg, 1)
-  render = jax.jit(lambda p, c: (flat.render_flat(p, key, c, cfg, sensor)[0],
-                                 flat.vignetting(p, c, sensor)))
+  assert abs(float(p.centre[0])) > 1e-3 and float(p.asymmetry) > 1e-3
+  render = jax.jit(lambda p, c: (flat.render_flat(p, jax.random.key(0), c, cfg, SENSOR)[0],
+                                 flat.vignetting(p, c, SENSOR)))
   f_axis, v_axis = render(p, p.centre[None, None, :])
   np.testing.assert_allclose(v_axis, 1.0, atol=1e-6)
-  f_all, _ = render(p, coords)
-  assert float(f_all.max()) <= 1.0 and float(f_axis[0, 0, 0]) <= 1.0  # dust only darkens
-  # specks only brighten
+  f_all, v_all = render(p, _sensor_coords())
+  assert float(v_all.max()) <= 1.0 and float(v_all.min()) < 0.99
+  assert float(f_all.max()) <= 1.0 and float(f_axis[0, 0, 0]) <= 1.0
+
+
+def test_specks_only_brighten():
   cfg = _flat_cfg(specks=True, speck_probability=1.0)
-  f_sp, _ = _fields(key, coords, 1, cfg, sensor)
+  f_sp, _ = _fields(jax.random.key(0), _sensor_coords(), 1, cfg, SENSOR)
   assert float(f_sp.min()) == 1.0 and float(f_sp.max()) > 1.01
 
-  # PRNU: expectation 1, RMS from the drawn sigmas
+
+def test_prnu_has_expectation_one_and_the_drawn_rms():
   cfg = _flat_cfg(prnu=True, prnu_blotches=True, prnu_sigma=("fixed", 0.006),
                   prnu_blotch_sigma=("fixed", 0.004))
-  big = geometry.frame_coords(jnp.zeros(2), (256, 256), jnp.array([256.0, 256.0]))
-  f_pr, _ = _fields(key, big, 3, cfg, (256, 256))
+  f_pr, _ = _fields(jax.random.key(0), _sensor_coords((256, 256)), 3, cfg, (256, 256))
   f_pr = np.asarray(f_pr)
   np.testing.assert_allclose(f_pr.mean(), 1.0, atol=5 * 0.006 / np.sqrt(f_pr.size) + 1e-4)
   np.testing.assert_allclose(f_pr.std(), np.hypot(0.006, 0.004), rtol=0.03)
@@ -311,3 +341,20 @@ def test_synth_psf_outputs_show_the_true_field(tiny, tmp_path):
   assert mosaic[k:2 * k, k:2 * k].max() > mosaic[:k, :k].max()  # coma spreads corner PSFs
   stars = synth.point_source_grid((96, 128), 16)
   assert stars.sum() == 6 * 8
+
+
+def test_synth_full_frame_has_the_training_crops_star_density(tiny):
+  """``flatai synth --full_frame`` (= evaluate's generator) scales the star slots by the sensor's
+  area over a crop's: 4 stars per 32² crop → 48 on the 96 × 128 sensor (not 4)."""
+  from flatai_jax import synth
+  from flatai_jax.data import synthetic
+  c = tiny("flat", **{"sky.max_stars": 4, "sky.star_fraction": ("fixed", 1.0),
+                      "sky.sparse_probability": 0.0, "sky.cluster_probability": 0.0,
+                      "sky.galaxy_probability": 0.0, "sky.nebula_probability": 0.0,
+                      "sky.star_flux_min": 0.5, "sky.star_flux_max": 0.5})  # every star 0.5
+  assert synthetic.full_frame_config(c).sky.max_stars == 48
+  clean = synth.make_examples(c, 1, full_frame=True)["clean"][0, ..., 0].astype(np.float64)
+  assert clean.shape == (96, 128)
+  # stars are uniform over the frame padded by psf_size // 2 = 4 px: 12288 / 14144 of 48 visible
+  stars_seen = (clean - clean.min()).sum() / 0.5
+  assert 48 * 12288 / 14144 - 8 < stars_seen < 48 * 12288 / 14144 + 8, stars_seen

@@ -52,7 +52,7 @@ def test_terms_vanish_for_the_truth_and_grow_with_error(task):
 
 def test_doing_nothing_is_not_rewarded():
   """The observed image passed through unchanged (F = 1, G = 0) must not satisfy the physics terms:
-  the seed's loss re-applied predicted fields to predictions and scored this as perfect."""
+  PyTorch FlatAI's loss re-applied predicted fields to predictions and scored this as perfect."""
   c, b = _batch("combined")
   identity = {"clean": b["observed"], "F": jnp.ones_like(b["F"]), "G": jnp.zeros_like(b["G"])}
   _, t = obj.objective(identity, b, ALL)

@@ -1,4 +1,4 @@
-"""The Attention Residual U-Net: parameter counts against the seed, heads, sharding, precision, Zernike head."""
+"""The Attention Residual U-Net: parameter counts against PyTorch FlatAI, heads, sharding, precision, Zernike head."""
 import copy
 import functools
 
@@ -23,24 +23,24 @@ from flatai_jax.train_step import base_keys
 TINY = (8, 16, 32)
 
 
-# --- The seed's network, counted layer by layer from its unet_model.py -------
-def _seed_resblock(cin, cout):  # conv3×3 (no bias) + GN, conv3×3 + GN, 1×1 shortcut + GN
+# --- PyTorch FlatAI's network, counted layer by layer from its unet_model.py -
+def _original_resblock(cin, cout):  # conv3×3 (no bias) + GN, conv3×3 + GN, 1×1 shortcut + GN
   return 9 * cin * cout + 9 * cout * cout + 4 * cout + (cin * cout + 2 * cout if cin != cout else 0)
 
 
-def _seed_gate(c, inter):  # W_g, W_x: 1×1 conv + BN; psi: 1×1 conv + BN(1)
+def _original_gate(c, inter):  # W_g, W_x: 1×1 conv + BN; psi: 1×1 conv + BN(1)
   return 2 * (c * inter + 3 * inter) + inter + 3
 
 
-def seed_params(cin, cout, up):
-  """The seed's AttentionResUNet, widths 64…1024. ``up='resblock'``: the old (40.1 M) decoder,
+def original_params(cin, cout, up):
+  """PyTorch FlatAI's AttentionResUNet, widths 64…1024. ``up='resblock'``: the old (40.1 M) decoder,
   Upsample → ResBlock(2w, w) → gate → ResBlock(2w, w); ``up='conv'``: the latest (36.3 M),
   Upsample → conv3×3 (no bias) + BN → gate → ResBlock(2w, w)."""
   w = (64, 128, 256, 512, 1024)
-  n = _seed_resblock(cin, 64) + sum(_seed_resblock(w[i], w[i + 1]) for i in range(4))
+  n = _original_resblock(cin, 64) + sum(_original_resblock(w[i], w[i + 1]) for i in range(4))
   for i in range(4):
-    up_params = _seed_resblock(w[i + 1], w[i]) if up == "resblock" else 9 * w[i + 1] * w[i] + 2 * w[i]
-    n += up_params + _seed_gate(w[i], w[i] // 2) + _seed_resblock(2 * w[i], w[i])
+    up_params = _original_resblock(w[i + 1], w[i]) if up == "resblock" else 9 * w[i + 1] * w[i] + 2 * w[i]
+    n += up_params + _original_gate(w[i], w[i] // 2) + _original_resblock(2 * w[i], w[i])
   return n + 64 * cout + cout
 
 
@@ -49,9 +49,9 @@ def count(cfg):
   return sum(x.size for x in jax.tree.leaves(nnx.state(m, nnx.Param)))
 
 
-def seed_equivalent_config():
+def original_equivalent_config():
   """1 channel in (the image only), 1 out (psf task: clean = observed + residual), widths
-  64…1024, the old decoder: the seed's 40.1 M network."""
+  64…1024, the old decoder: PyTorch FlatAI's 40.1 M network."""
   c = get_config("psf,base")
   c.model.coord_inputs = False
   c.model.noise_input = False
@@ -59,14 +59,14 @@ def seed_equivalent_config():
   return c
 
 
-def test_parameter_counts_match_the_seed():
-  assert round(seed_params(1, 1, "resblock") / 1e5) == 401  # ORIGINAL_NOTES: old version, 40.1 M
-  assert round(seed_params(4, 3, "conv") / 1e5) == 363  # latest version: 4 in, 3 out, 36.3 M
-  n_old = count(seed_equivalent_config())
-  assert abs(n_old / seed_params(1, 1, "resblock") - 1) < 0.01, n_old
+def test_parameter_counts_match_the_pytorch_original():
+  assert round(original_params(1, 1, "resblock") / 1e5) == 401  # ORIGINAL_NOTES: old version, 40.1 M
+  assert round(original_params(4, 3, "conv") / 1e5) == 363  # latest version: 4 in, 3 out, 36.3 M
+  n_old = count(original_equivalent_config())
+  assert abs(n_old / original_params(1, 1, "resblock") - 1) < 0.01, n_old
   assert abs(n_old / 40.1e6 - 1) < 0.01
   n_base = count(get_config("flat,base"))  # image + x + y + noise in; F, G, confidence out
-  assert abs(n_base / seed_params(4, 3, "conv") - 1) < 0.01, n_base
+  assert abs(n_base / original_params(4, 3, "conv") - 1) < 0.01, n_base
   assert 34e6 < n_base < 44e6
   assert count(get_config("flat,quickstart")) <= 2e6
   assert count(get_config("combined,quickstart")) <= 2e6

@@ -210,7 +210,7 @@ def test_field_model_dependence_on_h():
 
 
 def test_field_position_is_one_at_the_corners():
-  h = optics.field_position(jnp.asarray([[1.0, 1.0], [-1.0, 1.0], [0.0, 0.0]]), 2 / 3)
+  h = geometry.field_position(jnp.asarray([[1.0, 1.0], [-1.0, 1.0], [0.0, 0.0]]), 2 / 3)
   np.testing.assert_allclose(np.linalg.norm(np.asarray(h), axis=-1), [1, 1, 0], atol=1e-6)
 
 
@@ -256,7 +256,7 @@ def test_corner_psfs_flare_outwards_with_positive_coma():
   sensor_hw = jnp.asarray([384.0, 576.0])
   for offset in ([0, 0], [0, 512], [320, 0], [320, 512]):  # the four corner crops
     coords = geometry.frame_coords(jnp.asarray(offset, jnp.float32), (64, 64), sensor_hw)
-    h = optics.field_position(coords[0 if offset[0] == 0 else -1, 0 if offset[1] == 0 else -1],
+    h = geometry.field_position(coords[0 if offset[0] == 0 else -1, 0 if offset[1] == 0 else -1],
                               384 / 576)
     u = np.asarray(h) / np.linalg.norm(h)
     p = np.asarray(psf.recenter(psf.psf(optics.field_coefficients(sys, h, J), spec)), np.float64)
@@ -286,7 +286,7 @@ def test_psf_field_grid_sits_on_the_crop():
   np.testing.assert_allclose(np.asarray(psfs.sum(axis=(-1, -2))), 1.0, atol=1e-6)
   # the corner node's PSF is the PSF of the system at the crop's corner pixel
   system = optics.draw_system(jax.random.key(1), cfg)
-  h = optics.field_position(coords[-1, -1], 384 / 576)
+  h = geometry.field_position(coords[-1, -1], 384 / 576)
   spec = psf.PSFSpec.from_config(cfg)
   ref = psf.recenter(psf.psf(optics.field_coefficients(system, h, cfg.num_modes,
                                                        cfg.obstruction), spec))

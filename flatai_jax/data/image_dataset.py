@@ -20,12 +20,12 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
-import os
 from pathlib import Path
 
 import numpy as np
 
 from flatai_jax.io import images
+from flatai_jax.io.atomic import write_text_atomic
 
 NAME = "flatai_images"
 SUFFIXES = images.FITS_SUFFIXES + images.XISF_SUFFIXES + images.PIL_SUFFIXES + images.TIFF_SUFFIXES
@@ -135,10 +135,7 @@ def build_dataset(input_dir, data_dir, min_size: int = 64, val_percent: int = 10
             if s in builder.info.splits}
   summary = {"input_dir": str(input_dir), "examples": counts,
              "skipped": sorted(builder.skipped, key=lambda d: d["path"])}
-  out.parent.mkdir(parents=True, exist_ok=True)
-  tmp = out.with_name(".build_summary.json.tmp")
-  tmp.write_text(json.dumps(summary, indent=2))
-  os.replace(tmp, out)
+  write_text_atomic(out, json.dumps(summary, indent=2))
   return summary
 
 

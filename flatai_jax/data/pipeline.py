@@ -17,13 +17,13 @@ Flips, quarter turns and intensity scaling happen on device in the train step
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import grain
 import numpy as np
 
 from flatai_jax.data import indices as data_indices
+from flatai_jax.io.atomic import write_text_atomic
 
 
 def _fit_channels(image: np.ndarray, channels: int) -> np.ndarray:
@@ -116,11 +116,8 @@ class Pipeline:
     """Writes this process's iterator state for ``step`` (before the checkpoint is saved)."""
     if not self.real:
       return
-    d = Path(workdir) / "data_state"
-    d.mkdir(parents=True, exist_ok=True)
-    tmp = d / f".{step}.{self.pi}.json.tmp"
-    tmp.write_text(json.dumps(self.get_state()))
-    os.replace(tmp, d / f"{step}.{self.pi}.json")
+    write_text_atomic(Path(workdir) / "data_state" / f"{step}.{self.pi}.json",
+                      json.dumps(self.get_state()))
 
   def restore_state(self, workdir, step: int) -> None:
     if not self.real:

@@ -1,4 +1,5 @@
-"""On-device examples: keys, procedural clean crops, degradation, model inputs and targets.
+"""On-device examples: keys, procedural clean crops, degradation, model inputs and targets, and
+the one generator of whole-sensor frames (``flatai synth --full_frame``, ``flatai evaluate``).
 
 Keys follow the design: ``key = fold_in(fold_in(base_key, step), example_index)``,
 so the same config gives the same run on any number of devices.
@@ -7,6 +8,8 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import ml_collections
+import numpy as np
 
 from flatai_jax.data.augment import augment_clean
 from flatai_jax.models.forward import model_inputs
@@ -47,6 +50,67 @@ def degrade_example(key, clean, coords, config):
   """The forward model applied to one example (see physics.forward.degrade)."""
   return forward.degrade(jax.random.fold_in(key, 1), clean, coords, config.degrade,
                          tuple(config.data.sensor_hw))
+
+
+def full_frame_config(config) -> ml_collections.ConfigDict:
+  """A copy of ``config`` for whole-sensor frames (``config.data.sensor_hw``).
+
+  ``sky.max_stars`` (and so the star count) is scaled from a training crop to the
+  sensor's area, so a frame has the training crops' star density;
+  ``degrade.psf.grid`` becomes ``eval.frame_psf_grid`` (the training grid spans one crop).
+  """
+  c = ml_collections.ConfigDict(config.to_dict())
+  h, w = c.data.sensor_hw
+  c.sky.max_stars = int(round(c.sky.max_stars * h * w / c.data.crop_size ** 2))
+  c.degrade.psf.grid = tuple(config.eval.frame_psf_grid)
+  return c
+
+
+def _dust_alone(key, clean, coords, config, f_field):
+  """``(H, W, C)`` the dust shadows of ``f_field`` alone (1 = none): F over the same key's F
+  drawn without dust."""
+  if not (config.degrade.apply_flat and config.degrade.flat.dust):
+    return jnp.ones_like(clean)
+  bare = ml_collections.ConfigDict(config.to_dict())
+  bare.degrade.flat.dust = False
+  bare.degrade.apply_psf = False  # neither changes F; skipped for speed
+  bare.degrade.noise.enabled = False
+  return f_field / degrade_example(key, clean, coords, bare)["F"]
+
+
+def full_frame(key, config, with_dust: bool = True) -> dict:
+  """One whole-sensor frame (jittable).
+
+  Args:
+    key: example key.
+    config: from :func:`full_frame_config`.
+    with_dust: also return ``dust`` (costs a second flat field).
+  Returns:
+    dict of ``(H, W, C) float32`` linear, ``(H, W)`` = ``config.data.sensor_hw``:
+    ``observed``, ``clean``, ``F``, ``G``, with ``with_dust`` ``dust`` (the true
+    dust shadows alone, 1 where there is none) and, for the psf/combined tasks,
+    ``psf`` ``(gy, gx, k, k)`` (the true PSFs at the ``eval.frame_psf_grid`` nodes).
+  """
+  hw = tuple(config.data.sensor_hw)
+  clean, coords = procedural_example(key, config, hw, jnp.zeros(2, jnp.float32))
+  deg = degrade_example(key, clean, coords, config)
+  out = {"observed": deg["observed"], "clean": clean, "F": deg["F"], "G": deg["G"]}
+  if "psf" in deg:
+    out["psf"] = deg["psf"]
+  if with_dust:
+    out["dust"] = _dust_alone(key, clean, coords, config, deg["F"])
+  return out
+
+
+def make_full_frames(base_key, config, num: int, with_dust: bool = True) -> dict[str, np.ndarray]:
+  """``num`` whole-sensor frames of ``full_frame_config(config)``, frame ``i`` from
+  ``example_keys(base_key, 0, i)``; dict of :func:`full_frame`'s arrays stacked to ``(num, …)``
+  NumPy (made one at a time: full frames are large)."""
+  c = full_frame_config(config)
+  fn = jax.jit(lambda key: full_frame(key, c, with_dust))
+  keys = example_keys(base_key, 0, np.arange(num, dtype=np.int32))
+  outs = [jax.device_get(fn(keys[i])) for i in range(num)]
+  return {k: np.stack([o[k] for o in outs]) for k in outs[0]}
 
 
 def normalized_targets(clean, f_field, g_field, offset, scale):

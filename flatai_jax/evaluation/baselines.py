@@ -21,6 +21,8 @@ import numpy as np
 from astropy.stats import sigma_clipped_stats
 from scipy import interpolate, ndimage
 
+from flatai_jax.evaluation.quality import robust_sigma
+
 
 def box_samples(plane: np.ndarray, grid: int = 16, sigma: float = 3.0, iters: int = 3):
   """Background samples of a ``(H, W)`` plane: sigma-clipped box medians.
@@ -28,7 +30,7 @@ def box_samples(plane: np.ndarray, grid: int = 16, sigma: float = 3.0, iters: in
   Args:
     plane: ``(H, W)`` linear.
     grid: boxes along the shorter side (square boxes).
-    sigma: clipping threshold in robust σ (1.4826·MAD).
+    sigma: clipping threshold in robust σ (``quality.robust_sigma``).
     iters: clipping iterations.
   Returns:
     ``x, y`` box centres in [-1, 1] sensor coordinates and ``values`` (each ``(n,)``).
@@ -40,7 +42,7 @@ def box_samples(plane: np.ndarray, grid: int = 16, sigma: float = 3.0, iters: in
   boxes = plane[oy:oy + ny * size, ox:ox + nx * size].astype(np.float64)
   boxes = boxes.reshape(ny, size, nx, size).transpose(0, 2, 1, 3).reshape(ny * nx, -1)
   _, values, _ = sigma_clipped_stats(np.ma.masked_invalid(boxes), axis=1, sigma=sigma,
-                                     maxiters=iters, stdfunc="mad_std")
+                                     maxiters=iters, stdfunc=robust_sigma)
   values = np.ma.filled(np.ma.asarray(values, np.float64), np.nan)
   cy = oy + (np.arange(ny) + 0.5) * size
   cx = ox + (np.arange(nx) + 0.5) * size
@@ -77,13 +79,14 @@ def _poly_eval(coef, x, y, degree):
 
 
 def _robust(fit, x, y, v, sigma=2.5, iters=3):
-  """Refits ``fit(x, y, v) -> predictor`` after rejecting samples off the surface by > sigma MAD."""
+  """Refits ``fit(x, y, v) -> predictor`` after rejecting samples off the surface by more than
+  ``sigma`` robust σ (``quality.robust_sigma``) of the kept residuals."""
   keep = np.ones(v.shape, bool)
   for _ in range(iters):
     predict = fit(x[keep], y[keep], v[keep])
     res = v - predict(x, y)
-    mad = 1.4826 * np.median(np.abs(res[keep] - np.median(res[keep])))
-    new = np.abs(res - np.median(res[keep])) <= sigma * max(mad, 1e-12)
+    spread = robust_sigma(res[keep])
+    new = np.abs(res - np.median(res[keep])) <= sigma * max(spread, 1e-12)
     if new.sum() < 0.5 * v.size or (new == keep).all():
       break
     keep = new

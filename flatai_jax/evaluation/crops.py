@@ -2,9 +2,9 @@
 
 The held-out set is procedural, drawn from ``config.eval.seed`` (never a
 training key), so every checkpoint of every run is scored on the same images;
-it can also be stored once (``make_eval_set``, checksummed). Errors are in
-normalised units after removing each image's median difference (a constant
-pedestal is trivial to remove and would otherwise dominate).
+it can also be stored once (``make_eval_set``, checksummed). Errors are
+``flatai_jax.scores``' (each image's median difference removed: a constant
+pedestal is trivial to remove and would otherwise dominate); MAE in normalised units.
 """
 from __future__ import annotations
 
@@ -16,8 +16,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from flatai_jax import sharding
+from flatai_jax import scores, sharding
 from flatai_jax.data import synthetic
+from flatai_jax.io.atomic import save_figure_atomic, write_atomic, write_text_atomic
 from flatai_jax.models import forward
 
 
@@ -25,25 +26,23 @@ def eval_key(config):
   return jax.random.key(config.eval.seed)
 
 
-def _centred_abs(x, y):
-  d = (x - y).reshape(x.shape[0], -1)
-  return jnp.abs(d - jnp.median(d, axis=-1, keepdims=True))
-
-
 def batch_metrics(batch: dict, pred: dict) -> dict:
   """Per-example metrics, each ``(B,) float32``.
 
-  ``mae``/``psnr``: corrected image vs truth; ``*_identity``: the observed
+  ``mae`` (normalised units) and ``psnr`` (dB): corrected image vs truth, as
+  defined in ``flatai_jax.scores`` (median difference removed; PSNR's peak the
+  truth's 99.9th − 0.1th percentile, so it equals the linear-unit PSNR of
+  ``flatai correct --reference`` and the report); ``*_identity``: the observed
   image itself vs truth (the baseline a model must beat); ``f_mae``: F error,
   ``f_mae_identity``: error of assuming F = 1.
   """
-  peak = jnp.quantile(batch["clean"].reshape(batch["clean"].shape[0], -1), 0.999, axis=-1)
+  b = batch["clean"].shape[0]
+  clean = batch["clean"].reshape(b, -1)
   out = {}
   for name, img in (("", pred["clean"]), ("_identity", batch["observed"])):
-    err = _centred_abs(img, batch["clean"])
-    out["mae" + name] = err.mean(-1)
-    mse = (err ** 2).mean(-1)
-    out["psnr" + name] = 10.0 * jnp.log10(peak ** 2 / jnp.maximum(mse, 1e-12))
+    img = img.reshape(b, -1)
+    out["mae" + name] = scores.mae(img, clean, axis=-1, xp=jnp)
+    out["psnr" + name] = scores.psnr(img, clean, axis=-1, xp=jnp)
   if "F" in pred:
     b = batch["F"].shape[0]
     out["f_mae"] = jnp.abs(pred["F"] - batch["F"]).reshape(b, -1).mean(-1)
@@ -126,12 +125,9 @@ def eval_set_checksum(data: dict[str, np.ndarray]) -> str:
 def save_eval_set(data: dict[str, np.ndarray], path) -> str:
   """Writes ``path`` (.npz) and ``path.sha256``; returns the checksum."""
   path = Path(path)
-  path.parent.mkdir(parents=True, exist_ok=True)
   digest = eval_set_checksum(data)
-  tmp = path.with_name(f".{path.name}.tmp.npz")
-  np.savez(tmp, **data)
-  tmp.replace(path)
-  path.with_name(path.name + ".sha256").write_text(digest + "\n")
+  write_atomic(path, lambda p: np.savez(p, **data))
+  write_text_atomic(path.with_name(path.name + ".sha256"), digest + "\n")
   return digest
 
 
@@ -159,9 +155,7 @@ def save_metric_chart(path, result: dict) -> None:
     ax.set_title(k)
   fig.suptitle(f"held-out evaluation, step {result.get('step')}")
   fig.tight_layout()
-  tmp = Path(path).with_name(f".{Path(path).name}.tmp.png")
-  fig.savefig(tmp, dpi=100)
-  tmp.replace(path)
+  save_figure_atomic(fig, path, dpi=100)
   plt.close(fig)
 
 

@@ -12,13 +12,13 @@ import json
 from pathlib import Path
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from flatai_jax import checkpointing, sharding
 from flatai_jax.data import synthetic
 from flatai_jax.evaluation.crops import eval_key, eval_set_checksum, evaluate_params, \
     save_metric_chart
+from flatai_jax.io.atomic import write_text_atomic
 from flatai_jax.models import abstract_params
 
 
@@ -38,21 +38,12 @@ def restore_params(workdir, step=None, mesh=None):
 # --- Full-frame report: the model beside classical baselines -----------------
 
 FRAME_STREAM = 7  # fold_in of the eval key for full frames (crops use the eval key itself)
-
-
-def frame_config(config):
-  """The config of evaluation frames: the whole virtual sensor at the training crops' star
-  density, with ``eval.frame_psf_grid`` PSF nodes across the frame."""
-  import ml_collections
-  c = ml_collections.ConfigDict(config.to_dict())
-  h, w = c.data.sensor_hw
-  c.sky.max_stars = int(round(c.sky.max_stars * h * w / c.data.crop_size ** 2))
-  c.degrade.psf.grid = tuple(config.eval.get("frame_psf_grid", (5, 5)))
-  return c
+FRAME_KEYS = ("observed", "clean", "F", "G", "dust")  # what a report scores (and checksums)
 
 
 def make_eval_frames(config, num_frames: int | None = None) -> dict[str, np.ndarray]:
-  """Held-out full sensor frames drawn from ``config.eval.seed``.
+  """Held-out full sensor frames drawn from ``config.eval.seed`` by the one full-frame generator
+  (``data.synthetic.make_full_frames``, as ``flatai synth --full_frame``).
 
   Returns:
     dict of ``(N, H, W, C) float32`` linear (1.0 = saturation), ``(H, W)`` =
@@ -60,27 +51,9 @@ def make_eval_frames(config, num_frames: int | None = None) -> dict[str, np.ndar
     ``dust`` (the true dust shadows alone; 1 where there is none).
   """
   n = int(num_frames if num_frames is not None else config.eval.get("num_frames", 2))
-  c = frame_config(config)
-  bare = frame_config(config)  # same keys, F without dust (no blur, no noise)
-  bare.degrade.flat.dust = False
-  bare.degrade.apply_psf = False
-  bare.degrade.noise.enabled = False
-  hw = tuple(c.data.sensor_hw)
-  with_dust = bool(c.degrade.apply_flat and c.degrade.flat.dust)
-
-  @jax.jit
-  def one(key):
-    clean, coords = synthetic.procedural_example(key, c, hw, jnp.zeros(2, jnp.float32))
-    deg = synthetic.degrade_example(key, clean, coords, c)
-    dust = jnp.ones_like(clean)
-    if with_dust:
-      dust = deg["F"] / synthetic.degrade_example(key, clean, coords, bare)["F"]
-    return {"observed": deg["observed"], "clean": clean, "F": deg["F"], "G": deg["G"], "dust": dust}
-
-  keys = synthetic.example_keys(jax.random.fold_in(eval_key(config), FRAME_STREAM), 0,
-                                np.arange(n, dtype=np.int32))
-  outs = [jax.device_get(one(keys[i])) for i in range(n)]
-  return {k: np.stack([o[k] for o in outs]) for k in outs[0]}
+  frames = synthetic.make_full_frames(jax.random.fold_in(eval_key(config), FRAME_STREAM),
+                                      config, n)
+  return {k: frames[k] for k in FRAME_KEYS}
 
 
 def default_lpips():
@@ -91,12 +64,6 @@ def default_lpips():
     return lpips.frame_scorer()
   except (ImportError, AttributeError, FileNotFoundError, OSError):
     return None
-
-
-def _noise_sigma(plane: np.ndarray) -> float:
-  """Pixel noise σ from neighbouring-pixel differences (robust to stars and gradients)."""
-  d = np.diff(plane.astype(np.float64), axis=1).ravel()
-  return float(1.4826 * np.median(np.abs(d - np.median(d))) / np.sqrt(2.0))
 
 
 def _mean_or_none(values):
@@ -128,19 +95,19 @@ def score_frames(frames: dict, methods: dict, config, lpips=None) -> dict:
     # blur moves star flux by up to a kernel radius: dust dips are measured away from stars
     dust_valid = valid & quality.away_from_sources(
         fr["clean"], config.degrade.psf.kernel_size // 2 if psf else 2)
-    peak = quality.data_range(fr["clean"], valid)
+    peak = quality.data_range(fr["clean"], valid)  # SSIM's L
     sky = float(np.median(fr["clean"]))
     xy = None
     if psf:
       clean_plane = fr["clean"].mean(-1)
-      xy = stars.find_stars(clean_plane, _noise_sigma(fr["observed"].mean(-1)), valid.all(-1),
-                            max_stars=int(config.eval.get("max_stars", 200)))
+      xy = stars.find_stars(clean_plane, quality.noise_sigma(fr["observed"].mean(-1)),
+                            valid.all(-1), max_stars=int(config.eval.get("max_stars", 200)))
       ref_stars.append(stars.measure(clean_plane, xy))
       radii.append(stars.field_radius_px(xy, clean_plane.shape))
     for name, fn in methods.items():
       out = fn(fr["observed"])
       corr = quality.affine_align(out["corrected"], fr["clean"], valid)
-      row = {"psnr": quality.psnr(corr, fr["clean"], peak, valid),
+      row = {"psnr": quality.psnr(corr, fr["clean"], valid),
              "ssim": quality.ssim(corr, fr["clean"], peak, valid),
              "lpips": None if lpips is None else float(lpips(corr, fr["clean"])),
              "f_rms_pct": None if out.get("F") is None else quality.f_rms_pct(out["F"], fr["F"], valid),
@@ -227,8 +194,7 @@ def evaluate(checkpoint_dir, step: int | None = None, output_dir=None, num_frame
             **scores, "crops": crops}
   out = Path(output_dir or Path(checkpoint_dir) / "eval")
   eval_report.write(out, report, plot)
-  eval_report.write_text_atomic(out / f"metrics_{step}.json",
-                                json.dumps({"step": step, **crops}, indent=2))
+  write_text_atomic(out / f"metrics_{step}.json", json.dumps({"step": step, **crops}, indent=2))
   if plot:
     save_metric_chart(out / f"metrics_{step}.png", {"step": step, **crops})
   return report

@@ -3,9 +3,14 @@
 Every function takes linear ``(H, W, C)`` arrays. Used by ``evaluate`` for the
 model and for the classical baselines alike, so they are scored the same way:
 
-- :func:`psnr`, :func:`ssim` (Wang et al. 2004, Gaussian window σ = 1.5 px,
-  K1 = 0.01, K2 = 0.03; the same numbers as ``skimage.metrics.structural_similarity``
-  with ``gaussian_weights=True, use_sample_covariance=False``);
+- :func:`psnr` (``flatai_jax.scores.psnr``: peak = the truth's 99.9th − 0.1th
+  percentile, median difference removed — the number ``eval_final.json`` and
+  ``flatai correct --reference`` print too), :func:`ssim` (Wang et al. 2004,
+  Gaussian window σ = 1.5 px, K1 = 0.01, K2 = 0.03, ``L`` = :func:`data_range`;
+  the same numbers as ``skimage.metrics.structural_similarity`` with
+  ``gaussian_weights=True, use_sample_covariance=False``);
+- :func:`robust_sigma`, :func:`noise_sigma`: the one robust σ (1.4826·MAD) and the
+  pixel noise σ of a frame;
 - :func:`affine_align`: a global gain and pedestal cannot be known without
   calibration frames, so each output is mapped by the least-squares ``a·x + b``
   onto the truth before it is scored;
@@ -18,9 +23,29 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage
 
+from flatai_jax import scores
+
 SSIM_SIGMA = 1.5  # Gaussian window σ, px (Wang et al. 2004)
 SSIM_TRUNCATE = 3.5  # window half-width in σ (11 × 11 px window, as skimage)
 SSIM_K1, SSIM_K2 = 0.01, 0.03
+MAD_TO_SIGMA = 1.482602218505602  # 1 / Φ⁻¹(3/4): σ of a Gaussian per median absolute deviation
+
+
+def robust_sigma(values: np.ndarray, axis=None) -> np.ndarray:
+  """Robust standard deviation over ``axis``: ``1.4826 · median(|x − median(x)|)``, NaN ignored.
+
+  Equals ``astropy.stats.mad_std(values, axis, ignore_nan=True)``; stars, hot
+  pixels and other outliers barely move it. ``(...)`` float64, the input's unit.
+  """
+  v = np.asarray(values, np.float64)
+  centre = np.nanmedian(v, axis=axis, keepdims=True)
+  return MAD_TO_SIGMA * np.nanmedian(np.abs(v - centre), axis=axis)
+
+
+def noise_sigma(plane: np.ndarray) -> float:
+  """Pixel noise σ of a ``(H, W)`` plane, its unit: :func:`robust_sigma` of neighbouring-pixel
+  differences along rows over √2 (differences cancel stars' and gradients' smooth parts)."""
+  return float(robust_sigma(np.diff(plane.astype(np.float64), axis=1)) / np.sqrt(2.0))
 
 
 def valid_mask(observed: np.ndarray, saturation: float, grow: int = 2) -> np.ndarray:
@@ -35,11 +60,15 @@ def valid_mask(observed: np.ndarray, saturation: float, grow: int = 2) -> np.nda
   return np.isfinite(observed) & ~sat
 
 
+def _masked(a: np.ndarray, mask) -> np.ndarray:
+  """``a``'s pixels under ``mask`` (all when None), ``(n,) float64``."""
+  return (a[mask] if mask is not None else a.ravel()).astype(np.float64)
+
+
 def data_range(reference: np.ndarray, mask=None) -> float:
-  """Peak-to-floor of the truth: its 99.9th minus 0.1th percentile (PSNR and SSIM's ``L``)."""
-  v = reference[mask] if mask is not None else reference.ravel()
-  lo, hi = np.percentile(v, [0.1, 99.9])
-  return float(max(hi - lo, 1e-12))
+  """Peak-to-floor of the truth over ``mask``: ``scores.data_range`` (99.9th − 0.1th
+  percentile; PSNR's peak and SSIM's ``L``)."""
+  return float(scores.data_range(_masked(reference, mask)))
 
 
 def block_means(x: np.ndarray, mask: np.ndarray, block: int) -> tuple[np.ndarray, np.ndarray]:
@@ -71,11 +100,10 @@ def affine_align(image: np.ndarray, reference: np.ndarray, mask=None, block: int
   return a * image.astype(np.float64) + (ym - a * xm)
 
 
-def psnr(image: np.ndarray, reference: np.ndarray, peak: float, mask=None) -> float:
-  """Peak signal-to-noise ratio, dB: ``10 log10(peak² / MSE)`` over ``mask``."""
-  d = (image.astype(np.float64) - reference)
-  mse = float(np.mean((d[mask] if mask is not None else d) ** 2))
-  return float(10.0 * np.log10(peak ** 2 / max(mse, 1e-30)))
+def psnr(image: np.ndarray, reference: np.ndarray, mask=None) -> float:
+  """Peak signal-to-noise ratio over ``mask``, dB: ``scores.psnr`` (peak = :func:`data_range`
+  of the truth, MSE of the difference minus its median)."""
+  return float(scores.psnr(_masked(image, mask), _masked(reference, mask)))
 
 
 def ssim_map(image: np.ndarray, reference: np.ndarray, peak: float) -> np.ndarray:
@@ -127,7 +155,7 @@ def away_from_sources(reference: np.ndarray, grow: int, size: int = 15,
   """
   plane = reference.mean(-1).astype(np.float64)
   excess = plane - ndimage.median_filter(plane, size=size, mode="reflect")
-  sigma = 1.4826 * np.median(np.abs(excess - np.median(excess)))
+  sigma = robust_sigma(excess)
   near = ndimage.binary_dilation(excess > nsigma * max(sigma, 1e-12), iterations=max(grow, 1))
   return np.repeat(~near[..., None], reference.shape[-1], axis=-1)
 

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from pathlib import Path
+
+from flatai_jax.io.atomic import save_figure_atomic, write_text_atomic
 
 # key, label (unit), what is best
 METRICS = (
@@ -33,13 +34,6 @@ def clean_json(obj):
   if isinstance(obj, float) and not math.isfinite(obj):
     return None
   return obj
-
-
-def write_text_atomic(path: Path, text: str) -> None:
-  """Writes ``text`` to a temporary name beside ``path``, then renames it."""
-  tmp = path.with_name(f".{path.name}.tmp")
-  tmp.write_text(text)
-  os.replace(tmp, path)
 
 
 def rows(report: dict) -> list[tuple[str, str, str]]:
@@ -97,9 +91,7 @@ def save_chart(path: Path, report: dict) -> None:
     ax.axis("off")
   fig.suptitle(f"step {report['step']}: model vs classical baselines", fontsize=10)
   fig.tight_layout()
-  tmp = path.with_name(f".{path.name}.tmp.png")
-  fig.savefig(tmp, dpi=90)
-  os.replace(tmp, path)
+  save_figure_atomic(fig, path, dpi=90)
   plt.close(fig)
 
 

@@ -11,6 +11,8 @@ import numpy as np
 import sep
 from scipy import optimize
 
+from flatai_jax.physics import geometry
+
 CENTRE_RADIUS = 0.4  # stars within this field radius (0 centre, 1 corner) are "centre"
 CORNER_RADIUS = 0.7  # stars beyond it are "corner"
 
@@ -138,11 +140,11 @@ def measure(plane: np.ndarray, xy: np.ndarray, box: int = 15, aperture: float = 
 
 
 def field_radius_px(xy: np.ndarray, hw) -> np.ndarray:
-  """Field radius of pixel positions: 0 at the frame centre, 1 at its corners."""
+  """``(n,) float64`` field radius (``physics.geometry.field_radius``) of ``(n, 2)`` (x, y)
+  pixel positions on a frame of ``hw`` = ``(H, W)`` px: 0 at the frame centre, 1 at its corners."""
   h, w = hw
-  dx = (xy[:, 0] - (w - 1) / 2) / (w / 2)
-  dy = (xy[:, 1] - (h - 1) / 2) / (w / 2)
-  return np.sqrt((dx * dx + dy * dy) / (1.0 + (h / w) ** 2))
+  coords = geometry.pixel_coords(xy, (h, w))
+  return np.asarray(geometry.field_radius(coords, h / w), np.float64)
 
 
 def summarize(table: dict, reference: dict, radius: np.ndarray, min_stars: int = 3) -> dict:

@@ -20,12 +20,13 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import tempfile
 import warnings
 from pathlib import Path
 from typing import Any, Iterable
 
 import numpy as np
+
+from flatai_jax.io.atomic import write_atomic
 
 FITS_SUFFIXES = (".fits", ".fit", ".fts", ".fits.gz", ".fit.gz", ".fts.gz", ".fits.fz", ".fit.fz",
                  ".fz")
@@ -323,26 +324,19 @@ def read_image(path: str | os.PathLike, allow_nan: bool = False) -> tuple[np.nda
 
 
 def _atomic_write(path: Path, write_fn, protect: Iterable[str | os.PathLike]) -> None:
-  """Calls ``write_fn(tmp_path)`` then renames tmp → path; never touches ``protect``."""
+  """``io.atomic.write_atomic(path, write_fn)``, refusing any path of ``protect``; errors name
+  the file."""
   path = Path(path)
   for p in protect:
     if Path(p).exists() and path.exists() and os.path.samefile(p, path):
       raise ImageError(path, "refusing to overwrite an input file; choose another output name")
     if Path(p).resolve() == path.resolve():
       raise ImageError(path, "refusing to overwrite an input file; choose another output name")
-  path.parent.mkdir(parents=True, exist_ok=True)
-  suffix = "".join(path.suffixes) or ".tmp"
-  fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=suffix, dir=path.parent)
-  os.close(fd)
-  os.unlink(tmp)  # writers want to create the file themselves
   try:
-    write_fn(Path(tmp))
-    os.replace(tmp, path)
+    write_atomic(path, write_fn)
+  except ImageError:
+    raise
   except Exception as e:
-    if os.path.exists(tmp):
-      os.unlink(tmp)
-    if isinstance(e, ImageError):
-      raise
     raise ImageError(path, f"could not write: {e}") from e
 
 

@@ -3,7 +3,7 @@
 All inputs are in the model's normalised units (``data.synthetic.make_batch``):
 ``observed_n = min((clean_n ⊛ PSF)·F + G_n, saturation_n) + noise``. Every
 term is zero for a perfect prediction of noise-free data and grows with the
-error; none compares a prediction only with itself (the seed's circular loss).
+error; none compares a prediction only with itself (PyTorch FlatAI's circular loss).
 """
 from __future__ import annotations
 

@@ -144,8 +144,8 @@ class AttentionResUNet(nnx.Module):
       last is the bottleneck, so depth = len(widths) - 1 down/up levels.
     norm: 'group' (GroupNorm), 'layer' (LayerNorm over channels) or 'none'.
     groups: GroupNorm groups (gcd with the width is used).
-    up_block: 'conv' (nearest ×2 + conv3×3, as the seed's latest model) or
-      'resblock' (nearest ×2 + residual block, as the seed's 40.1 M model).
+    up_block: 'conv' (nearest ×2 + conv3×3, as PyTorch FlatAI's latest model) or
+      'resblock' (nearest ×2 + residual block, as PyTorch FlatAI's 40.1 M model).
     coord_inputs: feed the two global coordinate channels.
     noise_input: feed the noise-level map.
     attention_gates: gate the skip connections.

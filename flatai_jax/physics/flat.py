@@ -20,7 +20,7 @@ Normalisation convention of F (tested)::
 - ``P`` PRNU: pixel-scale and low-frequency blotches, each ``1 + σ·n`` with
   zero-mean ``n``, so its expectation is 1.
 
-F is therefore *not* renormalised to mean 1 (the seed did that): the optical
+F is therefore *not* renormalised to mean 1 (PyTorch FlatAI did that): the optical
 axis of a clean sensor is the reference, and the mean of F is the flat's true
 mean (< 1 when vignetted). G is ≥ 0, in the same linear unit as the sky (1.0 =
 saturation).

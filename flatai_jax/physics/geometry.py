@@ -1,7 +1,11 @@
-"""Global sensor coordinates of crops and tiles.
+"""Global sensor coordinates of crops and tiles, and the one field position / field radius.
 
 Coordinates are pixel centres mapped to [-1, 1] across the *full* sensor, so a
-crop or tile at the corner of the frame sees corner coordinates.
+crop or tile at the corner of the frame sees corner coordinates. The field
+position is measured from the sensor centre in units of the half-diagonal
+(pixels square): the optics (``optics``), the star metrics of the report
+(``evaluation.stars``) and the tests all use :func:`field_position` /
+:func:`field_radius`.
 """
 from __future__ import annotations
 
@@ -29,14 +33,39 @@ def frame_coords(offset_yx, crop_hw: tuple[int, int], sensor_hw) -> jnp.ndarray:
   return jnp.stack([xx, yy], axis=-1).astype(jnp.float32)
 
 
-def field_radius(coords: jnp.ndarray, aspect: float) -> jnp.ndarray:
-  """Radius from the sensor centre, 1 at the corners.
+def pixel_coords(xy_px, sensor_hw) -> jnp.ndarray:
+  """Global coordinates of pixel positions (the inverse of :func:`frame_coords`' pixel grid).
+
+  Args:
+    xy_px: ``(..., 2)`` (x, y) pixel positions on the sensor, pixel centres at integers.
+    sensor_hw: ``(H, W)`` of the sensor, px.
+  Returns:
+    ``(..., 2) float32`` global (x, y), -1 and 1 at the sensor's outer pixel edges.
+  """
+  h, w = sensor_hw
+  xy = jnp.asarray(xy_px, jnp.float32)
+  return 2.0 * (xy + 0.5) / jnp.asarray([w, h], jnp.float32) - 1.0
+
+
+def field_position(coords, aspect: float) -> jnp.ndarray:
+  """Field vector from global sensor coordinates.
 
   Args:
     coords: ``(..., 2)`` global (x, y) in [-1, 1].
     aspect: sensor height / width.
   Returns:
-    ``(...)`` float32, 0 at the centre, 1 at each corner.
+    ``(..., 2) float32`` (hx, hy) from the sensor centre in half-diagonals,
+    ``|h| = 1`` at the corners.
   """
-  x, y = coords[..., 0], coords[..., 1] * aspect
-  return jnp.sqrt((x * x + y * y) / (1.0 + aspect * aspect))
+  norm = jnp.sqrt(1.0 + aspect * aspect)
+  return jnp.stack([coords[..., 0], coords[..., 1] * aspect], axis=-1) / norm
+
+
+def field_radius(coords, aspect: float) -> jnp.ndarray:
+  """Field radius ``|field_position|``: ``(...)`` float32, 0 at the sensor centre, 1 at each corner.
+
+  Args:
+    coords: ``(..., 2)`` global (x, y) in [-1, 1].
+    aspect: sensor height / width.
+  """
+  return jnp.linalg.norm(field_position(coords, aspect), axis=-1)

@@ -1,8 +1,8 @@
 """Field-dependent aberrations of a random optical system, and its PSF field over a crop.
 
-Field position ``h = (hx, hy)`` is measured from the sensor centre in units of
-the half-diagonal (``|h| = 1`` at the corners; x along columns, y along rows,
-pixels square). Seidel-like model, Noll coefficients in waves RMS at λ_ref:
+Field position ``h = (hx, hy)`` (``geometry.field_position``) is measured from the
+sensor centre in units of the half-diagonal (``|h| = 1`` at the corners; x along
+columns, y along rows, pixels square). Seidel-like model, Noll coefficients in waves RMS at λ_ref:
 
 - coma ∝ h, oriented radially: ``(Z8, Z7) = coma · (hx, hy)``; a positive
   ``coma`` throws the flare away from the centre (its sharp core inwards);
@@ -28,7 +28,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from flatai_jax.physics import convolve, psf
+from flatai_jax.physics import convolve, geometry, psf
 
 
 class OpticalSystem(NamedTuple):
@@ -42,25 +42,12 @@ class OpticalSystem(NamedTuple):
   tilt: jax.Array  # (2,) Z4 added per unit hx, hy (sensor tilt)
 
 
-def field_position(coords, aspect: float):
-  """Field vector from global sensor coordinates.
-
-  Args:
-    coords: ``(..., 2)`` global (x, y) in [-1, 1].
-    aspect: sensor height / width.
-  Returns:
-    ``(..., 2) float32`` (hx, hy), ``|h| = 1`` at the corners.
-  """
-  norm = jnp.sqrt(1.0 + aspect * aspect)
-  return jnp.stack([coords[..., 0], coords[..., 1] * aspect], axis=-1) / norm
-
-
 def field_coefficients(system: OpticalSystem, h, num_modes: int, obstruction: float = 0.0):
   """Noll coefficients of the system at field positions.
 
   Args:
     system: OpticalSystem (scalars or arrays broadcasting against ``h[..., 0]``).
-    h: ``(..., 2)`` field vectors (:func:`field_position`).
+    h: ``(..., 2)`` field vectors (``geometry.field_position``).
     num_modes: static ``J ≥ 11``.
     obstruction: static central obstruction ratio of the pupil (sets the tilt
       that cancels coma's mean slope).
@@ -126,7 +113,7 @@ def node_coefficients(key, coords, cfg, aspect: float):
   """
   system = draw_system(key, cfg)
   nodes = convolve.node_coords(coords, tuple(cfg.grid))
-  return field_coefficients(system, field_position(nodes, aspect), cfg.num_modes,
+  return field_coefficients(system, geometry.field_position(nodes, aspect), cfg.num_modes,
                             float(cfg.obstruction))
 
 

@@ -1,13 +1,13 @@
-"""The seed's PyTorch Attention Residual U-Net, rebuilt as a benchmark-only reference (needs the
-``bench`` extra: torch). Never imported by ``flatai_jax``.
+"""PyTorch FlatAI's Attention Residual U-Net (the PyTorch original), rebuilt as a benchmark-only
+reference (needs the ``bench`` extra: torch). Never imported by ``flatai_jax``.
 
-Architecture as the seed describes it (``seed/FlatAI_README.md`` diagram, ``ORIGINAL_NOTES.md``):
+Architecture as PyTorch FlatAI describes it (its ``FlatAI_README.md`` diagram, ``ORIGINAL_NOTES.md``):
 widths 64-128-256-512-1024, max-pool down; residual blocks of two replication-padded 3×3 convs
 (no bias) with GroupNorm(32), LeakyReLU(0.2) and Dropout2d(0.2), a 1×1 conv + GroupNorm shortcut
 when the width changes; additive attention gates (1×1 convs + BatchNorm) on the four skips.
 
 - ``old``: 1 channel in, 1 out; decoder = bilinear ×2 → ResBlock(2w → w) → gate →
-  ResBlock(2w → w): 40,102,765 parameters (the seed's "40.1 M").
+  ResBlock(2w → w): 40,102,765 parameters (PyTorch FlatAI's "40.1 M").
 - ``latest``: 4 channels in (image, x, y, noise), 3 out (F, G, confidence); decoder = bilinear ×2
   → padded conv3×3 + BatchNorm + LeakyReLU → gate → ResBlock(2w → w): 36,271,215 ("36.3 M").
 """
@@ -50,7 +50,7 @@ class Gate(nn.Module):
     return x * self.psi(torch.relu(self.w_g(g) + self.w_x(x)))
 
 
-class SeedUNet(nn.Module):
+class PyTorchUNet(nn.Module):
 
   def __init__(self, variant="old"):
     super().__init__()
