@@ -81,14 +81,11 @@ def block_means(x: np.ndarray, mask: np.ndarray, block: int) -> tuple[np.ndarray
   return (cut(x.astype(np.float64)) * m).sum(axis=(1, 3)) / np.maximum(n, 1), n
 
 
-def affine_align(image: np.ndarray, reference: np.ndarray, mask=None, block: int = 8) -> np.ndarray:
-  """``a·image + b`` with ``(a, b)`` the least-squares fit to ``reference``, ``float64``.
-
-  A per-frame gain and pedestal are not identifiable without calibration
-  frames; aligning removes them before any score. The fit uses means of
-  ``block × block`` cells (over ``mask``), so neither noise nor a remaining
-  blur biases the gain (regression dilution).
-  """
+def affine_fit(image: np.ndarray, reference: np.ndarray, mask=None,
+               block: int = 8) -> tuple[float, float]:
+  """``(a, b)``: the least-squares ``a·image + b ≈ reference`` over means of ``block × block``
+  cells (over ``mask``), so neither noise nor a remaining blur biases the gain (regression
+  dilution)."""
   m = np.isfinite(image) if mask is None else mask
   xb, n = block_means(image, m, block)
   yb, _ = block_means(reference, m, block)
@@ -97,7 +94,17 @@ def affine_align(image: np.ndarray, reference: np.ndarray, mask=None, block: int
   xm, ym = xv.mean(), yv.mean()
   var = np.mean((xv - xm) ** 2)
   a = np.mean((xv - xm) * (yv - ym)) / var if var > 0 else 1.0
-  return a * image.astype(np.float64) + (ym - a * xm)
+  return float(a), float(ym - a * xm)
+
+
+def affine_align(image: np.ndarray, reference: np.ndarray, mask=None, block: int = 8) -> np.ndarray:
+  """``a·image + b`` with ``(a, b)`` from :func:`affine_fit`, ``float64``.
+
+  A per-frame gain and pedestal are not identifiable without calibration
+  frames; aligning removes them before any score.
+  """
+  a, b = affine_fit(image, reference, mask, block)
+  return a * image.astype(np.float64) + b
 
 
 def psnr(image: np.ndarray, reference: np.ndarray, mask=None) -> float:

@@ -20,6 +20,7 @@ recorded. It is for evaluation only — never training data. Two parts:
 """
 from __future__ import annotations
 
+import functools
 import json
 from pathlib import Path
 
@@ -81,9 +82,23 @@ def resample(field: np.ndarray, hw) -> np.ndarray:
   return ndimage.map_coordinates(field[..., 0], [yy, xx], order=1, mode="nearest")[..., None]
 
 
+RENDER_HW = (768, 768)  # rendered fields are drawn on this sensor, then resampled to the frame
+
+
 def rendered_fields(hw, index: int) -> dict:
   """Physically rendered ``F``, ``G`` and ``dust`` (the shadows alone) for a frame of ``hw``,
-  from ``configs/default.py:flat`` distributions (real pixel scale) and ``EVAL_SEED``."""
+  from ``configs/default.py:flat`` distributions (real pixel scale) and ``EVAL_SEED``: drawn
+  on a ``RENDER_HW`` sensor (one compilation for every frame) and resampled to ``hw``."""
+  import jax
+  fields = jax.device_get(_render_fn(RENDER_HW)(jax.random.fold_in(jax.random.key(EVAL_SEED),
+                                                                   index)))
+  f_field, g_field, f_bare = (resample(np.asarray(a), hw) for a in fields)
+  return {"F": f_field, "G": g_field, "dust": f_field / f_bare}
+
+
+@functools.lru_cache(maxsize=16)
+def _render_fn(hw):
+  """Jitted ``key -> (F, G, F without dust)`` for frames of ``hw`` (compiled once per size)."""
   import jax
   import jax.numpy as jnp
 
@@ -91,12 +106,15 @@ def rendered_fields(hw, index: int) -> dict:
   cfg = _default_flat_config()
   bare = cfg.copy_and_resolve_references()
   bare.dust = False
-  key = jax.random.fold_in(jax.random.key(EVAL_SEED), index)
-  coords = geometry.frame_coords(jnp.zeros(2), tuple(hw), jnp.asarray(hw, jnp.float32))
-  f_field, g_field = flat.draw_flat_fields(key, coords, 1, cfg, tuple(hw))
-  f_bare, _ = flat.draw_flat_fields(key, coords, 1, bare, tuple(hw))
-  f_field, g_field, f_bare = jax.device_get((f_field, g_field, f_bare))
-  return {"F": f_field, "G": g_field, "dust": f_field / f_bare}
+
+  @jax.jit
+  def fn(key):
+    coords = geometry.frame_coords(jnp.zeros(2), hw, jnp.asarray(hw, jnp.float32))
+    f_field, g_field = flat.draw_flat_fields(key, coords, 1, cfg, hw)
+    f_bare, _ = flat.draw_flat_fields(key, coords, 1, bare, hw)
+    return f_field, g_field, f_bare
+
+  return fn
 
 
 def _default_flat_config():
