@@ -1,63 +1,260 @@
-"""``flatai`` command line: train | evaluate | correct | synth.
+"""``flatai`` command line: train | evaluate | correct | synth | build_dataset | export.
 
   flatai train    --config=configs/default.py:flat,quickstart --workdir=runs/x [--config.train.steps=200]
   flatai evaluate --checkpoint=runs/x [--step=N] [--output_dir=runs/x/eval]   (--workdir: same)
-  flatai correct  IMAGE... --checkpoint=runs/x [--out=DIR | --output=out.fits] [--task=flat]
+  flatai correct  IMAGE... [--checkpoint=runs/x] [--out=DIR | --output=out.fits] [--task=flat]
                   [--reference=clean.fits]
   flatai synth    --config=configs/default.py:flat,quickstart --output_dir=synth [--num=8] [--full_frame]
   flatai export   --checkpoint=runs/x --output=models/x   (parameters + config only)
   flatai build_dataset --input_dir=my_clean_images --output_dir=data/mine [--min_size=128] [--val_percent=10]
+  flatai --help | flatai COMMAND --help | flatai --version
 
-Only parsing and dispatch live here.
+Only parsing, help and dispatch live here. ``COMMANDS`` is the table of which
+flag belongs to which command; help is printed from it (not absl's dump).
+Errors are one line, ``flatai COMMAND: error: ...``, on stderr with exit status 2.
+Log records of libraries (Orbax, JAX, grain, TFDS) below ERROR are hidden unless
+``--verbosity`` is given (absl's flag: 0 shows INFO records, 1 DEBUG too).
 """
 from __future__ import annotations
 
 import json
+import logging as std_logging
+import os
 import sys
+import textwrap
+import typing
+import warnings
+from pathlib import Path
 
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-COMMANDS = ("train", "evaluate", "correct", "synth", "build_dataset", "export")
-
-config_flags.DEFINE_config_file("config", None, "Config file with optional ':arguments'.",
-                                lock_config=True)
-flags.DEFINE_string("workdir", None, "Run directory: checkpoints, metrics, samples (train, evaluate).")
-flags.DEFINE_string("checkpoint", None, "Run directory of the checkpoint to use (evaluate, "
-                    "correct); correct defaults to the small flat model shipped with the package.")
-flags.DEFINE_integer("step", None, "Checkpoint step (evaluate, correct); default: the latest.")
-flags.DEFINE_string("output", None, "Output image path (correct, one input); default: "
-                    "<input>_corrected.<ext>.")
-flags.DEFINE_string("out", None, "Output folder (correct); default: beside each input.")
-flags.DEFINE_enum("task", None, ["flat", "psf", "combined"], "Correction to apply (correct); "
-                  "default: the model's task; 'flat' applies only the flat part of a combined model.")
-flags.DEFINE_string("output_dir", None, "Output folder (synth, evaluate).")
-flags.DEFINE_string("reference", None, "Known clean image to score the correction against (correct).")
-flags.DEFINE_integer("tile", None, "Tile side in px (correct); default: config.predict.tile.")
-flags.DEFINE_integer("overlap", None, "Tile overlap in px (correct); default: config.predict.overlap.")
-flags.DEFINE_float("strength", 1.0, "Correction strength in [0, 1] (correct): F^s and s·G; "
-                   "0 = no correction.")
-flags.DEFINE_string("input_dir", None, "Folder tree of clean images (build_dataset).")
-flags.DEFINE_integer("min_size", 128, "Images smaller than this per side are skipped (build_dataset).")
-flags.DEFINE_integer("val_percent", 10, "Share of images in the validation split (build_dataset).")
-flags.DEFINE_integer("num", 8, "Number of examples (synth).")
-flags.DEFINE_bool("full_frame", False, "Synthesise whole sensor frames instead of crops (synth).")
+config_flags.DEFINE_config_file(
+    "config", None, "Config file and its arguments (configs/default.py:flat,quickstart); "
+    "override any field with --config.FIELD=VALUE.", lock_config=True)
+flags.DEFINE_string("workdir", None, "Run directory: checkpoints, metrics, samples.")
+flags.DEFINE_string("checkpoint", None, "Run directory (or exported model) of the checkpoint.")
+flags.DEFINE_integer("step", None, "Checkpoint step; default: the latest.")
+flags.DEFINE_string("output", None, "Output path.")
+flags.DEFINE_string("out", None, "Output folder; default: beside each input.")
+flags.DEFINE_enum("task", None, ["flat", "psf", "combined"], "Correction to apply; default: the "
+                  "model's task; 'flat' applies only the flat part of a combined model.")
+flags.DEFINE_string("output_dir", None, "Output folder.")
+flags.DEFINE_string("reference", None, "Known clean image to score the correction against.")
+flags.DEFINE_integer("tile", None, "Tile side in px; default: the model's config.predict.tile.")
+flags.DEFINE_integer("overlap", None, "Tile overlap in px; default: the model's "
+                     "config.predict.overlap.")
+flags.DEFINE_string("real_dir", None, "Real-data evaluation set (evaluation_data/real, built by "
+                    "data_pipelines/build_real_eval.py): score the model there.")
+flags.DEFINE_float("strength", 1.0, "Correction strength in [0, 1]: F^s and s·G; 0 = none.")
+flags.DEFINE_string("input_dir", None, "Folder tree of clean images.")
+flags.DEFINE_integer("min_size", 128, "Images smaller than this per side (px) are skipped.")
+flags.DEFINE_integer("val_percent", 10, "Share of images in the validation split, %.")
+flags.DEFINE_integer("num", 8, "Number of examples.")
+flags.DEFINE_bool("full_frame", False, "Synthesise whole sensor frames instead of crops.")
 flags.DEFINE_string("coordinator_address", None, "Multi-host: host:port of process 0.")
 flags.DEFINE_integer("num_processes", None, "Multi-host: number of processes.")
 flags.DEFINE_integer("process_id", None, "Multi-host: index of this process.")
 FLAGS = flags.FLAGS
 
 
-def _require(name: str, command: str):
+class Command(typing.NamedTuple):
+  """A sub-command as its help shows it."""
+  summary: str  # one line
+  usage: str  # what follows ``flatai COMMAND``
+  flags: dict  # flag name → its help for this command (None: the flag's own help)
+
+
+COMMANDS = {
+    "train": Command(
+        "Train a model on procedural skies or your images; a rerun resumes from --workdir.",
+        "--config=FILE[:ARGS] --workdir=DIR [--config.FIELD=VALUE ...]",
+        {"config": None,
+         "workdir": "Run directory: checkpoints, metrics.jsonl, samples; one run at a time.",
+         "coordinator_address": None, "num_processes": None, "process_id": None}),
+    "evaluate": Command(
+        "Score a checkpoint on full frames against classical baselines; writes a report.",
+        "--checkpoint=RUN_DIR [--step=N] [--output_dir=DIR] | --real_dir=DIR [--checkpoint=…]",
+        {"checkpoint": "Run directory or exported model to evaluate (with --real_dir: default "
+                       "the shipped model).", "workdir": "Same as --checkpoint.",
+         "step": None, "output_dir": "Report folder; default: <checkpoint>/eval.",
+         "real_dir": None}),
+    "correct": Command(
+        "Correct FITS/XISF/TIFF/PNG/JPEG frames; writes corrected image, F, G and preview.",
+        "IMAGE... [--checkpoint=RUN_DIR] [--out=DIR | --output=FILE]",
+        {"checkpoint": "Run directory or exported model; default: the small flat model shipped "
+                       "with the package.",
+         "step": None,
+         "output": "Output image (one input only); default: <input>_corrected.<ext>.",
+         "out": None, "task": None, "reference": None, "tile": None, "overlap": None,
+         "strength": None}),
+    "synth": Command(
+        "Write synthetic examples (observed, clean, F, G as FITS) and a contact sheet.",
+        "--config=FILE[:ARGS] --output_dir=DIR [--num=N] [--full_frame]",
+        {"config": None, "output_dir": "Folder for the FITS files and PNGs.", "num": None,
+         "full_frame": None}),
+    "build_dataset": Command(
+        "Turn a folder tree of your clean images into a training dataset.",
+        "--input_dir=DIR --output_dir=DIR [--min_size=PX] [--val_percent=P]",
+        {"input_dir": None,
+         "output_dir": "Dataset folder (train with --config.data.tfds_dir=DIR).",
+         "min_size": None, "val_percent": None}),
+    "export": Command(
+        "Write a run's parameters and config as an inference checkpoint (no optimizer).",
+        "--checkpoint=RUN_DIR --output=DIR [--step=N]",
+        {"checkpoint": "Run directory to export.", "workdir": "Same as --checkpoint.",
+         "step": None, "output": "Folder of the exported model."}),
+}
+GLOBAL_FLAGS = {
+    "--verbosity=N": "Log records of the libraries (Orbax, JAX, TFDS): hidden by default; "
+                     "0 shows INFO records, 1 DEBUG too (absl's flag).",
+    "--version": "Print the version and exit.",
+    "-h, --help": "This help; `flatai COMMAND --help` for a command's flags.",
+}
+HELP_ARGS = ("-h", "--help", "-help", "--helpshort", "-?")
+METAVARS = {"config": "FILE[:ARGS]", "workdir": "DIR", "checkpoint": "DIR", "output": "PATH",
+            "out": "DIR", "output_dir": "DIR", "input_dir": "DIR", "reference": "FILE",
+            "coordinator_address": "HOST:PORT"}
+WIDTH = 100
+
+
+def _rows(rows: dict, indent: int = 2, left: int = 24) -> list[str]:
+  """``{name: text}`` as a two-column list wrapped to WIDTH characters."""
+  out = []
+  for name, text in rows.items():
+    lines = textwrap.wrap(text, WIDTH - indent - left) or [""]
+    head = " " * indent + name
+    if len(head) >= indent + left - 1:
+      out.append(head)
+      head = ""
+    out.append(head.ljust(indent + left) + lines[0])
+    out += [" " * (indent + left) + line for line in lines[1:]]
+  return out
+
+
+def _flag_text(name: str, text: str | None) -> tuple[str, str]:
+  """``(--name=VALUE, help (default: D))`` of one flag."""
+  flag = FLAGS[name]
+  text = text or flag.help.split(">: ", 1)[-1]  # absl prefixes an enum's help with <a|b>
+  if isinstance(flag.default, bool):
+    return f"--[no]{name}", f"{text} (default: {str(flag.default).lower()})"
+  if name in METAVARS:
+    kind = METAVARS[name]
+  elif getattr(flag.parser, "enum_values", None):
+    kind = "|".join(flag.parser.enum_values)
+  else:
+    kind = "INT" if isinstance(flag.parser, flags.IntegerParser) else "TEXT"
+  default = "" if flag.default is None else f" (default: {flag.default})"
+  return f"--{name}={kind}", text + default
+
+
+def overview() -> str:
+  """What ``flatai --help`` prints: the commands and the global flags."""
+  lines = ["usage: flatai COMMAND [flags]", "",
+           "FlatAI-JAX: neural flat-field and aberration correction of astronomical images.", "",
+           "commands:", *_rows({name: c.summary for name, c in COMMANDS.items()}, left=16), "",
+           "flags of every command:", *_rows(GLOBAL_FLAGS), "",
+           "`flatai COMMAND --help` lists the flags of that command."]
+  return "\n".join(lines)
+
+
+def command_help(name: str) -> str:
+  """What ``flatai COMMAND --help`` prints: its usage and its own flags with their defaults."""
+  c = COMMANDS[name]
+  rows = dict(_flag_text(flag, text) for flag, text in c.flags.items())
+  lines = [f"usage: flatai {name} {c.usage}", "", c.summary, "", "flags:", *_rows(rows), "",
+           "flags of every command:", *_rows(GLOBAL_FLAGS)]
+  return "\n".join(lines)
+
+
+def version() -> str:
+  """``flatai X.Y.Z`` from the installed package's metadata."""
+  from importlib import metadata
+  try:
+    return f"flatai {metadata.version('flatai-jax')}"
+  except metadata.PackageNotFoundError:
+    return "flatai (version unknown: the package is not installed; pip install -e .)"
+
+
+def _fail(command: str | None, message: str) -> typing.NoReturn:
+  """The one-line error contract: ``flatai COMMAND: error: message`` on stderr, exit 2."""
+  print(f"flatai{' ' + command if command else ''}: error: {message}", file=sys.stderr)
+  sys.exit(2)
+
+
+def _one_line(error: Exception) -> str:
+  """A flag error as one line (a config file's traceback reduced to its last line)."""
+  lines = [l.strip() for l in str(error).strip().splitlines() if l.strip()]
+  if len(lines) > 1 and any(l.startswith("Traceback") for l in lines):
+    return f"{lines[0].rstrip(':')}: {lines[-1]}"
+  return lines[0] if lines else type(error).__name__
+
+
+def _print_and_exit(text: str, status: int, stream=None) -> typing.NoReturn:
+  """Prints help text and exits; a closed pipe (``flatai --help | head``) is no error."""
+  stream = stream or sys.stdout
+  try:
+    print(text, file=stream, flush=True)
+  except BrokenPipeError:
+    os.dup2(os.open(os.devnull, os.O_WRONLY), stream.fileno())
+  sys.exit(status)
+
+
+def parse_flags(argv: list[str]) -> list[str]:
+  """absl ``flags_parser``: help, version and a missing command before absl; then the flags.
+
+  ``flatai`` alone prints the overview to stderr and exits 2; ``--help``/``-h``
+  print the overview or the command's help and exit 0; ``--version`` prints
+  the version and exits 0. A bad flag is one line and exit 2.
+  """
+  args = argv[1:argv.index("--")] if "--" in argv else argv[1:]
+  words = [a for a in args if not a.startswith("-")]
+  command = words[0] if words and words[0] in COMMANDS else None
+  if any(a in HELP_ARGS for a in args):
+    _print_and_exit(command_help(command) if command else overview(), 0)
+  if "--version" in args:
+    _print_and_exit(version(), 0)
+  if not words:
+    _print_and_exit(overview(), 2, sys.stderr)
+  try:
+    return FLAGS(argv)
+  except flags.Error as e:
+    _fail(command, _one_line(e))
+
+
+class _FlataiRecordsOnly(std_logging.Filter):
+  """Passes this package's log records and every library's errors; drops library INFO and
+  WARNING records (Orbax's per-save lines, absl INFO, JAX notices)."""
+
+  PACKAGE = str(Path(__file__).resolve().parent) + os.sep
+
+  def filter(self, record: std_logging.LogRecord) -> bool:
+    return record.levelno >= std_logging.ERROR or record.pathname.startswith(self.PACKAGE)
+
+
+LIBRARIES = r"(orbax|jax|jaxlib|flax|optax|grain|tensorflow_datasets|array_record|absl|clu)(\.|$)"
+
+
+def quiet_libraries() -> None:
+  """Default logging: WARNING and up from flatai, ERROR and up from libraries; library Python
+  warnings (e.g. Orbax's 'Sharding info not provided') are dropped. Not called when
+  ``--verbosity`` is given, so absl's meaning of it applies unchanged."""
+  FLAGS.verbosity = -1  # absl WARNING (absl raised it to INFO when the flag was not given)
+  keep = _FlataiRecordsOnly()
+  for handler in std_logging.getLogger().handlers:
+    handler.addFilter(keep)
+  warnings.filterwarnings("ignore", module=LIBRARIES)
+
+
+def _require(name: str):
   value = FLAGS[name].value
   if value is None:
-    raise app.UsageError(f"flatai {command} needs --{name}")
+    raise app.UsageError(f"needs --{name}")
   return value
 
 
 def _init_distributed():
   """Multi-host JAX when asked for or when a cluster environment says so (TPU pods, SLURM)."""
-  import os
   import jax
   explicit = FLAGS.coordinator_address or (FLAGS.num_processes or 1) > 1
   cluster = int(os.environ.get("SLURM_NTASKS", "1")) > 1 or "TPU_WORKER_HOSTNAMES" in os.environ \
@@ -70,8 +267,8 @@ def _init_distributed():
 
 def _train():
   from flatai_jax import train
-  config = _require("config", "train")
-  workdir = _require("workdir", "train")
+  config = _require("config")
+  workdir = _require("workdir")
   _init_distributed()
   import jax
   logging.info("JAX %s: process %d/%d, %d local / %d global devices (%s)", jax.__version__,
@@ -79,14 +276,33 @@ def _train():
                jax.device_count(), jax.devices()[0].platform)
   result = train.train_and_evaluate(config, workdir)
   if jax.process_index() == 0:
-    print(json.dumps(result, indent=2))
+    print("\n".join(result_lines(result)))
+
+
+def result_lines(result: dict) -> list[str]:
+  """The end of a training run in two lines: the last reported training scalars, and the
+  held-out crop metrics beside their uncorrected (``*_identity``) values."""
+  lines = [f"step {result['step']}: " + "  ".join(
+      f"{k} {v:.4g}" for k, v in result["train"].items())]
+  ev = result.get("eval")
+  if ev:
+    lines.append("held-out crops: " + "  ".join(
+        f"{k} {v:.4g}" + (f" (uncorrected {ev[k + '_identity']:.4g})" if k + "_identity" in ev
+                          else "")
+        for k, v in ev.items() if not k.endswith("_identity")))
+  return lines
 
 
 def _evaluate():
   from flatai_jax.evaluation import frames, report as eval_report
   checkpoint = FLAGS.checkpoint or FLAGS.workdir
+  if FLAGS.real_dir:
+    from flatai_jax.evaluation import real
+    result = real.run(checkpoint, FLAGS.real_dir, FLAGS.output_dir, FLAGS.step)
+    print(real.markdown(result))
+    return
   if checkpoint is None:
-    raise app.UsageError("flatai evaluate needs --checkpoint (or --workdir)")
+    raise app.UsageError("needs --checkpoint (or --workdir)")
   report = frames.evaluate(checkpoint, FLAGS.step, FLAGS.output_dir)
   print(eval_report.markdown(report))
   print(json.dumps(eval_report.clean_json(report), indent=2))
@@ -97,7 +313,7 @@ def _correct(argv):
   from flatai_jax.io.images import ImageError
   inputs = argv[2:]
   if not inputs:
-    raise app.UsageError("usage: flatai correct IMAGE... [--checkpoint=RUN_DIR] [--out=DIR]")
+    raise app.UsageError("needs at least one IMAGE")
   if not 0.0 <= FLAGS.strength <= 1.0:
     raise app.UsageError(f"--strength={FLAGS.strength} must be in [0, 1]")
   if FLAGS.output and len(inputs) > 1:
@@ -134,8 +350,8 @@ def _correct(argv):
 
 def _synth():
   from flatai_jax import synth
-  config = _require("config", "synth")
-  out = _require("output_dir", "synth")
+  config = _require("config")
+  out = _require("output_dir")
   if FLAGS.num < 1:
     raise app.UsageError("--num must be at least 1")
   paths = synth.write_examples(config, out, FLAGS.num, FLAGS.full_frame)
@@ -147,8 +363,8 @@ def _export():
   from flatai_jax.evaluation.frames import restore_params
   source = FLAGS.checkpoint or FLAGS.workdir
   if source is None:
-    raise app.UsageError("flatai export needs --checkpoint (a run directory)")
-  out = _require("output", "export")
+    raise app.UsageError("needs --checkpoint (a run directory)")
+  out = _require("output")
   config, _, params, step = restore_params(source, FLAGS.step)
   path = checkpointing.export_inference(out, params, config, step)
   print(f"exported step {step} of {source} (parameters and config only) to {path}")
@@ -156,47 +372,47 @@ def _export():
 
 def _build_dataset():
   from flatai_jax.data import image_dataset
-  src = _require("input_dir", "build_dataset")
-  out = _require("output_dir", "build_dataset")
+  src = _require("input_dir")
+  out = _require("output_dir")
+  if not FLAGS["verbosity"].present:
+    import tensorflow_datasets as tfds
+    tfds.disable_progress_bar()
   summary = image_dataset.build_dataset(src, out, FLAGS.min_size, FLAGS.val_percent)
   print(f"examples: {summary['examples']}")
   for s in summary["skipped"]:
     print(f"skipped {s['path']}: {s['reason']}")
+  for note in summary.get("notes", ()):  # summaries written before notes existed have none
+    print(note)
   print(f"summary: {out}/build_summary.json — train with "
         f"--config.data.source=images --config.data.tfds_dir={out}")
 
 
 def main(argv):
-  if len(argv) < 2 or argv[1] not in COMMANDS:
-    raise app.UsageError(f"usage: flatai {{{'|'.join(COMMANDS)}}} [flags]  (see flatai --help)")
-  from flatai_jax.io.images import ImageError
+  if len(argv) < 2:  # only flags, e.g. `flatai --workdir x`
+    _print_and_exit(overview(), 2, sys.stderr)
   command = argv[1]
+  if command not in COMMANDS:
+    _fail(None, f"unknown command {command!r}; usage: flatai {{{'|'.join(COMMANDS)}}} [flags] "
+          "(flatai --help lists them)")
+  if not FLAGS["verbosity"].present:
+    quiet_libraries()
   if command != "correct" and len(argv) > 2:
-    raise app.UsageError(f"flatai {command}: unexpected arguments {argv[2:]}")
+    _fail(command, f"unexpected arguments {argv[2:]}")
+  from flatai_jax.data.image_dataset import DatasetError
+  from flatai_jax.io.images import ImageError
+  from flatai_jax.run_lock import WorkdirInUse
   try:
-    if command == "train":
-      _train()
-    elif command == "evaluate":
-      _evaluate()
-    elif command == "correct":
-      _correct(argv)
-    elif command == "synth":
-      _synth()
-    elif command == "export":
-      _export()
-    else:
-      _build_dataset()
-  except ImageError as e:
-    print(f"flatai {command}: error: {e}", file=sys.stderr)
-    sys.exit(2)
-  except FileNotFoundError as e:
-    print(f"flatai {command}: error: {e}", file=sys.stderr)
-    sys.exit(2)
+    {"train": _train, "evaluate": _evaluate, "correct": lambda: _correct(argv),
+     "synth": _synth, "export": _export, "build_dataset": _build_dataset}[command]()
+  except app.UsageError as e:
+    _fail(command, f"{e} (flatai {command} --help lists its flags)")
+  except (ImageError, FileNotFoundError, DatasetError, WorkdirInUse) as e:
+    _fail(command, str(e))
 
 
 def run():
   """Console-script entry point."""
-  app.run(main)
+  app.run(main, flags_parser=parse_flags)
 
 
 if __name__ == "__main__":

@@ -66,19 +66,22 @@ class ProgressReporter:
     self._t0 = self._t = time.perf_counter()
     self._last_step = None
 
-  def __call__(self, step: int, scalars: dict | None = None) -> None:
+  def __call__(self, step: int, scalars: dict | None = None) -> float | None:
+    """Prints a line at report steps; returns its steps/s (since the previous line), or None
+    on the first call (which starts the clock) and between report steps."""
     now = time.perf_counter()
     if self._last_step is None:
       self._last_step, self._t = step, now
-      return
+      return None
     if step - self._last_step < self.every and step != self.total:
-      return
+      return None
     rate = (step - self._last_step) / max(now - self._t, 1e-9)
     eta = (self.total - step) / max(rate, 1e-9)
     text = " ".join(f"{k}={float(v):.4g}" for k, v in (scalars or {}).items())
     self.print(f"step {step}/{self.total}  {rate:.2f} steps/s  ETA {eta:.0f}s  {text}",
                flush=True)
     self._last_step, self._t = step, now
+    return rate
 
 
 def save_sample_grid(path, columns: dict[str, np.ndarray], max_rows: int = 4) -> None:
@@ -150,6 +153,9 @@ def psf_mosaic(psf: np.ndarray) -> np.ndarray:
   return np.asarray(psf).transpose(0, 1, 3, 2, 4).reshape(n, gy * k, gx * k, 1)
 
 
+NOT_LOSSES = ("step", "split", "grad_norm", "skipped", "learning_rate", "steps_per_sec")
+
+
 def save_loss_curve(path, jsonl_path, keys=None) -> None:
   """Loss-curve PNG (log scale) of the train rows of a metrics.jsonl, and eval rows if any."""
   import matplotlib
@@ -158,7 +164,7 @@ def save_loss_curve(path, jsonl_path, keys=None) -> None:
   rows = read_jsonl(jsonl_path, "train")
   if not rows:
     return
-  keys = keys or [k for k in rows[-1] if k not in ("step", "split", "grad_norm")]
+  keys = keys or [k for k in rows[-1] if k not in NOT_LOSSES]
   fig, ax = plt.subplots(figsize=(7, 4))
   steps = [r["step"] for r in rows]
   for k in keys:

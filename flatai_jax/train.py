@@ -2,7 +2,11 @@
 
 ``train_and_evaluate(config, workdir)`` is the whole job. A run restarted on
 the same workdir resumes from its latest checkpoint, including the data
-position (a pure function of the step for procedural skies).
+position (a pure function of the step for procedural skies). A run owns its
+workdir (``run_lock``): a second run started on it is refused at once.
+
+Each report step logs the loss terms with ``learning_rate`` (the schedule's
+value for the step's last update, computed on the host) and ``steps_per_sec``.
 """
 from __future__ import annotations
 
@@ -15,14 +19,14 @@ import jax
 import numpy as np
 from absl import logging
 
-from flatai_jax import checkpointing, metrics, sharding
+from flatai_jax import checkpointing, metrics, run_lock, sharding
 from flatai_jax.evaluation import crops
 from flatai_jax.data import indices as data_indices
 from flatai_jax.data.pipeline import Pipeline
 from flatai_jax.io.atomic import write_text_atomic
 from flatai_jax.losses import lpips
 from flatai_jax.train_step import abstract_train_state, bind_train_step, init_state, \
-    make_optimizer, nonfinite_count
+    learning_rate_schedule, make_optimizer, nonfinite_count
 
 
 class _Preemption:
@@ -68,8 +72,18 @@ def train_and_evaluate(config, workdir, devices=None) -> dict:
     devices: devices of the mesh (default: all devices of all processes).
   Returns:
     The last reported training scalars and, if run, the final evaluation.
+  Raises:
+    run_lock.WorkdirInUse: another live run holds ``workdir``.
+    data.image_dataset.DatasetError: ``data.source='images'`` and no finished dataset.
   """
-  workdir = Path(workdir)
+  with run_lock.hold(workdir, jax.process_index()):
+    return _train_and_evaluate(config, Path(workdir), devices)
+
+
+def _train_and_evaluate(config, workdir: Path, devices) -> dict:
+  """``train_and_evaluate`` once the workdir is held."""
+  # --- Input (first: a missing dataset fails before any work) ---------------
+  pipeline = Pipeline(config, jax.process_index(), jax.process_count())
   total = int(config.train.steps)
   batch = int(config.train.batch_size)
   # --- Mesh and shardings -------------------------------------------------
@@ -81,6 +95,7 @@ def train_and_evaluate(config, workdir, devices=None) -> dict:
   say(f"mesh {dict(mesh.shape)} over {mesh.size} {jax.devices()[0].platform} devices "
       f"({jax.process_count()} process(es))")
   tx = make_optimizer(config)
+  schedule = learning_rate_schedule(config)
   graphdef, abstract = abstract_train_state(config, tx)
   state_sh = sharding.state_shardings(abstract, mesh, config.mesh.rules)
   batch_sh = sharding.batch_sharding(mesh)
@@ -88,7 +103,6 @@ def train_and_evaluate(config, workdir, devices=None) -> dict:
   # --- State: restore or initialise, sharded from birth ---------------------
   manager = checkpointing.create_manager(workdir, config.train.max_to_keep)
   restored = checkpointing.restore(manager, checkpointing.abstract_with_shardings(abstract, state_sh))
-  pipeline = Pipeline(config, jax.process_index(), jax.process_count())
   if restored is not None:
     state, data_state = restored
     start = int(jax.device_get(state.step))
@@ -140,8 +154,11 @@ def train_and_evaluate(config, workdir, devices=None) -> dict:
           raise FloatingPointError(
               f"non-finite loss or gradients in {skipped} consecutive steps up to step {step}; "
               f"last metrics {last}. Lower optim.learning_rate or check the data.")
+        last["learning_rate"] = float(schedule(step - 1))  # of the update that made `step`
+        rate = report(step, {"loss": last["loss"], "lr": last["learning_rate"]})
+        if rate is not None:
+          last["steps_per_sec"] = rate
         writer.write_scalars(step, last)
-        report(step, {k: last[k] for k in ("loss",) if k in last})
       if _is_time(step, config.train.sample_every, total):
         b, pred, _ = sample_fn(state.eval_params(), sample_indices)  # every process computes
         b, pred = jax.device_get((b, pred))

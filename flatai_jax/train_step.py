@@ -39,16 +39,23 @@ def base_keys(seed: int):
   return jax.random.fold_in(root, 0), jax.random.fold_in(root, 1)
 
 
-def make_optimizer(config) -> optax.GradientTransformation:
-  """Global-norm clipping of the true (float32, unscaled) gradients, then AdamW on a
-  warmup-cosine schedule; an update with a NaN/Inf gradient is skipped and counted
-  (``optax.apply_if_finite``)."""
+def learning_rate_schedule(config) -> optax.Schedule:
+  """Learning rate of update ``i`` (0-based): linear warmup from 0 over
+  ``optim.warmup_steps`` updates to ``optim.learning_rate``, then cosine decay to 1 % of it
+  at ``train.steps``. Pure, so the host evaluates it for logging without the device."""
   o = config.optim
-  schedule = optax.warmup_cosine_decay_schedule(
+  return optax.warmup_cosine_decay_schedule(
       init_value=0.0, peak_value=o.learning_rate, warmup_steps=o.warmup_steps,
       decay_steps=max(config.train.steps, o.warmup_steps + 1), end_value=o.learning_rate * 0.01)
+
+
+def make_optimizer(config) -> optax.GradientTransformation:
+  """Global-norm clipping of the true (float32, unscaled) gradients, then AdamW on
+  :func:`learning_rate_schedule`; an update with a NaN/Inf gradient is skipped and counted
+  (``optax.apply_if_finite``; skipped updates do not advance the schedule)."""
+  o = config.optim
   inner = optax.chain(optax.clip_by_global_norm(o.clip_norm),
-                      optax.adamw(schedule, weight_decay=o.weight_decay))
+                      optax.adamw(learning_rate_schedule(config), weight_decay=o.weight_decay))
   return optax.apply_if_finite(inner, max_consecutive_errors=o.max_nonfinite)
 
 

@@ -3,6 +3,7 @@ resume, and the bad-input contract (one message naming the file, non-zero exit).
 import contextlib
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -38,10 +39,16 @@ def flatai(*args, check=True, env=None):
 
 
 @pytest.fixture(scope="module")
-def run_dir(tmp_path_factory):
+def trained(tmp_path_factory):
+  """``(workdir, completed process)`` of a 120-step tiny training."""
   workdir = tmp_path_factory.mktemp("run")
-  flatai("train", CONFIG, *TINY, "--config.train.steps=120", f"--workdir={workdir}")
-  return workdir
+  out = flatai("train", CONFIG, *TINY, "--config.train.steps=120", f"--workdir={workdir}")
+  return workdir, out
+
+
+@pytest.fixture(scope="module")
+def run_dir(trained):
+  return trained[0]
 
 
 def test_training_writes_everything_and_the_loss_falls(run_dir):
@@ -184,3 +191,167 @@ def test_bad_inputs_fail_with_one_clear_message(run_dir, tmp_path):
   assert out.returncode == 2 and "no checkpoint" in out.stderr
   out = flatai("frobnicate", check=False)
   assert out.returncode != 0 and "usage: flatai" in out.stderr
+
+
+ABSL_RECORD = re.compile(r"^[IWEF]\d{4} \d\d:\d\d:\d\d")  # absl's log line: I1201 20:30:34.678 …
+
+
+def test_help_lists_the_commands_and_each_commands_own_flags():
+  from flatai_jax.main import COMMANDS
+  overview = flatai("--help")
+  assert overview.returncode == 0 and flatai("-h").stdout == overview.stdout
+  for name, command in COMMANDS.items():  # one line each: name, then its description
+    assert re.search(rf"^  {name} +{re.escape(command.summary)}$", overview.stdout, re.M), name
+  assert "--helpfull" not in overview.stdout and "absl.app" not in overview.stdout
+  bare = flatai(check=False)
+  assert bare.returncode == 2 and bare.stderr == overview.stdout and bare.stdout == ""
+  own = {"correct": {"checkpoint", "step", "output", "out", "task", "reference", "tile", "overlap"},
+         "train": {"config", "workdir", "coordinator_address", "num_processes", "process_id"},
+         "build_dataset": {"input_dir", "output_dir", "min_size", "val_percent"}}
+  for name, expected in own.items():
+    for flag in ("--help", "-h"):
+      out = flatai(name, flag)
+      assert out.returncode == 0 and out.stdout.startswith(f"usage: flatai {name} ")
+      section = out.stdout.split("\nflags:\n")[1].split("\n\n")[0]
+      listed = set(re.findall(r"^  --(?:\[no\])?(\w+)", section, re.M))
+      assert listed == expected == set(COMMANDS[name].flags), (name, listed)
+  out = flatai("build_dataset", "--help").stdout
+  assert re.search(r"^  --val_percent=INT .*\(default: 10\)$", out, re.M), out
+  assert re.search(r"^  --min_size=INT .*\(default: 128\)$", out, re.M), out
+
+
+def test_version_and_a_bad_flag():
+  from importlib import metadata
+  out = flatai("--version")
+  assert out.stdout == f"flatai {metadata.version('flatai-jax')}\n"
+  assert re.fullmatch(r"flatai \d+\.\d+\.\d+\n", out.stdout)
+  bad = flatai("train", "--bogus=1", check=False)
+  assert bad.returncode == 2 and bad.stdout == ""
+  assert bad.stderr.splitlines() == ["flatai train: error: Unknown command line flag 'bogus'"]
+
+
+def test_training_prints_progress_and_results_not_library_records(trained):
+  _, out = trained
+  assert not [l for l in out.stderr.splitlines() if ABSL_RECORD.match(l)], out.stderr
+  assert "Sharding info" not in out.stderr
+  lines = out.stdout.splitlines()
+  assert len(lines) == 10, out.stdout  # mesh, model, 6 progress lines, 2 result lines
+  assert lines[0].startswith("mesh {'data': 8, 'fsdp': 1} over 8 cpu devices")
+  assert lines[1].startswith("model: flat task")
+  steps = [int(re.fullmatch(r"step (\d+)/120  [\d.]+ steps/s  ETA \d+s  loss=\S+ lr=\S+", l)[1])
+           for l in lines[2:8]]
+  assert steps == [20, 40, 60, 80, 100, 120]
+  assert lines[8].startswith("step 120: ") and " learning_rate " in lines[8]
+  assert re.fullmatch(r"held-out crops: .*mae \S+ \(uncorrected \S+\).*", lines[9])
+
+
+def test_metrics_log_the_scheduled_learning_rate_and_steps_per_sec(trained):
+  """``learning_rate`` at report step s is the schedule's value for update s − 1
+  (TINY: 5 warmup steps to 0.003, cosine to 1 % of it at step 120)."""
+  import math
+  import ml_collections
+  from flatai_jax import metrics
+  from flatai_jax.train_step import learning_rate_schedule
+  workdir, out = trained
+  rows = metrics.read_jsonl(workdir / "metrics.jsonl")
+  config = ml_collections.ConfigDict(json.loads((workdir / "config.json").read_text()))
+  schedule = learning_rate_schedule(config)
+  printed = [l for l in out.stdout.splitlines() if re.match(r"step \d+/", l)]
+  assert [r["step"] for r in rows] == [20, 40, 60, 80, 100, 120] and len(printed) == 6
+  for row, line in zip(rows, printed):
+    i = row["step"] - 1
+    cosine = 0.5 * (1 + math.cos(math.pi * (i - 5) / (120 - 5)))
+    assert row["learning_rate"] == pytest.approx(0.003 * (0.01 + 0.99 * cosine), rel=1e-5)
+    assert row["learning_rate"] == float(schedule(i))
+    assert f" lr={row['learning_rate']:.4g}" in line
+    assert row["steps_per_sec"] > 0 and f"  {row['steps_per_sec']:.2f} steps/s  " in line
+
+
+def test_verbosity_1_shows_library_records(run_dir, tmp_path):
+  out = flatai("export", f"--checkpoint={run_dir}", f"--output={tmp_path / 'model'}",
+               "--verbosity=1")
+  records = [l for l in out.stderr.splitlines() if ABSL_RECORD.match(l)]
+  assert any("checkpoint" in l and l.startswith("I") for l in records), out.stderr
+  assert (tmp_path / "model" / "model.json").is_file()
+  assert out.stdout.splitlines()[-1].startswith("exported step 120 of ")
+
+
+def test_correct_takes_any_file_name_the_os_allows(tmp_path):
+  """A non-ASCII name in a folder with spaces, corrected by the shipped model; HISTORY is
+  ASCII with the name escaped."""
+  from astropy.io import fits
+  folder = tmp_path / "dir with spaces"
+  folder.mkdir()
+  rng = np.random.default_rng(3)
+  fits.PrimaryHDU((rng.gamma(3.0, 20.0, (64, 96)) + 500).astype(np.float32)).writeto(
+      folder / "my frame é.fits")
+  out = flatai("correct", folder / "my frame é.fits")
+  assert not [l for l in out.stderr.splitlines() if ABSL_RECORD.match(l)], out.stderr
+  for suffix in ("_corrected.fits", "_corrected_F.fits", "_corrected_G.fits",
+                 "_corrected_preview.png"):
+    assert (folder / f"my frame é{suffix}").is_file(), suffix
+    assert f": {folder / f'my frame é{suffix}'}" in out.stdout
+  history = " ".join(fits.getheader(folder / "my frame é_corrected.fits")["HISTORY"])
+  assert re.fullmatch(r"flatai correct: model=default_model step=\d+ task=flat tile=\d+ "
+                      r"overlap=\d+ input=my frame \\xe9\.fits", history), history
+
+
+def test_a_workdir_in_use_refuses_a_second_run_and_kill_9_frees_it(tmp_path):
+  import signal
+  import socket
+  import time
+  workdir = tmp_path / "run"
+  train = ["train", CONFIG, *TINY, "--config.train.checkpoint_every=2", f"--workdir={workdir}"]
+  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu")
+  first = subprocess.Popen([sys.executable, "-m", "flatai_jax.main", *train,
+                            "--config.train.steps=100000"], cwd=ROOT, env=env,
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+  try:
+    saved = lambda: sorted(int(p.name) for p in (workdir / "checkpoints").glob("*")
+                           if p.name.isdigit())
+    deadline = time.time() + 600
+    while not ((workdir / "checkpoints").is_dir() and saved()):
+      assert first.poll() is None and time.time() < deadline, "the first run did not save"
+      time.sleep(1)
+    second = flatai(*train, "--config.train.steps=100000", check=False)
+    assert second.returncode == 2 and second.stdout == ""
+    assert second.stderr.splitlines() == [
+        f"flatai train: error: {workdir} is in use by process {first.pid} on host "
+        f"{socket.gethostname()} (a running flatai train); wait for it to finish, stop it, "
+        "or choose another --workdir"]
+  finally:
+    os.kill(first.pid, signal.SIGKILL)
+    first.wait()
+  last = saved()[-1]  # the third start resumes there and, at its last step, stops at once
+  third = flatai(*train, f"--config.train.steps={last}")
+  assert f"resumed from step {last}" in third.stdout and last > 0
+  assert f"training steps {last}..{last}" in third.stdout
+
+
+@pytest.mark.parametrize("state", ["missing", "unfinished"])
+def test_training_on_a_missing_or_unfinished_dataset_is_one_line(tmp_path, state):
+  data = tmp_path / "data"
+  if state == "unfinished":  # what a build stopped before its end leaves
+    (data / "flatai_images" / "incomplete.1234_1.0.0").mkdir(parents=True)
+  out = flatai("train", CONFIG, *TINY, "--config.data.source=images",
+               f"--config.data.tfds_dir={data}", f"--workdir={tmp_path / 'run'}", check=False)
+  build = f"build one with `flatai build_dataset --input_dir=IMAGES --output_dir={data}`"
+  problem = {"missing": "dataset folder not found",
+             "unfinished": "no finished dataset in this folder (its build did not complete, "
+                           "or it is not a dataset folder)"}[state]
+  assert out.returncode == 2 and out.stdout == ""
+  assert out.stderr.splitlines() == [f"flatai train: error: {data}: {problem}; {build}"]
+
+
+def test_build_dataset_of_one_image_notes_the_empty_validation_split(tmp_path):
+  from astropy.io import fits
+  (tmp_path / "in").mkdir()
+  fits.PrimaryHDU(np.random.default_rng(0).random((80, 96)).astype(np.float32)).writeto(
+      tmp_path / "in" / "img3.fits")  # its hash puts it in the validation share
+  out = flatai("build_dataset", f"--input_dir={tmp_path / 'in'}",
+               f"--output_dir={tmp_path / 'data'}", "--val_percent=25", "--min_size=32")
+  assert out.stdout.splitlines()[:2] == [
+      "examples: {'train': 1, 'validation': 0}",
+      "note: all 1 image(s) fell in the 25 % validation share; they all train and the "
+      "validation split is empty"]
+  assert out.stderr == ""

@@ -192,3 +192,32 @@ def test_the_shipped_model_loads_and_flattens_a_vignetted_frame():
   before = correct.background_nonuniformity(image)
   after = correct.background_nonuniformity(out.corrected)
   assert after < 0.5 * before, (before, after)
+
+
+def test_any_file_name_is_corrected_and_named_in_ascii_history(tmp_path):
+  """``my frame é.fits`` and an XISF with a non-ASCII name, under a folder with spaces, through
+  the shipped model; FITS and XISF HISTORY carry the name with ``é`` escaped."""
+  import flatai_jax
+  from xisf import XISF
+  c = flatai_jax.load()
+  folder = tmp_path / "dir with spaces"
+  folder.mkdir()
+  fits.PrimaryHDU(_sky((64, 96, 1), seed=4)[..., 0]).writeto(folder / "my frame é.fits")
+  XISF.write(str(folder / "Ωmega 1.xisf"), _sky((64, 96, 1), seed=5), "test")
+  settings = (f"flatai correct: model=default_model step={c.step} task=flat "
+              f"tile={c.config.predict.tile} overlap={c.config.predict.overlap}")
+  for name, escaped in (("my frame é.fits", r"my frame \xe9.fits"),
+                        ("Ωmega 1.xisf", r"\u03a9mega 1.xisf")):
+    report = c.correct_file(folder / name, print_fn=lambda *a, **k: None)
+    stem, ext = name.rsplit(".", 1)
+    expected = {k: folder / f"{stem}_corrected{s}" for k, s in (
+        ("corrected", f".{ext}"), ("F", f"_F.{ext}"), ("G", f"_G.{ext}"),
+        ("preview", "_preview.png"))}
+    assert report["outputs"] == {k: str(v) for k, v in expected.items()}
+    assert all(p.is_file() for p in expected.values())
+    if ext == "fits":
+      history = " ".join(fits.getheader(expected["corrected"])["HISTORY"])
+    else:
+      meta = XISF(str(expected["corrected"])).get_images_metadata()[0]
+      history = meta["FITSKeywords"]["HISTORY"][-1]["comment"]
+    assert history == f"{settings} input={escaped}"

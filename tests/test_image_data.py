@@ -60,6 +60,45 @@ def test_build_counts_and_reports_every_bad_file(built):
   assert image_dataset.build_dataset(src, out, min_size=32, val_percent=25) == summary
 
 
+SPLIT_NOTE = "note: the validation split is empty ({} image(s), none in the 25 % share); " \
+             "training does not need it"
+
+
+@pytest.mark.parametrize("names, note", [
+    (["img3.fits"], "note: all 1 image(s) fell in the 25 % validation share; they all train "
+                    "and the validation split is empty"),
+    (["img0.fits", "img1.fits"], SPLIT_NOTE.format(2)),
+    (["img0.fits", "img1.fits", "img2.fits", "img4.fits", "img5.fits"], SPLIT_NOTE.format(5)),
+])
+def test_one_two_or_five_images_give_a_trainable_dataset(tmp_path, names, note):
+  """Folders too small for a validation image at --val_percent=25 build, with one note."""
+  (tmp_path / "in").mkdir()
+  rng = np.random.default_rng(0)
+  for name in names:
+    fits.PrimaryHDU(rng.random((80, 96)).astype(np.float32)).writeto(tmp_path / "in" / name)
+  hashed = [image_dataset.split_of(n, 25) for n in names]  # the premise of each case
+  assert hashed == (["validation"] if len(names) == 1 else ["train"] * len(names))
+  summary = image_dataset.build_dataset(tmp_path / "in", tmp_path / "data", 32, 25)
+  assert summary["examples"] == {"train": len(names), "validation": 0}
+  assert summary["notes"] == [note] and summary["skipped"] == []
+  source = image_dataset.load_split(tmp_path / "data", "train")
+  assert len(source) == len(names)
+  crop = next(iter(pipeline.crop_stream(source, _config(), 0, 1)))
+  assert crop["clean"].shape == (16, 16, 1) and tuple(crop["sensor_hw"]) == (80, 96)
+  with pytest.raises(image_dataset.DatasetError, match="has no 'validation' split"):
+    image_dataset.load_split(tmp_path / "data", "validation")
+
+
+def test_a_folder_without_usable_images_is_one_clear_error(tmp_path):
+  (tmp_path / "in").mkdir()
+  fits.PrimaryHDU(np.ones((20, 20), np.float32)).writeto(tmp_path / "in" / "small.fits")
+  with pytest.raises(image_dataset.DatasetError) as e:
+    image_dataset.build_dataset(tmp_path / "in", tmp_path / "data", 32, 25)
+  assert str(e.value) == (f"{tmp_path / 'in'}: no usable images among 1 file(s); small.fits: "
+                          "too small (20×20); need at least 32 px per side")
+  assert not (tmp_path / "data").exists()
+
+
 def test_stored_images_follow_the_conversion_rule(built):
   _, out, summary, u8 = built
   records = {}

@@ -164,3 +164,9 @@ def test_writes_are_atomic_and_never_overwrite_inputs(tmp_path):
   assert not (tmp_path / "bad.fits").exists()
   assert sorted(p.name for p in tmp_path.iterdir()) == ["in.fits"]  # no temp leftovers
   assert images.split_suffix("a/b.c.fits.gz") == ("b.c", ".fits.gz")
+
+
+def test_ascii_safe_escapes_what_fits_headers_refuse():
+  assert images.ascii_safe("my frame é.fits") == r"my frame \xe9.fits"
+  assert images.ascii_safe("a\tb\nΩ€ ~!") == r"a\tb\n\u03a9\u20ac ~!"
+  assert images.ascii_safe("\udce9.fits") == r"\udce9.fits"  # undecodable byte of a file name

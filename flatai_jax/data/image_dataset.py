@@ -10,10 +10,14 @@ Conversion rules (the only ones):
 - Each image is divided by its brightest pixel, so 1.0 is the saturation level
   of the training convention (the divisor is stored as ``scale``).
 - The split is a deterministic hash of the relative path (``val_percent``).
+  An empty split is allowed (a note says so). When the hash leaves no image
+  for training (a folder of one or two images), all of them train.
 
 Bad files (unreadable, truncated, all-NaN, NaN pixels, smaller than
 ``min_size``, unsupported) are skipped and listed, with the reason, in
-``<data_dir>/build_summary.json``; one bad file never stops the build.
+``<data_dir>/build_summary.json``; one bad file never stops the build. A
+folder without any usable image, and training on a folder that holds no
+finished dataset, raise :class:`DatasetError` with one line.
 """
 from __future__ import annotations
 
@@ -28,6 +32,8 @@ from flatai_jax.io import images
 from flatai_jax.io.atomic import write_text_atomic
 
 NAME = "flatai_images"
+VERSION = "1.0.0"
+SPLITS = ("train", "validation")
 SUFFIXES = images.FITS_SUFFIXES + images.XISF_SUFFIXES + images.PIL_SUFFIXES + images.TIFF_SUFFIXES
 
 
@@ -60,9 +66,49 @@ def to_training_image(path, min_size: int) -> tuple[np.ndarray, dict]:
       "channels": c, "scale": peak}
 
 
+class DatasetError(ValueError):
+  """No usable images to build from, or no finished dataset to train on."""
+
+
 def split_of(relative_path: str, val_percent: int) -> str:
   digest = hashlib.sha256(relative_path.encode()).digest()
   return "validation" if int.from_bytes(digest[:4], "little") % 100 < val_percent else "train"
+
+
+def plan_splits(input_dir, min_size: int, val_percent: int):
+  """Which file goes to which split, and which files are skipped.
+
+  Returns:
+    ``({"train": [Path], "validation": [Path]}, skipped [{"path", "reason"}], notes [str])``.
+  Raises:
+    DatasetError: when no file is usable.
+  """
+  input_dir = Path(input_dir)
+  files = sorted(p for p in input_dir.rglob("*") if p.is_file())
+  plan, skipped, notes = {s: [] for s in SPLITS}, [], []
+  for p in files:
+    rel = str(p.relative_to(input_dir))
+    if not p.name.lower().endswith(SUFFIXES):
+      skipped.append({"path": rel, "reason": "unsupported file type"})
+      continue
+    try:
+      to_training_image(p, min_size)
+    except images.ImageError as e:
+      skipped.append({"path": rel, "reason": e.problem})
+      continue
+    plan[split_of(rel, val_percent)].append(p)
+  usable = len(plan["train"]) + len(plan["validation"])
+  if not usable:
+    first = f"; {skipped[0]['path']}: {skipped[0]['reason']}" if skipped else ""
+    raise DatasetError(f"{input_dir}: no usable images among {len(files)} file(s){first}")
+  if not plan["train"]:
+    plan = {"train": plan["validation"], "validation": []}
+    notes.append(f"note: all {usable} image(s) fell in the {val_percent} % validation share; "
+                 "they all train and the validation split is empty")
+  elif not plan["validation"] and val_percent > 0:
+    notes.append(f"note: the validation split is empty ({usable} image(s), none in the "
+                 f"{val_percent} % share); training does not need it")
+  return plan, sorted(skipped, key=lambda d: d["path"]), notes
 
 
 @functools.cache
@@ -72,15 +118,13 @@ def _builder_class():
 
   class FlataiImages(tfds.core.GeneratorBasedBuilder):
     """Clean linear images from a directory tree."""
-    VERSION = tfds.core.Version("1.0.0")
+    VERSION = tfds.core.Version(VERSION)
     # No checksums/URLs to resolve; also avoids TFDS locating the source folder
     # through importlib.resources, which fails under editable installs.
     code_path = None
 
-    def __init__(self, *, input_dir=".", min_size=64, val_percent=10, **kwargs):
-      self._input_dir = Path(input_dir)
-      self._min_size, self._val_percent = min_size, val_percent
-      self.skipped: list[dict] = []
+    def __init__(self, *, input_dir=".", plan=None, min_size=64, **kwargs):
+      self._input_dir, self._plan, self._min_size = Path(input_dir), plan, min_size
       super().__init__(**kwargs)
 
     def _info(self):
@@ -92,22 +136,16 @@ def _builder_class():
           "scale": tfds.features.Scalar(dtype=np.float32),
       }))
 
+    def _log_download_bytes(self):  # TFDS's "Downloading and preparing dataset Unknown
+      pass  # size ..." lines: nothing is downloaded; build_dataset's summary says what was built
+
+    def _log_download_done(self):
+      pass
+
     def _split_generators(self, dl_manager):
-      files = sorted(p for p in self._input_dir.rglob("*")
-                     if p.is_file() and p.name.lower().endswith(SUFFIXES))
-      good = {"train": [], "validation": []}
-      for p in files:
-        rel = str(p.relative_to(self._input_dir))
-        try:
-          to_training_image(p, self._min_size)
-        except images.ImageError as e:
-          self.skipped.append({"path": rel, "reason": e.problem})
-          continue
-        good[split_of(rel, self._val_percent)].append(p)
-      others = sorted(str(p.relative_to(self._input_dir)) for p in self._input_dir.rglob("*")
-                      if p.is_file() and not p.name.lower().endswith(SUFFIXES))
-      self.skipped += [{"path": o, "reason": "unsupported file type"} for o in others]
-      return {split: self._generate_examples(paths) for split, paths in good.items()}
+      """One generator per non-empty split of the plan (TFDS refuses empty splits)."""
+      return {split: self._generate_examples(paths) for split, paths in self._plan.items()
+              if paths}
 
     def _generate_examples(self, paths):
       for p in paths:
@@ -120,26 +158,54 @@ def _builder_class():
 
 
 def build_dataset(input_dir, data_dir, min_size: int = 64, val_percent: int = 10) -> dict:
-  """Builds the dataset; returns the summary (counts per split, skipped files with reasons)."""
+  """Builds the dataset; returns the summary (counts per split, skipped files with reasons,
+  notes such as an empty validation split).
+
+  Raises:
+    FileNotFoundError: no ``input_dir``.
+    DatasetError: no usable image in it.
+  """
   import tensorflow_datasets as tfds
   input_dir = Path(input_dir)
   if not input_dir.is_dir():
     raise FileNotFoundError(f"{input_dir}: input directory not found")
-  builder = _builder_class()(input_dir=input_dir, min_size=min_size, val_percent=val_percent,
-                             data_dir=str(data_dir), file_format="array_record")
   out = Path(data_dir) / "build_summary.json"
-  if Path(builder.data_dir).exists() and out.exists():  # already built: TFDS reuses it
-    return json.loads(out.read_text())
+  if (Path(data_dir) / NAME / VERSION / "dataset_info.json").exists() and out.exists():
+    return json.loads(out.read_text())  # already built: TFDS reuses it
+  plan, skipped, notes = plan_splits(input_dir, min_size, val_percent)
+  builder = _builder_class()(input_dir=input_dir, plan=plan, min_size=min_size,
+                             data_dir=str(data_dir), file_format="array_record")
   builder.download_and_prepare(download_config=tfds.download.DownloadConfig())
-  counts = {s: builder.info.splits[s].num_examples for s in ("train", "validation")
-            if s in builder.info.splits}
-  summary = {"input_dir": str(input_dir), "examples": counts,
-             "skipped": sorted(builder.skipped, key=lambda d: d["path"])}
+  summary = {"input_dir": str(input_dir),
+             "examples": {s: len(paths) for s, paths in plan.items()},
+             "skipped": skipped, "notes": notes}
+  out.parent.mkdir(parents=True, exist_ok=True)
   write_text_atomic(out, json.dumps(summary, indent=2))
   return summary
 
 
+def check_built(data_dir) -> None:
+  """Raises :class:`DatasetError` (one line) unless ``data_dir`` holds a finished dataset."""
+  build = ("build one with `flatai build_dataset --input_dir=IMAGES "
+           f"--output_dir={data_dir or 'DIR'}`")
+  if not data_dir:
+    raise DatasetError(f"data.source=images needs --config.data.tfds_dir; {build}")
+  if not Path(data_dir).is_dir():
+    raise DatasetError(f"{data_dir}: dataset folder not found; {build}")
+  if not (Path(data_dir) / NAME / VERSION / "dataset_info.json").is_file():
+    raise DatasetError(f"{data_dir}: no finished dataset in this folder (its build did not "
+                       f"complete, or it is not a dataset folder); {build}")
+
+
 def load_split(data_dir, split: str):
-  """Random-access source of a built split (``image``, ``path``, ``shape``, ``scale``)."""
+  """Random-access source of a built split (``image``, ``path``, ``shape``, ``scale``).
+
+  Raises:
+    DatasetError: no finished dataset in ``data_dir``, or no such split in it.
+  """
+  check_built(data_dir)
   builder = _builder_class()(data_dir=str(data_dir), file_format="array_record")
+  if split not in builder.info.splits:
+    raise DatasetError(f"{data_dir}: the dataset has no {split!r} split "
+                       f"(it has {sorted(builder.info.splits)})")
   return builder.as_data_source()[split]

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import textwrap
 import warnings
 from pathlib import Path
 from typing import Any, Iterable
@@ -340,6 +341,12 @@ def _atomic_write(path: Path, write_fn, protect: Iterable[str | os.PathLike]) ->
     raise ImageError(path, f"could not write: {e}") from e
 
 
+def ascii_safe(text: str) -> str:
+  """``text`` in printable ASCII, as FITS header values must be: every other character
+  becomes its Python escape (``é`` → ``\\xe9``, a newline → ``\\n``, ``€`` → ``\\u20ac``)."""
+  return "".join(c if " " <= c <= "~" else ascii(c)[1:-1] for c in text)
+
+
 def write_image(path: str | os.PathLike, pixels: np.ndarray, meta: ImageMeta | None = None,
                 history: str | None = None,
                 protect: Iterable[str | os.PathLike] = (), carry_hdus: bool = True) -> None:
@@ -350,8 +357,12 @@ def write_image(path: str | os.PathLike, pixels: np.ndarray, meta: ImageMeta | N
   JPEG invert the reading rule (× 65535 for PNG, × 255 for JPEG) and must clip
   to their integer range; prefer FITS/XISF/TIFF for results. ``carry_hdus``:
   FITS outputs also copy the input's other HDUs (tables, masks, extensions).
+  ``history`` goes into FITS and XISF headers through :func:`ascii_safe`, so any
+  file name in it (``my frame é.fits``) can be written; in FITS it takes as many
+  HISTORY cards as it needs, broken at spaces.
   """
   path = Path(path)
+  history = ascii_safe(history) if history else history
   fmt = image_format(path)
   data = np.asarray(pixels, dtype=np.float32)
   if data.ndim == 2:
@@ -366,8 +377,8 @@ def write_image(path: str | os.PathLike, pixels: np.ndarray, meta: ImageMeta | N
           else fits.Header()
       for key in ("BZERO", "BSCALE", "BLANK"):
         header.remove(key, ignore_missing=True, remove_all=True)
-      if history:
-        header.add_history(history)
+      for line in textwrap.wrap(history or "", 72, break_on_hyphens=False):
+        header.add_history(line)  # one card holds 72 characters: break at spaces
       arr = np.ascontiguousarray(data[:, :, 0] if data.shape[-1] == 1 else np.moveaxis(data, -1, 0))
       _fits_hdulist(arr, header, meta if carry_hdus else None,
                     compressed=str(path).lower().endswith(".fz")).writeto(tmp)
