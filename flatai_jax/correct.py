@@ -86,8 +86,8 @@ def _tile_coords(offsets, tile: int, sensor_hw):
 
 # --- Whole-frame (global stage) models: configs/frame.py ---------------------
 
-CONFIDENCE_LOG_F = 0.01  # flipped views disagreeing by 1 % in F → confidence e⁻¹
-CONFIDENCE_G = 0.01  # … or by 1 % of the sky level in G
+CONFIDENCE_LOG_F = 0.02  # flipped views disagreeing by 2 % in F → confidence e⁻¹
+CONFIDENCE_G = 0.02  # … or by 2 % of the sky level in G
 
 
 @functools.lru_cache(maxsize=8)
@@ -121,8 +121,9 @@ def correct_frame(graphdef, params, config, image: np.ndarray, progress=None) ->
 
   The frame is binned to the working grid (``working_grid.bin_frame``), the
   model predicts log F and G for the whole frame at once — in the frame's four
-  flips, averaged; their spread gives the confidence — and the fields are
-  upsampled smoothly to full resolution. ``corrected = (observed − G) / F``
+  flips, averaged; their spread gives the confidence, and the fields are scaled
+  by it (towards no correction where the views disagree) and by
+  :func:`auto_strength` — and the fields are upsampled smoothly to full resolution. ``corrected = (observed − G) / F``
   exactly, so noise, stars and galaxies pass through; G's median is moved into
   the sky (the frame keeps its sky pedestal).
 
@@ -144,11 +145,14 @@ def correct_frame(graphdef, params, config, image: np.ndarray, progress=None) ->
   # F keeps median 1 and G median 0, so the frame keeps its sky level.
   mean_log_f -= np.median(mean_log_f, axis=(0, 1), keepdims=True)
   mean_g -= np.median(mean_g, axis=(0, 1), keepdims=True)
+  # Where the flipped views disagree, the correction falls back towards none (1 − confidence).
+  confidence_grid = np.exp(-spread)
+  mean_log_f, mean_g = confidence_grid * mean_log_f, confidence_grid * mean_g
   s = auto_strength(grid, mean_log_f, mean_g) if config.predict.auto_strength else 1.0
   mean_log_f, mean_g = s * mean_log_f, s * mean_g
   up = lambda a: np.stack([working_grid.upsample(a[..., k], geo) for k in range(c)], -1)
   f_full, g_full = np.exp(up(mean_log_f)), up(mean_g)
-  confidence = np.clip(up(np.exp(-spread)), 0.0, 1.0)
+  confidence = np.clip(up(confidence_grid), 0.0, 1.0)
   if progress is not None:
     progress(1, 1)
   corrected = (image - g_full) / f_full
