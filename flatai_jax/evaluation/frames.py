@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from flatai_jax import checkpointing, sharding
+from flatai_jax import checkpointing, rng, sharding
 from flatai_jax.data import synthetic
 from flatai_jax.evaluation.crops import eval_key, eval_set_checksum, evaluate_params, \
     save_metric_chart
@@ -36,9 +36,6 @@ def restore_params(workdir, step=None, mesh=None):
 
 
 # --- Full-frame report: the model beside classical baselines -----------------
-
-FRAME_STREAM = 7  # fold_in of the eval key for full frames (crops use the eval key itself)
-
 
 def frame_config(config):
   """The config of evaluation frames: the whole virtual sensor at the training crops' star
@@ -77,7 +74,7 @@ def make_eval_frames(config, num_frames: int | None = None) -> dict[str, np.ndar
       dust = deg["F"] / synthetic.degrade_example(key, clean, coords, bare)["F"]
     return {"observed": deg["observed"], "clean": clean, "F": deg["F"], "G": deg["G"], "dust": dust}
 
-  keys = synthetic.example_keys(jax.random.fold_in(eval_key(config), FRAME_STREAM), 0,
+  keys = synthetic.example_keys(jax.random.fold_in(eval_key(config), rng.EVAL_FRAMES), 0,
                                 np.arange(n, dtype=np.int32))
   outs = [jax.device_get(one(keys[i])) for i in range(n)]
   return {k: np.stack([o[k] for o in outs]) for k in outs[0]}
