@@ -165,11 +165,14 @@ def _build_dataset():
 def main(argv):
   if len(argv) < 2 or argv[1] not in COMMANDS:
     raise app.UsageError(f"usage: flatai {{{'|'.join(COMMANDS)}}} [flags]  (see flatai --help)")
+  from flatai_jax.config_validate import ConfigError, validate
   from flatai_jax.io.images import ImageError
   command = argv[1]
   if command != "correct" and len(argv) > 2:
     raise app.UsageError(f"flatai {command}: unexpected arguments {argv[2:]}")
   try:
+    if FLAGS.config is not None:
+      validate(FLAGS.config)  # before anything is built; train adds the device checks
     if command == "train":
       _train()
     elif command == "evaluate":
@@ -182,7 +185,7 @@ def main(argv):
       _export()
     else:
       _build_dataset()
-  except ImageError as e:
+  except (ImageError, ConfigError) as e:
     print(f"flatai {command}: error: {e}", file=sys.stderr)
     sys.exit(2)
   except FileNotFoundError as e:
