@@ -44,7 +44,7 @@ def frame_config(config):
   c = ml_collections.ConfigDict(config.to_dict())
   h, w = c.data.sensor_hw
   c.sky.max_stars = int(round(c.sky.max_stars * h * w / c.data.crop_size ** 2))
-  c.degrade.psf.grid = tuple(config.eval.get("frame_psf_grid", (5, 5)))
+  c.degrade.psf.grid = tuple(config.eval.frame_psf_grid)
   return c
 
 
@@ -56,7 +56,7 @@ def make_eval_frames(config, num_frames: int | None = None) -> dict[str, np.ndar
     ``config.data.sensor_hw``: ``observed``, ``clean``, ``F``, ``G`` and
     ``dust`` (the true dust shadows alone; 1 where there is none).
   """
-  n = int(num_frames if num_frames is not None else config.eval.get("num_frames", 2))
+  n = int(num_frames if num_frames is not None else config.eval.num_frames)
   c = frame_config(config)
   bare = frame_config(config)  # same keys, F without dust (no blur, no noise)
   bare.degrade.flat.dust = False
@@ -131,7 +131,7 @@ def score_frames(frames: dict, methods: dict, config, lpips=None) -> dict:
     if psf:
       clean_plane = fr["clean"].mean(-1)
       xy = stars.find_stars(clean_plane, _noise_sigma(fr["observed"].mean(-1)), valid.all(-1),
-                            max_stars=int(config.eval.get("max_stars", 200)))
+                            max_stars=int(config.eval.max_stars))
       ref_stars.append(stars.measure(clean_plane, xy))
       radii.append(stars.field_radius_px(xy, clean_plane.shape))
     for name, fn in methods.items():
@@ -182,8 +182,7 @@ def baseline_methods(config) -> dict:
   """The classical baselines of ``flatai_jax.baselines`` with the config's settings."""
   from flatai_jax.evaluation import baselines
   e = config.eval
-  return baselines.methods(int(e.get("baseline_degree", 3)), int(e.get("baseline_grid", 16)),
-                           float(e.get("median_size", 0.125)))
+  return baselines.methods(int(e.baseline_degree), int(e.baseline_grid), float(e.median_size))
 
 
 def evaluate(checkpoint_dir, step: int | None = None, output_dir=None, num_frames=None,
