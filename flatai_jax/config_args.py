@@ -1,5 +1,6 @@
-"""Config files: parsing of their arguments, big_vision style (``default.py:flat,quickstart,seed=3``),
-and the repository's default config for code that holds only a saved one.
+"""Config files: parsing of their arguments, big_vision style
+(``default.py:flat,quickstart,seed=3``), and the repository's default config for
+code that holds only a saved one.
 
 Bare words select from a fixed set of choices (``flat`` sets ``task=flat``);
 ``key=value`` pairs are typed from the defaults. Unknown words raise.

@@ -138,8 +138,9 @@ def test_two_processes_agree_with_one(tmp_path):
   """launch/multiprocess.sh: 2 processes × 2 CPU devices vs 1 process × 4 devices."""
   env = dict(os.environ, PATH=f"{Path(sys.executable).parent}:{os.environ['PATH']}")
   flags = [*TINY_FLAGS, "--config.train.steps=3", "--config.train.checkpoint_every=3"]
-  out = subprocess.run(["bash", "launch/multiprocess.sh", "NPROC=2", "DEVICES=2", f"CONFIG={CONFIG}",
-                        f"PORT={20000 + os.getpid() % 20000}", f"WORKDIR={tmp_path / 'mp'}", *flags],
+  out = subprocess.run(["bash", "launch/multiprocess.sh", "NPROC=2", "DEVICES=2",
+                        f"PORT={20000 + os.getpid() % 20000}", f"CONFIG={CONFIG}",
+                        f"WORKDIR={tmp_path / 'mp'}", *flags],
                        cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
   assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
   single = subprocess.run([*_train_cmd(tmp_path / "sp", 3, 3)], cwd=ROOT, env=_env(4),
