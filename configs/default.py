@@ -6,17 +6,24 @@ Commands (run from the repository root):
   flatai train --config=configs/default.py:combined,base --workdir=runs/base \
       --config.train.batch_size=64
   flatai train --config=configs/default.py:psf,large,seed=7 --workdir=runs/large
+  flatai train --config=configs/default.py:flat,tiny --workdir=/tmp/tiny
 
-Arguments: task ``flat | psf | combined``; size ``quickstart | base | large``
-(quickstart: 0.57 M parameters, 64-px crops, minutes on 2 CPU cores; base: the
-PyTorch original's 36.3 M network; large: 1.5× wider); ``seed=N``; ``channels=1|3``.
+Arguments: task ``flat | psf | combined``; size ``tiny | quickstart | base | large``
+(tiny: the tests' 4-step run, 32-px crops, seconds per step; quickstart: 0.57 M
+parameters, 64-px crops, minutes on 2 CPU cores; base: the PyTorch original's 36.3 M network;
+large: 1.5× wider); ``seed=N``; ``channels=1|3``.
+
+Coupled fields are derived, not copied: ``predict.tile`` follows
+``data.crop_size`` and ``predict.overlap`` is a quarter of the tile, unless
+overridden themselves. ``flatai_jax.config_validate`` checks every loaded config.
 """
 import ml_collections
 
 from flatai_jax.config_args import parse_arg
+from flatai_jax.config_validate import CHOICES
 
-TASKS = ("flat", "psf", "combined")
-SIZES = ("quickstart", "base", "large")
+TASKS = CHOICES["task"]
+SIZES = ("tiny", "quickstart", "base", "large")
 
 
 def get_config(arg=None):
@@ -225,42 +232,67 @@ def get_config(arg=None):
   c.eval.baseline_grid = 16  # background sample boxes along the frame's shorter side
   c.eval.median_size = 0.125  # median-filter flat baseline: window, fraction of the shorter side
   c.predict = ml_collections.ConfigDict()
-  c.predict.tile = 128  # tile side at correction time, px
-  c.predict.overlap = 32  # tile overlap, px
+  c.predict.tile = c.data.get_oneway_ref("crop_size")  # tile side at correction time, px
+  c.predict.overlap = c.predict.get_ref("tile") // 4  # tile overlap, px (≤ tile / 2)
   c.predict.batch_size = 8  # tiles per forward pass
   c.predict.match_tiles = True  # solve per-tile G pedestals so overlapping tiles agree (flat/combined)
   c.predict.auto_strength = True  # whole-frame models: scale the correction back where it does not flatten
 
-  if arg.size == "quickstart":
-    c.model.base_width = 16
-    c.model.width_multipliers = (1, 2, 4, 8)
-    c.model.groups = 8
-    c.data.crop_size = 64
-    c.data.sensor_hw = (384, 576)
-    c.sky.max_stars = 60
-    c.sky.psf_size = 15
-    c.degrade.psf.grid = (2, 2)  # PSF nodes on the 64-px crop's corners (4 PSFs per example)
-    c.optim.learning_rate = 2e-3
-    c.optim.warmup_steps = 50
-    c.train.steps = 600
-    c.loss.lpips = 0.0  # pretrained nets off: CPU training stays fast
-    c.train.batch_size = 8
-    c.train.log_every = 20
-    c.train.sample_every = 200
-    c.train.checkpoint_every = 200
-    c.train.eval_every = 0
-    c.eval.num_examples = 32
-    c.eval.batch_size = 8
-    c.eval.num_frames = 2
-    c.predict.tile = 64
-    c.predict.overlap = 16
+  if arg.size in ("tiny", "quickstart"):
+    _quickstart(c)
+  if arg.size == "tiny":
+    _tiny(c)
   elif arg.size == "large":
-    c.model.base_width = 96
-    c.model.bottleneck_heads = 8
-    c.model.dtype = "bfloat16"
-    c.perceptual.dtype = "bfloat16"
-    c.model.remat = True
-    c.data.crop_size = 256
-    c.predict.tile = 256
-    c.predict.overlap = 64
+    _large(c)
   return c
+
+
+def _quickstart(c):
+  """0.57 M parameters on 64-px crops: trains in minutes on 2 CPU cores."""
+  c.model.base_width = 16
+  c.model.width_multipliers = (1, 2, 4, 8)
+  c.model.groups = 8
+  c.data.crop_size = 64
+  c.data.sensor_hw = (384, 576)
+  c.sky.max_stars = 60
+  c.sky.psf_size = 15
+  c.degrade.psf.grid = (2, 2)  # PSF nodes on the 64-px crop's corners (4 PSFs per example)
+  c.optim.learning_rate = 2e-3
+  c.optim.warmup_steps = 50
+  c.train.steps = 600
+  c.loss.lpips = 0.0  # pretrained nets off: CPU training stays fast
+  c.train.batch_size = 8
+  c.train.log_every = 20
+  c.train.sample_every = 200
+  c.train.checkpoint_every = 200
+  c.train.eval_every = 0
+  c.eval.num_examples = 32
+  c.eval.batch_size = 8
+  c.eval.num_frames = 2
+
+
+def _tiny(c):
+  """Quickstart shrunk for tests (big_vision's ``runlocal``): 3 levels of 8-32 channels on
+  32-px crops of a 96×128 sensor, 4 steps, a checkpoint every 2; seconds per step on CPU."""
+  c.model.base_width = 8
+  c.model.width_multipliers = (1, 2, 4)
+  c.model.groups = 4
+  c.data.crop_size = 32
+  c.data.sensor_hw = (96, 128)
+  c.sky.max_stars = 16
+  c.sky.psf_size = 9
+  c.train.steps = 4
+  c.train.log_every = 2
+  c.train.sample_every = 4
+  c.train.checkpoint_every = 2
+  c.eval.num_examples = 8
+
+
+def _large(c):
+  """1.5× wider than base, bottleneck attention, bf16 compute, 256-px crops."""
+  c.model.base_width = 96
+  c.model.bottleneck_heads = 8
+  c.model.dtype = "bfloat16"
+  c.perceptual.dtype = "bfloat16"
+  c.model.remat = True
+  c.data.crop_size = 256

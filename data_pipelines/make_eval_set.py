@@ -10,6 +10,7 @@ compare across runs and code versions.
 from absl import app, flags
 from ml_collections import config_flags
 
+from flatai_jax.config_validate import validate
 from flatai_jax.evaluation import crops
 
 config_flags.DEFINE_config_file("config", None, "Config file with ':arguments'.")
@@ -18,6 +19,7 @@ flags.DEFINE_string("output", None, "Output .npz path.", required=True)
 
 def main(_):
   config = flags.FLAGS.config
+  validate(config)
   data = crops.make_eval_set(config)
   digest = crops.save_eval_set(data, flags.FLAGS.output)
   n = next(iter(data.values())).shape[0]

@@ -24,6 +24,7 @@ import jax
 import ml_collections
 import orbax.checkpoint as ocp
 
+from flatai_jax import config_args, config_validate
 from flatai_jax.io.atomic import write_atomic
 
 ITEMS = ("state", "data_iter", "config")
@@ -140,9 +141,14 @@ def restore_params(path, abstract_params, step: int | None = None):
 
 
 def load_config(workdir, step: int | None = None) -> ml_collections.ConfigDict:
-  """The config saved with a checkpoint (the latest by default), or an inference checkpoint's."""
+  """The config saved with a checkpoint (the latest by default), or an inference checkpoint's.
+
+  The saved values are merged over today's default config of the same task and
+  size (``with_defaults``), so a checkpoint written before a knob existed gets
+  that knob's default; the result is validated (``config_validate.validate``).
+  """
   if is_inference(workdir):
-    return ml_collections.ConfigDict(_tuples(json.loads((Path(workdir) / "config.json").read_text())))
+    return with_defaults(json.loads((Path(workdir) / "config.json").read_text()))
   if not checkpoint_dir(workdir).is_dir():
     raise FileNotFoundError(f"{workdir}: neither a run directory (no checkpoints/) nor an "
                             "exported model (no model.json)")
@@ -151,7 +157,28 @@ def load_config(workdir, step: int | None = None) -> ml_collections.ConfigDict:
     if step is None:
       raise FileNotFoundError(f"{checkpoint_dir(workdir)}: no checkpoint found")
     raw = m.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))["config"]
-  return ml_collections.ConfigDict(_tuples(raw))
+  return with_defaults(raw)
+
+
+def with_defaults(saved: dict) -> ml_collections.ConfigDict:
+  """A saved config (JSON dict) over the default config of its task and size, validated.
+
+  The one place that reconciles old checkpoints with new knobs: code reads
+  every field directly and never repeats a default. Knobs the defaults no
+  longer have are kept as saved.
+  """
+  saved = _tuples(saved)
+  words = ",".join(saved[k] for k in ("task", "size") if k in saved)
+  try:
+    config = config_args.default_config(words)
+  except ValueError:  # a size that no longer exists: the task's defaults
+    config = config_args.default_config(saved["task"])
+  if config is None:
+    config = ml_collections.ConfigDict(saved)
+  else:
+    config.update(saved)
+  config_validate.validate(config)
+  return config
 
 
 def _tuples(obj):

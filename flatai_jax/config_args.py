@@ -1,11 +1,18 @@
-"""Parsing of config-file arguments, big_vision style: ``default.py:flat,quickstart,seed=3``.
+"""Config files: parsing of their arguments, big_vision style
+(``default.py:flat,quickstart,seed=3``), and the repository's default config for
+code that holds only a saved one.
 
 Bare words select from a fixed set of choices (``flat`` sets ``task=flat``);
 ``key=value`` pairs are typed from the defaults. Unknown words raise.
 """
 from __future__ import annotations
 
+import importlib.util
+from pathlib import Path
+
 import ml_collections
+
+DEFAULT_FILE = Path(__file__).resolve().parents[1] / "configs" / "default.py"
 
 
 def _typed(name, value: str, default):
@@ -50,3 +57,14 @@ def parse_arg(arg: str | None, choices: dict[str, tuple[str, ...]], **defaults):
     if out[field] not in allowed:
       raise ValueError(f"config argument {field}={out[field]!r} not in {allowed}")
   return ml_collections.ConfigDict(out)
+
+
+def default_config(arg: str) -> ml_collections.ConfigDict | None:
+  """``get_config(arg)`` of ``configs/default.py`` (``DEFAULT_FILE``), or None when the package
+  runs without its repository (an installed wheel has no ``configs/``)."""
+  if not DEFAULT_FILE.is_file():
+    return None
+  spec = importlib.util.spec_from_file_location("flatai_configs_default", DEFAULT_FILE)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config(arg)

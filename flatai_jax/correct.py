@@ -251,7 +251,7 @@ def correct_image(graphdef, params, config, image: np.ndarray, tile: int | None 
   acc = {k: np.zeros((hp, wp, c), np.float32) for k in ("clean", "F", "G")}
   weight = np.zeros((hp, wp, 1), np.float32)
   has_flat = task != "psf"
-  match = has_flat and config.predict.get("match_tiles", True) and overlap > 0 and len(grid) > 1
+  match = has_flat and config.predict.match_tiles and overlap > 0 and len(grid) > 1
   matcher = TileOffsetMatcher(ys, xs, tile, c) if match else None
   for b in range(0, len(grid), batch_size):
     chunk = grid[b:b + batch_size]

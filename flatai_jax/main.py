@@ -401,12 +401,15 @@ def main(argv):
   from flatai_jax.data.image_dataset import DatasetError
   from flatai_jax.io.images import ImageError
   from flatai_jax.run_lock import WorkdirInUse
+  from flatai_jax.config_validate import ConfigError, validate
   try:
+    if FLAGS.config is not None:
+      validate(FLAGS.config)  # before anything is built; train adds the device checks
     {"train": _train, "evaluate": _evaluate, "correct": lambda: _correct(argv),
      "synth": _synth, "export": _export, "build_dataset": _build_dataset}[command]()
   except app.UsageError as e:
     _fail(command, f"{e} (flatai {command} --help lists its flags)")
-  except (ImageError, FileNotFoundError, DatasetError, WorkdirInUse) as e:
+  except (ImageError, ConfigError, FileNotFoundError, DatasetError, WorkdirInUse) as e:
     _fail(command, str(e))
 
 

@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from flatai_jax import metrics
+from flatai_jax import metrics, rng
 from flatai_jax.data import synthetic
 from flatai_jax.io import images
 from flatai_jax.io.atomic import write_text_atomic
@@ -26,7 +26,7 @@ ZOOM = 96  # side of the zoomed panels (specks, pixel PRNU), px
 
 def synth_key(config):
   """Base key of synth examples, distinct from training and evaluation keys."""
-  return jax.random.fold_in(jax.random.key(config.seed), 2)
+  return jax.random.fold_in(jax.random.key(config.seed), rng.SYNTH)
 
 
 def make_examples(config, num: int, full_frame: bool = False) -> dict[str, np.ndarray]:
@@ -86,7 +86,7 @@ def artifact_panels(config, example=None) -> dict[str, tuple[np.ndarray, str]]:
   cluster = _forced(base, dust_cluster_probability=1.0)
   g_off = dict(gradient=False, quadratic=False, dome=False, glow=False)
   only = lambda **on: _forced(base, **{**g_off, **on})
-  key = jax.random.fold_in(synth_key(config), 7)
+  key = jax.random.fold_in(synth_key(config), rng.SYNTH_PANELS)
 
   def panels(key):  # (title, field) in display order
     ks = jax.random.split(key, 6)

@@ -19,7 +19,7 @@ import jax
 import numpy as np
 from absl import logging
 
-from flatai_jax import checkpointing, metrics, run_lock, sharding
+from flatai_jax import checkpointing, config_validate, metrics, run_lock, sharding
 from flatai_jax.evaluation import crops
 from flatai_jax.data import indices as data_indices
 from flatai_jax.data.pipeline import Pipeline
@@ -87,9 +87,9 @@ def _train_and_evaluate(config, workdir: Path, devices) -> dict:
   total = int(config.train.steps)
   batch = int(config.train.batch_size)
   # --- Mesh and shardings -------------------------------------------------
+  devices = jax.devices() if devices is None else list(devices)
+  config_validate.validate(config, len(devices))  # before anything is built
   mesh = sharding.make_mesh(config.mesh, devices)
-  if batch % mesh.size:
-    raise ValueError(f"train.batch_size={batch} must be divisible by {mesh.size} devices")
   is_lead = jax.process_index() == 0
   say = print if is_lead else (lambda *a, **k: None)
   say(f"mesh {dict(mesh.shape)} over {mesh.size} {jax.devices()[0].platform} devices "

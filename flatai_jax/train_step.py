@@ -15,6 +15,7 @@ import optax
 from clu import metrics as clu_metrics
 from flax import nnx
 
+from flatai_jax import rng
 from flatai_jax.data import synthetic
 from flatai_jax.losses.objective import objective, term_names
 from flatai_jax.models import forward, split_model as _split_model
@@ -36,7 +37,7 @@ class TrainState:
 def base_keys(seed: int):
   """(data_key, init_key) derived from the config seed."""
   root = jax.random.key(seed)
-  return jax.random.fold_in(root, 0), jax.random.fold_in(root, 1)
+  return jax.random.fold_in(root, rng.DATA), jax.random.fold_in(root, rng.INIT)
 
 
 def learning_rate_schedule(config) -> optax.Schedule:

@@ -15,5 +15,12 @@ parse_launch_args() {
 }
 # run_or_print CMD...: prints CMD (shell-quoted) on --dry-run, else runs it.
 run_or_print() {
-  if [[ $DRY_RUN == 1 ]]; then printf '%q ' "$@"; echo; else "$@"; fi
+  if [[ $DRY_RUN == 1 ]]; then shell_join "$@"; echo; else "$@"; fi
+}
+# shell_join WORD...: the words as one shell-quoted command line, for a remote shell
+# (`bash -c`) to split back into exactly these words. No word, no empty '' argument.
+shell_join() {
+  local line=""
+  (( $# )) && printf -v line '%q ' "$@"
+  printf '%s' "${line% }"
 }

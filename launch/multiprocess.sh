@@ -12,7 +12,7 @@ for ((i = 0; i < NPROC; i++)); do
        flatai train "--config=${CONFIG}" "--workdir=${WORKDIR}"
        "--coordinator_address=localhost:${PORT}" "--num_processes=${NPROC}" "--process_id=${i}"
        "${EXTRA[@]}")
-  if [[ $DRY_RUN == 1 ]]; then printf '%q ' "${cmd[@]}"; echo; continue; fi
+  if [[ $DRY_RUN == 1 ]]; then shell_join "${cmd[@]}"; echo; continue; fi
   "${cmd[@]}" > "${WORKDIR}.process${i}.log" 2>&1 &
   pids+=($!)
 done

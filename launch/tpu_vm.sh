@@ -9,8 +9,8 @@ TPU=flatai-tpu ZONE=us-central2-b PROJECT="" CONFIG=configs/default.py:combined,
 WORKDIR=gs://YOUR_BUCKET/runs/tpu REPO=. SETUP=1
 parse_launch_args "$@"
 proj=(); [[ -n $PROJECT ]] && proj=("--project=${PROJECT}")
-quoted_extra=$(printf '%q ' "${EXTRA[@]}")
-remote="cd ~/flatai-jax && .venv/bin/flatai train --config=${CONFIG} --workdir=${WORKDIR} ${quoted_extra}"
+train=(.venv/bin/flatai train "--config=${CONFIG}" "--workdir=${WORKDIR}" "${EXTRA[@]}")
+remote="cd ~/flatai-jax && $(shell_join "${train[@]}")"
 if [[ $SETUP == 1 ]]; then
   setup="python3 -m venv ~/flatai-jax/.venv && ~/flatai-jax/.venv/bin/pip install -q -e ~/flatai-jax 'jax[tpu]'"
   run_or_print gcloud compute tpus tpu-vm scp --recurse "${REPO}" "${TPU}:~/flatai-jax" \

@@ -8,6 +8,6 @@ source "$(dirname "$0")/common.sh"
 CLUSTER=flatai-cluster DEVICE=v5p-8 IMAGE=flatai-jax:latest NUM_SLICES=1 ZONE=us-east5-a
 CONFIG=configs/default.py:combined,large WORKDIR=gs://YOUR_BUCKET/runs/xpk WORKLOAD=flatai-$(date +%m%d-%H%M)
 parse_launch_args "$@"
-cmd="flatai train --config=${CONFIG} --workdir=${WORKDIR} $(printf '%q ' "${EXTRA[@]}")"
+cmd=$(shell_join flatai train "--config=${CONFIG}" "--workdir=${WORKDIR}" "${EXTRA[@]}")
 run_or_print xpk workload create --cluster="${CLUSTER}" --workload="${WORKLOAD}" --zone="${ZONE}" \
   --device-type="${DEVICE}" --num-slices="${NUM_SLICES}" --docker-image="${IMAGE}" --command="${cmd}"

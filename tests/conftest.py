@@ -16,25 +16,10 @@ if str(ROOT) not in sys.path:
 
 
 def tiny_config(task="flat", **overrides):
-  """The quickstart config shrunk further for tests (fast compile, seconds per step)."""
+  """``configs/default.py:<task>,tiny`` with ``overrides`` (dotted field → value), as
+  ``--config.<field>=<value>`` would set them."""
   from configs.default import get_config
-  c = get_config(f"{task},quickstart")
-  c.model.base_width = 8
-  c.model.width_multipliers = (1, 2, 4)
-  c.model.groups = 4
-  c.data.crop_size = 32
-  c.data.sensor_hw = (96, 128)
-  c.sky.max_stars = 16
-  c.sky.psf_size = 9
-  c.train.batch_size = 8
-  c.train.steps = 4
-  c.train.log_every = 2
-  c.train.sample_every = 4
-  c.train.checkpoint_every = 2
-  c.eval.num_examples = 8
-  c.eval.batch_size = 8
-  c.predict.tile = 32
-  c.predict.overlap = 8
+  c = get_config(f"{task},tiny")
   for key, value in overrides.items():
     node = c
     *parents, leaf = key.split(".")

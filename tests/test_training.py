@@ -18,14 +18,8 @@ from flatai_jax.evaluation import frames as evaluate
 from flatai_jax.train_step import abstract_train_state, make_optimizer
 
 ROOT = Path(__file__).resolve().parents[1]
-TINY_FLAGS = [
-    "--config.model.base_width=8", "--config.model.width_multipliers=(1,2,4)",
-    "--config.model.groups=4", "--config.data.crop_size=32", "--config.data.sensor_hw=(96,128)",
-    "--config.sky.max_stars=16", "--config.sky.psf_size=9", "--config.train.batch_size=8",
-    "--config.train.log_every=1", "--config.train.sample_every=0",
-    "--config.eval.num_examples=8", "--config.eval.batch_size=8", "--config.predict.tile=32",
-    "--config.predict.overlap=8",
-]
+CONFIG = "configs/default.py:flat,tiny"
+TINY_FLAGS = ["--config.train.log_every=1", "--config.train.sample_every=0"]
 
 
 def _env(devices=8):
@@ -34,7 +28,7 @@ def _env(devices=8):
 
 
 def _train_cmd(workdir, steps, every=1):
-  return [sys.executable, "-m", "flatai_jax.main", "train", "--config=configs/default.py:flat,quickstart",
+  return [sys.executable, "-m", "flatai_jax.main", "train", f"--config={CONFIG}",
           *TINY_FLAGS, f"--config.train.steps={steps}", f"--config.train.checkpoint_every={every}",
           f"--workdir={workdir}"]
 
@@ -145,7 +139,8 @@ def test_two_processes_agree_with_one(tmp_path):
   env = dict(os.environ, PATH=f"{Path(sys.executable).parent}:{os.environ['PATH']}")
   flags = [*TINY_FLAGS, "--config.train.steps=3", "--config.train.checkpoint_every=3"]
   out = subprocess.run(["bash", "launch/multiprocess.sh", "NPROC=2", "DEVICES=2",
-                        f"PORT={20000 + os.getpid() % 20000}", f"WORKDIR={tmp_path / 'mp'}", *flags],
+                        f"PORT={20000 + os.getpid() % 20000}", f"CONFIG={CONFIG}",
+                        f"WORKDIR={tmp_path / 'mp'}", *flags],
                        cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
   assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
   single = subprocess.run([*_train_cmd(tmp_path / "sp", 3, 3)], cwd=ROOT, env=_env(4),

@@ -2,7 +2,8 @@
 the one generator of whole-sensor frames (``flatai synth --full_frame``, ``flatai evaluate``).
 
 Keys follow the design: ``key = fold_in(fold_in(base_key, step), example_index)``,
-so the same config gives the same run on any number of devices.
+so the same config gives the same run on any number of devices; the streams
+below an example key are named in ``flatai_jax.rng``.
 """
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from flatai_jax import rng
 from flatai_jax.data.augment import augment_clean
 from flatai_jax.models.forward import model_inputs
 from flatai_jax.physics import forward, geometry, normalize, sky
@@ -48,7 +50,7 @@ def procedural_example(key, config, crop_hw=None, offset_yx=None):
 
 def degrade_example(key, clean, coords, config):
   """The forward model applied to one example (see physics.forward.degrade)."""
-  return forward.degrade(jax.random.fold_in(key, 1), clean, coords, config.degrade,
+  return forward.degrade(jax.random.fold_in(key, rng.DEGRADE), clean, coords, config.degrade,
                          tuple(config.data.sensor_hw))
 
 
@@ -154,7 +156,7 @@ def make_batch(base_key, step, inputs, config, augment: bool = False):
     else:
       clean, coords = procedural_example(key, config)
     if augment:
-      clean = augment_clean(jax.random.fold_in(key, 2), clean, config.augment)
+      clean = augment_clean(jax.random.fold_in(key, rng.AUGMENT), clean, config.augment)
     deg = degrade_example(key, clean, coords, config)
     return clean, coords, deg
 

@@ -82,7 +82,7 @@ def evaluate_params(graphdef, params, config, mesh=None) -> dict:
   ``config.eval.seed``."""
   bs = config.eval.batch_size
   sums, n = {}, 0
-  if config.eval.get("set_path"):
+  if config.eval.set_path:
     data = load_eval_set(config.eval.set_path)
     total = next(iter(data.values())).shape[0]
     fn = jax.jit(lambda p, b: batch_metrics(b, forward(graphdef, p, b)),

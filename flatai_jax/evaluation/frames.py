@@ -14,7 +14,7 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from flatai_jax import checkpointing, sharding
+from flatai_jax import checkpointing, rng, sharding
 from flatai_jax.data import synthetic
 from flatai_jax.evaluation.crops import eval_key, eval_set_checksum, evaluate_params, \
     save_metric_chart
@@ -37,7 +37,6 @@ def restore_params(workdir, step=None, mesh=None):
 
 # --- Full-frame report: the model beside classical baselines -----------------
 
-FRAME_STREAM = 7  # fold_in of the eval key for full frames (crops use the eval key itself)
 FRAME_KEYS = ("observed", "clean", "F", "G", "dust")  # what a report scores (and checksums)
 
 
@@ -50,8 +49,8 @@ def make_eval_frames(config, num_frames: int | None = None) -> dict[str, np.ndar
     ``config.data.sensor_hw``: ``observed``, ``clean``, ``F``, ``G`` and
     ``dust`` (the true dust shadows alone; 1 where there is none).
   """
-  n = int(num_frames if num_frames is not None else config.eval.get("num_frames", 2))
-  frames = synthetic.make_full_frames(jax.random.fold_in(eval_key(config), FRAME_STREAM),
+  n = int(num_frames if num_frames is not None else config.eval.num_frames)
+  frames = synthetic.make_full_frames(jax.random.fold_in(eval_key(config), rng.EVAL_FRAMES),
                                       config, n)
   return {k: frames[k] for k in FRAME_KEYS}
 
@@ -101,7 +100,7 @@ def score_frames(frames: dict, methods: dict, config, lpips=None) -> dict:
     if psf:
       clean_plane = fr["clean"].mean(-1)
       xy = stars.find_stars(clean_plane, quality.noise_sigma(fr["observed"].mean(-1)),
-                            valid.all(-1), max_stars=int(config.eval.get("max_stars", 200)))
+                            valid.all(-1), max_stars=int(config.eval.max_stars))
       ref_stars.append(stars.measure(clean_plane, xy))
       radii.append(stars.field_radius_px(xy, clean_plane.shape))
     for name, fn in methods.items():
@@ -152,8 +151,7 @@ def baseline_methods(config) -> dict:
   """The classical baselines of ``flatai_jax.baselines`` with the config's settings."""
   from flatai_jax.evaluation import baselines
   e = config.eval
-  return baselines.methods(int(e.get("baseline_degree", 3)), int(e.get("baseline_grid", 16)),
-                           float(e.get("median_size", 0.125)))
+  return baselines.methods(int(e.baseline_degree), int(e.baseline_grid), float(e.median_size))
 
 
 def evaluate(checkpoint_dir, step: int | None = None, output_dir=None, num_frames=None,

@@ -133,9 +133,9 @@ def needed_nets(loss_weights, perceptual) -> tuple[str, ...]:
   """The nets a config's objective needs: its LPIPS net if ``loss.lpips > 0``, VGG if
   ``loss.style > 0``; empty when neither term is on."""
   nets = []
-  if loss_weights.get("lpips", 0.0) > 0:
+  if loss_weights.lpips > 0:
     nets.append(perceptual.lpips_net)
-  if loss_weights.get("style", 0.0) > 0 and "vgg" not in nets:
+  if loss_weights.style > 0 and "vgg" not in nets:
     nets.append("vgg")
   return tuple(nets)
 

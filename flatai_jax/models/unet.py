@@ -17,13 +17,14 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from flatai_jax.config_validate import CHOICES
 from flatai_jax.physics.convolve import node_positions
 from flatai_jax.physics.forward import invert_flat
 
 TASK_HEADS = {"flat": ("F", "G", "confidence"), "psf": ("residual",),
               "combined": ("F", "G", "confidence", "residual")}
-NORMS = ("group", "layer", "none")
-UP_BLOCKS = ("conv", "resblock")
+NORMS = CHOICES["model.norm"]
+UP_BLOCKS = CHOICES["model.up_block"]
 
 
 def _conv(cin, cout, k, *, dtype, rngs, init=None):

@@ -22,25 +22,7 @@ import jax
 import jax.numpy as jnp
 from jax.scipy.special import ndtri
 
-KINDS = ("uniform", "loguniform", "normal", "fixed")
-
-
-def parse(spec) -> tuple[str, tuple[float, ...]]:
-  """``spec`` → ``(kind, numeric arguments)``; raises ValueError on a malformed spec."""
-  if isinstance(spec, (int, float)):
-    return "fixed", (float(spec),)
-  spec = tuple(spec)
-  if spec and isinstance(spec[0], str):
-    kind, args = spec[0], tuple(float(a) for a in spec[1:])
-  else:
-    kind, args = "uniform", tuple(float(a) for a in spec)
-  want = 1 if kind == "fixed" else 2
-  if kind not in KINDS or len(args) != want:
-    raise ValueError(f"bad distribution spec {spec!r}: expected (low, high) or one of "
-                     f"('uniform'|'loguniform'|'normal', a, b), ('fixed', v)")
-  if kind == "loguniform" and not 0.0 < args[0] <= args[1]:
-    raise ValueError(f"loguniform needs 0 < low <= high, got {spec!r}")
-  return kind, args
+from flatai_jax.physics.distribution_specs import KINDS, parse  # noqa: F401 (re-exported)
 
 
 def from_uniform(u, spec) -> jnp.ndarray:

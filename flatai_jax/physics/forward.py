@@ -11,6 +11,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from flatai_jax import rng
 from flatai_jax.physics import flat, noise, optics
 
 
@@ -60,7 +61,7 @@ def degrade(key, clean, coords, cfg, sensor_hw):
     f_field, g_field = jnp.ones_like(clean), jnp.zeros_like(clean)
   blur, extra = None, {}
   if cfg.apply_psf:
-    psfs = optics.psf_field(jax.random.fold_in(key, 5), coords, cfg.psf, aspect)
+    psfs = optics.psf_field(jax.random.fold_in(key, rng.PSF), coords, cfg.psf, aspect)
     blur, extra = (lambda image: optics.blur(image, psfs)), {"psf": psfs}
   signal = expected_signal(clean, f_field, g_field, cfg.saturation, blur)
   if cfg.noise.enabled:
