@@ -547,15 +547,17 @@ class Corrector:
     return report
 
 
-DEFAULT_MODEL = Path(__file__).resolve().parent / "assets" / "default_model"
+ASSETS = Path(__file__).resolve().parent / "assets"
+DEFAULT_MODEL = ASSETS / "frame_model"  # the whole-frame flat model (configs/frame.py)
+TILE_MODEL = ASSETS / "default_model"  # the earlier 64-px tile model (configs/default.py)
 
 
 def load(checkpoint_dir=None, step: int | None = None) -> Corrector:
   """The model of a checkpoint as a :class:`Corrector`: an exported inference checkpoint, or a
   run directory (its latest checkpoint, or ``step``). Only the parameters are read.
 
-  ``checkpoint_dir=None`` loads the small flat model shipped with the package
-  (``data_pipelines/train_default_model.sh`` trains and exports it).
+  ``checkpoint_dir=None`` loads the whole-frame flat model shipped with the package
+  (``data_pipelines/train_frame_model.sh`` trains and exports it).
   """
   _persistent_compilation_cache()
   if checkpoint_dir is None:

@@ -176,11 +176,14 @@ def test_task_selection(tiny):
   assert np.abs(full.corrected - flat_only.corrected).max() > 1.0
 
 
-def test_the_shipped_model_loads_and_flattens_a_vignetted_frame():
-  """``flatai_jax.load()`` with no argument: the model in flatai_jax/assets/default_model."""
+@pytest.mark.parametrize("which", ["default", "tile"])
+def test_the_shipped_models_load_and_flatten_a_vignetted_frame(which):
+  """``flatai_jax.load()`` with no argument: the whole-frame model (flatai_jax/assets/frame_model);
+  the earlier tile model (assets/default_model) by its path."""
   import flatai_jax
-  c = flatai_jax.load()
-  assert c.step == 3000 and c.config.task == "flat" and c.config.data.channels == 1
+  c = flatai_jax.load(None if which == "default" else correct.TILE_MODEL)
+  assert c.step == (1500 if which == "default" else 3000)
+  assert c.config.task == "flat" and c.config.data.channels == 1
   rng = np.random.default_rng(8)
   h, w = 128, 192
   yy, xx = np.mgrid[0:h, 0:w]
