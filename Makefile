@@ -9,7 +9,7 @@ CONFIG ?= configs/default.py:flat,quickstart
 STAMP  := $(VENV)/.stamp-install
 export XLA_FLAGS ?= --xla_force_host_platform_device_count=8
 
-.PHONY: setup quickstart test test-fast clean-run
+.PHONY: setup quickstart test test-fast lint clean-run
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -29,8 +29,11 @@ quickstart: setup
 	  --output=$(RUN)/example/0000_corrected.fits --reference=$(RUN)/example/0000_clean.fits
 	@echo "outputs: $(RUN)/{samples.png,loss_curve.png,metrics.jsonl,tensorboard/,checkpoints/,example/}"
 
-test: setup
+test: setup lint
 	$(BIN)/python -m pytest
+
+lint: setup
+	$(BIN)/ruff check .
 
 test-fast: setup
 	$(BIN)/python -m pytest -m "not slow"

@@ -25,7 +25,6 @@ from flatai_jax.data import synthetic
 from flatai_jax.physics import flat, forward, geometry, noise, sky
 from flatai_jax.train_step import base_keys, bind_train_step, init_state, make_optimizer
 
-
 # --- numpy reference of physics.flat / physics.noise -------------------------------------------
 
 def np_vignetting(p, x, y, sensor):

@@ -73,6 +73,7 @@ def bench_jax(size, crop, batch, iters, dtype=None, remat=None):
 
 def bench_torch(variant, crop, batch, iters, threads=None):
   import torch  # the bench extra
+
   from benchmarks.pytorch_original import VARIANTS, PyTorchUNet, num_params
   if threads:
     torch.set_num_threads(threads)

@@ -54,9 +54,9 @@ import os
 import subprocess
 import tarfile
 
+import numpy as np
 from absl import app, flags
 from astropy.io import fits
-import numpy as np
 from scipy import ndimage
 
 flags.DEFINE_string("mirror_root", "/work/.mirror", "Folder of bare git snapshots, <owner>+<name>/repo.")
@@ -85,12 +85,12 @@ ENTRIES = [
     ("light_horsehead_dss", "light", "nebula fills frame", ASTROPY_DATA,
      "tutorials/FITS-images/HorseHead.fits", "70c49e0a8b6f5df5b4b904494b0dbfab754e399d", 0,
      "UK Schmidt telescope, SERC-ER photographic plate (Digitized Sky Survey scan, STScI)",
-     "DSS: free for research/education with the STScI acknowledgement; no open licence", 
+     "DSS: free for research/education with the STScI acknowledgement; no open licence",
      "Photographic plate scan: density, not linear in flux; the plate's own vignetting was not removed."),
     ("light_m67_poss1", "light", "cluster", ASTROPY_DATA, "photometry/M6707HH.fits",
      "98957ff2f5b364023ff6df602aec4fc3eb567be4", 0,
      "Palomar 48-inch Schmidt (POSS-I plate scan, STScI)",
-     "source README: 'I did not check data rights'", 
+     "source README: 'I did not check data rights'",
      "Open cluster M67. Photographic plate scan: not linear, may carry the plate's residual gradient."),
     ("light_galactic_center_2mass_k", "light", "dense star field", ASTROPY_DATA,
      "galactic_center/gc_2mass_k.fits", "56545982b65ca808db285a7ce6b44dc1e4171d01", 0,

@@ -80,7 +80,7 @@ def pairs_sha256(x, y) -> str:
 
 def torch_lpips(net: str, npz_path):
   """``lpips.LPIPS`` with its backbone convolutions loaded from our ``.npz`` (HWIO → OIHW)."""
-  import lpips
+  import lpips  # noqa: F401 (the bench extra must be installed; fail before any work)
   import torch
   model = lpips.LPIPS(pretrained=True, net=net, pnet_rand=True, verbose=False).eval()
   convs = [m for m in model.net.modules() if isinstance(m, torch.nn.Conv2d)]
@@ -111,7 +111,7 @@ def write_torch_fixtures(out: Path) -> dict:
 
 
 def main(argv=None):
-  import lpips
+  import lpips  # noqa: F401 (the bench extra must be installed; fail before any work)
   import torch
   p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   p.add_argument("--output", default=str(ROOT / "tests" / "data"))

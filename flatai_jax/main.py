@@ -294,7 +294,8 @@ def result_lines(result: dict) -> list[str]:
 
 
 def _evaluate():
-  from flatai_jax.evaluation import frames, report as eval_report
+  from flatai_jax.evaluation import frames
+  from flatai_jax.evaluation import report as eval_report
   checkpoint = FLAGS.checkpoint or FLAGS.workdir
   if FLAGS.real_dir:
     from flatai_jax.evaluation import real
@@ -398,10 +399,10 @@ def main(argv):
     quiet_libraries()
   if command != "correct" and len(argv) > 2:
     _fail(command, f"unexpected arguments {argv[2:]}")
+  from flatai_jax.config_validate import ConfigError, validate
   from flatai_jax.data.image_dataset import DatasetError
   from flatai_jax.io.images import ImageError
   from flatai_jax.run_lock import WorkdirInUse
-  from flatai_jax.config_validate import ConfigError, validate
   try:
     if FLAGS.config is not None:
       validate(FLAGS.config)  # before anything is built; train adds the device checks

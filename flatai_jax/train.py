@@ -20,13 +20,19 @@ import numpy as np
 from absl import logging
 
 from flatai_jax import checkpointing, config_validate, metrics, run_lock, sharding
-from flatai_jax.evaluation import crops
 from flatai_jax.data import indices as data_indices
 from flatai_jax.data.pipeline import Pipeline
+from flatai_jax.evaluation import crops
 from flatai_jax.io.atomic import write_text_atomic
 from flatai_jax.losses import lpips
-from flatai_jax.train_step import abstract_train_state, bind_train_step, init_state, \
-    learning_rate_schedule, make_optimizer, nonfinite_count
+from flatai_jax.train_step import (
+  abstract_train_state,
+  bind_train_step,
+  init_state,
+  learning_rate_schedule,
+  make_optimizer,
+  nonfinite_count,
+)
 
 
 class _Preemption:

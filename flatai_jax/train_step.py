@@ -18,7 +18,8 @@ from flax import nnx
 from flatai_jax import rng
 from flatai_jax.data import synthetic
 from flatai_jax.losses.objective import objective, term_names
-from flatai_jax.models import forward, split_model as _split_model
+from flatai_jax.models import forward
+from flatai_jax.models import split_model as _split_model
 
 
 @flax.struct.dataclass

@@ -21,7 +21,6 @@ import dataclasses
 
 import numpy as np
 
-
 MIN_SAMPLES = 400  # pixels per block median at least (blocks are subsampled above this)
 
 

@@ -245,7 +245,9 @@ def test_metrics_log_the_scheduled_learning_rate_and_steps_per_sec(trained):
   """``learning_rate`` at report step s is the schedule's value for update s − 1
   (TINY: 5 warmup steps to 0.003, cosine to 1 % of it at step 120)."""
   import math
+
   import ml_collections
+
   from flatai_jax import metrics
   from flatai_jax.train_step import learning_rate_schedule
   workdir, out = trained

@@ -10,13 +10,13 @@ from pathlib import Path
 
 import jax
 import pytest
+from flax import nnx
 
 from configs.default import SIZES, TASKS, get_config
 from flatai_jax import checkpointing
 from flatai_jax.config_args import parse_arg
 from flatai_jax.config_validate import ConfigError, validate
 from flatai_jax.models import build_model
-from flax import nnx
 
 ROOT = Path(__file__).resolve().parents[1]
 

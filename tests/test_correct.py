@@ -6,8 +6,8 @@ import pytest
 from astropy.io import fits
 
 from flatai_jax import correct
-from flatai_jax.models import forward, model_inputs
 from flatai_jax.io import images
+from flatai_jax.models import forward, model_inputs
 from flatai_jax.physics import geometry, normalize
 from flatai_jax.train_step import split_model
 
@@ -200,8 +200,9 @@ def test_the_shipped_models_load_and_flatten_a_vignetted_frame(which):
 def test_any_file_name_is_corrected_and_named_in_ascii_history(tmp_path):
   """``my frame é.fits`` and an XISF with a non-ASCII name, under a folder with spaces, through
   the shipped model; FITS and XISF HISTORY carry the name with ``é`` escaped."""
-  import flatai_jax
   from xisf import XISF
+
+  import flatai_jax
   c = flatai_jax.load()
   folder = tmp_path / "dir with spaces"
   folder.mkdir()

@@ -123,7 +123,8 @@ def test_star_fwhm_matches_the_analytic_value(profile):
 
 
 def test_report_has_every_column_and_identity_scores_like_uncorrected(tiny, tmp_path):
-  from flatai_jax.evaluation import frames as evaluate, report as eval_report
+  from flatai_jax.evaluation import frames as evaluate
+  from flatai_jax.evaluation import report as eval_report
   from flatai_jax.physics.forward import invert_flat
   c = tiny("combined", **{"sky.star_flux_min": 0.5, "sky.max_stars": 3, "sky.star_fraction": (1, 1),
                           "sky.nebula_probability": 0.0, "eval.frame_psf_grid": (3, 3),

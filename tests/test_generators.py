@@ -8,8 +8,8 @@ import pytest
 from scipy import stats
 
 from configs.default import get_config
-from flatai_jax.physics import distributions as dist
 from flatai_jax.io import images
+from flatai_jax.physics import distributions as dist
 from flatai_jax.physics import flat, forward, geometry, noise, sky
 
 N_DRAWS = 2000

@@ -5,16 +5,16 @@ import os
 import numpy as np
 import pytest
 from astropy.io import fits
-
 from conftest import tiny_config
+
 from flatai_jax.data import image_dataset, pipeline
 from flatai_jax.data.image_dataset import srgb_to_linear
 
 
 @pytest.fixture(scope="module")
 def built(tmp_path_factory):
-  from PIL import Image
   import tifffile
+  from PIL import Image
   from xisf import XISF
   src = tmp_path_factory.mktemp("images")
   rng = np.random.default_rng(0)

@@ -85,8 +85,8 @@ def test_xisf_round_trip_keeps_metadata(tmp_path, channels):
 
 
 def test_png_jpeg_tiff_scaling_rule(tmp_path):
-  from PIL import Image
   import tifffile
+  from PIL import Image
   u8 = np.array([[0, 51, 255]], np.uint8)
   Image.fromarray(u8).save(tmp_path / "a.png")
   pixels, meta = images.read_image(tmp_path / "a.png")

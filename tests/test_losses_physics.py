@@ -3,8 +3,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-
 from conftest import tiny_config
+
 from flatai_jax.data import synthetic
 from flatai_jax.losses import objective as obj
 from flatai_jax.losses import physics

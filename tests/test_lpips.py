@@ -12,8 +12,8 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import pytest
-
 from conftest import tiny_config
+
 from data_pipelines import convert_lpips_weights as conv
 from data_pipelines.lpips_reference import pairs_sha256, reference_pairs
 from flatai_jax.losses import lpips, vgg

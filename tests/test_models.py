@@ -6,10 +6,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import tiny_config
 from flax import nnx
 
 from configs.default import get_config
-from conftest import tiny_config
 from flatai_jax import sharding
 from flatai_jax.data import synthetic
 from flatai_jax.losses import objective as obj

@@ -127,6 +127,7 @@ def test_atomic_folder_replaces_an_existing_folder(tmp_path):
 
 def test_exported_model_folder_is_replaced_whole(tiny, tmp_path, monkeypatch):
   import jax
+
   from flatai_jax import checkpointing
   from flatai_jax.models import abstract_params
   config = tiny("flat")

@@ -11,8 +11,8 @@ from pathlib import Path
 import jax
 import numpy as np
 import pytest
-
 from conftest import tiny_config
+
 from flatai_jax import checkpointing, sharding, train
 from flatai_jax.evaluation import frames as evaluate
 from flatai_jax.train_step import abstract_train_state, make_optimizer

@@ -9,7 +9,6 @@ pedestal is trivial to remove and would otherwise dominate); MAE in normalised u
 from __future__ import annotations
 
 import hashlib
-import json
 from pathlib import Path
 
 import jax

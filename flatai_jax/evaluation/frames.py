@@ -16,8 +16,12 @@ import numpy as np
 
 from flatai_jax import checkpointing, rng, sharding
 from flatai_jax.data import synthetic
-from flatai_jax.evaluation.crops import eval_key, eval_set_checksum, evaluate_params, \
-    save_metric_chart
+from flatai_jax.evaluation.crops import (
+  eval_key,
+  eval_set_checksum,
+  evaluate_params,
+  save_metric_chart,
+)
 from flatai_jax.io.atomic import write_text_atomic
 from flatai_jax.models import abstract_params
 
