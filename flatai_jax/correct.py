@@ -88,6 +88,7 @@ def _tile_coords(offsets, tile: int, sensor_hw):
 
 CONFIDENCE_LOG_F = 0.02  # flipped views disagreeing by 2 % in F → confidence e⁻¹
 CONFIDENCE_G = 0.02  # … or by 2 % of the sky level in G
+CONFIDENCE_SMOOTH_CELLS = 3.0  # Gaussian σ of the confidence on the working grid, cells
 
 
 @functools.lru_cache(maxsize=8)
@@ -146,7 +147,10 @@ def correct_frame(graphdef, params, config, image: np.ndarray, progress=None) ->
   mean_log_f -= np.median(mean_log_f, axis=(0, 1), keepdims=True)
   mean_g -= np.median(mean_g, axis=(0, 1), keepdims=True)
   # Where the flipped views disagree, the correction falls back towards none (1 − confidence).
-  confidence_grid = np.exp(-spread)
+  # The confidence is smoothed over a few cells so that it cannot print cell-scale structure.
+  from scipy import ndimage
+  confidence_grid = ndimage.gaussian_filter(np.exp(-spread), (CONFIDENCE_SMOOTH_CELLS,) * 2 + (0,),
+                                            mode="nearest")
   mean_log_f, mean_g = confidence_grid * mean_log_f, confidence_grid * mean_g
   s = auto_strength(grid, mean_log_f, mean_g) if config.predict.auto_strength else 1.0
   mean_log_f, mean_g = s * mean_log_f, s * mean_g
@@ -487,10 +491,13 @@ class Corrector:
   def history(self, input_path, task, tile, overlap) -> str:
     """The FITS/XISF HISTORY line naming the model and settings."""
     c = self.config
+    if c.data.whole_frame:
+      layout = "grid={}x{}".format(*c.data.sensor_hw)
+    else:
+      layout = (f"tile={tile or c.predict.tile} "
+                f"overlap={c.predict.overlap if overlap is None else overlap}")
     return (f"flatai correct: model={Path(self.checkpoint).name} step={self.step} "
-            f"task={task or c.task} tile={tile or c.predict.tile} "
-            f"overlap={c.predict.overlap if overlap is None else overlap} "
-            f"input={Path(input_path).name}")
+            f"task={task or c.task} {layout} input={Path(input_path).name}")
 
   def correct_file(self, input_path, output=None, out_dir=None, reference=None, task=None,
                    tile=None, overlap=None, print_fn=print, strength: float = 1.0) -> dict:

@@ -82,6 +82,8 @@ def train_and_evaluate(config, workdir, devices=None) -> dict:
     run_lock.WorkdirInUse: another live run holds ``workdir``.
     data.image_dataset.DatasetError: ``data.source='images'`` and no finished dataset.
   """
+  devices = jax.devices() if devices is None else list(devices)
+  config_validate.validate(config, len(devices))  # before the workdir is touched
   with run_lock.hold(workdir, jax.process_index()):
     return _train_and_evaluate(config, Path(workdir), devices)
 
@@ -93,8 +95,6 @@ def _train_and_evaluate(config, workdir: Path, devices) -> dict:
   total = int(config.train.steps)
   batch = int(config.train.batch_size)
   # --- Mesh and shardings -------------------------------------------------
-  devices = jax.devices() if devices is None else list(devices)
-  config_validate.validate(config, len(devices))  # before anything is built
   mesh = sharding.make_mesh(config.mesh, devices)
   is_lead = jax.process_index() == 0
   say = print if is_lead else (lambda *a, **k: None)

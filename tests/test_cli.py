@@ -286,12 +286,12 @@ def test_correct_takes_any_file_name_the_os_allows(tmp_path):
   out = flatai("correct", folder / "my frame é.fits")
   assert not [l for l in out.stderr.splitlines() if ABSL_RECORD.match(l)], out.stderr
   for suffix in ("_corrected.fits", "_corrected_F.fits", "_corrected_G.fits",
-                 "_corrected_preview.png"):
+                 "_corrected_confidence.fits", "_corrected_preview.png"):
     assert (folder / f"my frame é{suffix}").is_file(), suffix
     assert f": {folder / f'my frame é{suffix}'}" in out.stdout
   history = " ".join(fits.getheader(folder / "my frame é_corrected.fits")["HISTORY"])
-  assert re.fullmatch(r"flatai correct: model=default_model step=\d+ task=flat tile=\d+ "
-                      r"overlap=\d+ input=my frame \\xe9\.fits", history), history
+  assert re.fullmatch(r"flatai correct: model=frame_model step=\d+ task=flat grid=96x128 "
+                      r"input=my frame \\xe9\.fits", history), history
 
 
 def test_a_workdir_in_use_refuses_a_second_run_and_kill_9_frees_it(tmp_path):

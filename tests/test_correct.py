@@ -208,15 +208,14 @@ def test_any_file_name_is_corrected_and_named_in_ascii_history(tmp_path):
   folder.mkdir()
   fits.PrimaryHDU(_sky((64, 96, 1), seed=4)[..., 0]).writeto(folder / "my frame é.fits")
   XISF.write(str(folder / "Ωmega 1.xisf"), _sky((64, 96, 1), seed=5), "test")
-  settings = (f"flatai correct: model=default_model step={c.step} task=flat "
-              f"tile={c.config.predict.tile} overlap={c.config.predict.overlap}")
+  settings = f"flatai correct: model=frame_model step={c.step} task=flat grid=96x128"
   for name, escaped in (("my frame é.fits", r"my frame \xe9.fits"),
                         ("Ωmega 1.xisf", r"\u03a9mega 1.xisf")):
     report = c.correct_file(folder / name, print_fn=lambda *a, **k: None)
     stem, ext = name.rsplit(".", 1)
     expected = {k: folder / f"{stem}_corrected{s}" for k, s in (
         ("corrected", f".{ext}"), ("F", f"_F.{ext}"), ("G", f"_G.{ext}"),
-        ("preview", "_preview.png"))}
+        ("confidence", f"_confidence.{ext}"), ("preview", "_preview.png"))}
     assert report["outputs"] == {k: str(v) for k, v in expected.items()}
     assert all(p.is_file() for p in expected.values())
     if ext == "fits":
