@@ -93,8 +93,10 @@ def test_evaluate_command_scores_the_checkpoint(run_dir, tmp_path):
   assert '"step": 120' in out.stdout and "| metric | best | model | uncorrected |" in out.stdout
   report = json.loads((tmp_path / "cli" / "eval_120.json").read_text())
   assert (tmp_path / "cli" / "eval_120.md").is_file() and (tmp_path / "cli" / "eval_120.png").is_file()
+  from flatai_jax.evaluation import graxpert
   assert list(report["methods"]) == ["model", "uncorrected", "poly_sub", "poly_div", "rbf_div",
-                                     "median_flat"]
+                                     "median_flat"] + (
+      ["graxpert_sub", "graxpert_div"] if graxpert.available() else [])
   assert report["frames"]["count"] == 2 and report["frames"]["shape"] == [96, 128, 1]
   model, raw = report["methods"]["model"], report["methods"]["uncorrected"]
   assert model["lpips"] is not None and 0 <= model["lpips"] < 1  # weights converted by make setup
@@ -201,7 +203,8 @@ def test_help_lists_the_commands_and_each_commands_own_flags():
   assert "--helpfull" not in overview.stdout and "absl.app" not in overview.stdout
   bare = flatai(check=False)
   assert bare.returncode == 2 and bare.stderr == overview.stdout and bare.stdout == ""
-  own = {"correct": {"checkpoint", "step", "output", "out", "task", "reference", "tile", "overlap"},
+  own = {"correct": {"checkpoint", "step", "output", "out", "task", "reference", "tile", "overlap",
+                     "strength"},
          "train": {"config", "workdir", "coordinator_address", "num_processes", "process_id"},
          "build_dataset": {"input_dir", "output_dir", "min_size", "val_percent"}}
   for name, expected in own.items():
