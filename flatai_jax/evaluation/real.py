@@ -284,7 +284,7 @@ def run(checkpoint=None, root=DEFAULT_DIR, output_dir=None, step=None, progress=
   beside ``uncorrected`` and the classical baselines on the real-data set; writes
   ``real_<step>.json`` and ``.md`` under ``output_dir`` when given."""
   from flatai_jax import correct
-  from flatai_jax.evaluation import baselines
+  from flatai_jax.evaluation.frames import baseline_methods
   from flatai_jax.io.atomic import write_text_atomic
   corrector = correct.load(checkpoint, step)
 
@@ -292,7 +292,7 @@ def run(checkpoint=None, root=DEFAULT_DIR, output_dir=None, step=None, progress=
     out = corrector.correct(observed)
     return {"corrected": out.corrected, "F": out.F, "G": out.G}
 
-  result = evaluate_real({"model": model, **baselines.methods()}, root, progress)
+  result = evaluate_real({"model": model, **baseline_methods(corrector.config)}, root, progress)
   result.update({"checkpoint": corrector.checkpoint, "step": corrector.step})
   if output_dir is not None:
     out = Path(output_dir)
