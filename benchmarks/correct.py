@@ -74,9 +74,10 @@ def main():
             else f"tile {tile}, overlap {overlap}, batch {a.batch}")
   print(f"device: {jax.devices()[0].platform} x{jax.device_count()}; model {a.size} "
         f"({layout}); frame {a.width}x{a.height} mono "
-        f"({frame_gb:.2f} GiB float32), {n_tiles} tiles")
+        f"({frame_gb:.2f} GiB float32)" + ("" if a.frame else f", {n_tiles} tiles"))
   print(f"read+write only (reference): {io_s:.2f} s; compile (once): {compile_s:.1f} s")
-  print(f"flatai correct: {total_s:.1f} s ({n_tiles / total_s:.0f} tiles/s, "
+  rate = "" if a.frame else f"{n_tiles / total_s:.0f} tiles/s, "
+  print(f"flatai correct: {total_s:.1f} s ({rate}"
         f"{a.height * a.width / total_s / 1e6:.2f} Mpx/s) = {total_s / io_s:.0f}x the I/O time")
   print(f"peak RSS: {peak_rss_gb():.2f} GiB (before correction {base_rss:.2f} GiB; "
         f"{(peak_rss_gb() - base_rss) / frame_gb:.1f}x the frame's float32 size added)")
