@@ -111,10 +111,18 @@ def make_grid_fn(graphdef):
   return fn
 
 
+FLIPS = (lambda a: a, lambda a: a[:, ::-1], lambda a: a[::-1], lambda a: a[::-1, ::-1])
+
+
 def _flips(a):
-  """The four flips of ``(gh, gw, C)`` (identity, left-right, up-down, both) as ``(4, …)``;
-  each is its own inverse."""
-  return np.stack([a, a[:, ::-1], a[::-1], a[::-1, ::-1]])
+  """The four flips of ``(gh, gw, C)`` (identity, left-right, up-down, both) as ``(4, …)``."""
+  return np.stack([flip(a) for flip in FLIPS])
+
+
+def _flips_undone(stack):
+  """Inverse of :func:`_flips` on model outputs ``(4, gh, gw, C)`` (each flip is its own
+  inverse)."""
+  return np.stack([flip(x) for flip, x in zip(FLIPS, stack)])
 
 
 def correct_frame(graphdef, params, config, image: np.ndarray, progress=None) -> Correction:
@@ -124,9 +132,10 @@ def correct_frame(graphdef, params, config, image: np.ndarray, progress=None) ->
   model predicts log F and G for the whole frame at once — in the frame's four
   flips, averaged; their spread gives the confidence, and the fields are scaled
   by it (towards no correction where the views disagree) and by
-  :func:`auto_strength` — and the fields are upsampled smoothly to full resolution. ``corrected = (observed − G) / F``
-  exactly, so noise, stars and galaxies pass through; G's median is moved into
-  the sky (the frame keeps its sky pedestal).
+  :func:`auto_strength` — and the fields are upsampled smoothly to full
+  resolution. ``corrected = (observed − G) / F`` exactly, so noise, stars and
+  galaxies pass through; G's median is moved into the sky (the frame keeps its
+  sky pedestal).
 
   Args:
     image: ``(H, W, C) float32`` linear, C = the model's channels, no NaN.
@@ -180,19 +189,13 @@ def auto_strength(grid, log_f, g_field) -> float:
   """
   def spread(s):
     c = (grid - s * g_field) / np.exp(s * log_f)
-    med = np.median(c)
-    return 1.4826 * float(np.median(np.abs(c - med))) / max(abs(float(med)), 1e-12)
+    return float(scores.robust_sigma(c)) / max(abs(float(np.median(c))), 1e-12)
 
   spreads = np.asarray([spread(s) for s in AUTO_STRENGTHS])
   if spreads[0] <= spreads.min() * (1.0 + AUTO_MIN_GAIN):
     return 0.0
   ok = spreads <= spreads.min() * 1.02 + 1e-6
   return float(AUTO_STRENGTHS[ok].max())
-
-
-def _flips_undone(stack):
-  """Inverse of :func:`_flips` on model outputs ``(4, gh, gw, C)``."""
-  return np.stack([stack[0], stack[1][:, ::-1], stack[2][::-1], stack[3][::-1, ::-1]])
 
 
 def apply_strength(observed: np.ndarray, out: Correction, strength: float) -> Correction:

@@ -55,3 +55,15 @@ def psnr(image, reference, axis=None, xp=np):
   mse = xp.mean(centred_error(image, reference, axis, xp) ** 2, axis=axis)
   peak = data_range(reference, axis, xp)
   return 10.0 * xp.log10(peak ** 2 / xp.maximum(mse, MIN_MSE))
+
+
+MAD_TO_SIGMA = 1.482602218505602  # 1 / Φ⁻¹(3/4): σ of a Gaussian per median absolute deviation
+
+
+def robust_sigma(values, axis=None):
+  """Robust standard deviation over ``axis``: ``1.4826 · median(|x − median(x)|)``, NaN ignored
+  (NumPy). Equals ``astropy.stats.mad_std(values, axis, ignore_nan=True)``; stars, hot pixels
+  and other outliers barely move it. ``(...)`` float64, the input's unit."""
+  v = np.asarray(values, np.float64)
+  centre = np.nanmedian(v, axis=axis, keepdims=True)
+  return MAD_TO_SIGMA * np.nanmedian(np.abs(v - centre), axis=axis)

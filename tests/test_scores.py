@@ -66,7 +66,7 @@ def test_robust_sigma_is_the_mad_sigma_and_ignores_outliers():
   assert quality.robust_sigma(x) == pytest.approx(astropy_stats.mad_std(x, ignore_nan=True),
                                                   rel=1e-12)
   np.testing.assert_allclose(quality.robust_sigma(np.array([[1.0, 2.0, 4.0], [0.0, 0.0, 9.0]]),
-                                                  axis=1), [quality.MAD_TO_SIGMA, 0.0])
+                                                  axis=1), [scores.MAD_TO_SIGMA, 0.0])
 
 
 def test_noise_sigma_of_a_frame_with_stars_and_a_gradient():

@@ -28,18 +28,7 @@ from flatai_jax import scores
 SSIM_SIGMA = 1.5  # Gaussian window σ, px (Wang et al. 2004)
 SSIM_TRUNCATE = 3.5  # window half-width in σ (11 × 11 px window, as skimage)
 SSIM_K1, SSIM_K2 = 0.01, 0.03
-MAD_TO_SIGMA = 1.482602218505602  # 1 / Φ⁻¹(3/4): σ of a Gaussian per median absolute deviation
-
-
-def robust_sigma(values: np.ndarray, axis=None) -> np.ndarray:
-  """Robust standard deviation over ``axis``: ``1.4826 · median(|x − median(x)|)``, NaN ignored.
-
-  Equals ``astropy.stats.mad_std(values, axis, ignore_nan=True)``; stars, hot
-  pixels and other outliers barely move it. ``(...)`` float64, the input's unit.
-  """
-  v = np.asarray(values, np.float64)
-  centre = np.nanmedian(v, axis=axis, keepdims=True)
-  return MAD_TO_SIGMA * np.nanmedian(np.abs(v - centre), axis=axis)
+robust_sigma = scores.robust_sigma  # the one robust σ (1.4826·MAD), shared with correction
 
 
 def noise_sigma(plane: np.ndarray) -> float:
