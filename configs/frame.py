@@ -23,22 +23,11 @@ clusters, galaxies and nebulae that fill the frame stay).
 Arguments: as ``configs/default.py`` (``quickstart | base | large``, ``seed=N``,
 ``channels=1|3``); the task is always ``flat``.
 """
-import importlib.util
-from pathlib import Path
-
-
-def _default_config(arg):
-  """``configs/default.py:get_config(arg)``, loaded beside this file (config files are
-  loaded by path, not as a package)."""
-  spec = importlib.util.spec_from_file_location("flatai_default_config",
-                                                Path(__file__).with_name("default.py"))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config(arg)
+from flatai_jax.config_args import default_config
 
 
 def get_config(arg=None):
-  c = _default_config("flat" if not arg else f"flat,{arg}")
+  c = default_config("flat" if not arg else f"flat,{arg}")  # configs/default.py, mutated
   c.data.whole_frame = True  # examples are whole frames at the working grid, not crops
   c.data.sensor_hw = (96, 128)  # working grid (H, W), cells; frames are binned to it
   c.data.crop_size = 128  # unused for whole frames beyond divisibility checks

@@ -26,10 +26,11 @@ from flatai_jax.io.atomic import write_text_atomic
 from flatai_jax.models import abstract_params
 
 
-def restore_params(workdir, step=None, mesh=None):
+def restore_params(workdir, step=None, mesh=None, config=None):
   """``(config, graphdef, params, step)`` of a checkpoint (training or inference), parameters
-  only (no optimizer is built), replicated on ``mesh`` when given."""
-  config = checkpointing.load_config(workdir, step)
+  only (no optimizer is built), replicated on ``mesh`` when given; ``config``: the checkpoint's
+  config when the caller has read it already."""
+  config = config or checkpointing.load_config(workdir, step)
   graphdef, abstract = abstract_params(config)
   if mesh is not None:
     rep = sharding.replicated(mesh)
@@ -183,7 +184,7 @@ def evaluate(checkpoint_dir, step: int | None = None, output_dir=None, num_frame
   from flatai_jax.evaluation import report as eval_report
   config = checkpointing.load_config(checkpoint_dir, step)
   mesh = sharding.make_mesh(config.mesh)
-  config, graphdef, params, step = restore_params(checkpoint_dir, step, mesh)
+  config, graphdef, params, step = restore_params(checkpoint_dir, step, mesh, config)
   crops = evaluate_params(graphdef, params, config, mesh)
   frames = make_eval_frames(config, num_frames)
   methods = {"model": model_method(graphdef, params, config), **baseline_methods(config)}

@@ -102,8 +102,9 @@ def _render_fn(hw):
   import jax
   import jax.numpy as jnp
 
+  from flatai_jax.config_args import default_config
   from flatai_jax.physics import flat, geometry
-  cfg = _default_flat_config()
+  cfg = default_config("flat").degrade.flat  # configs/default.py: real pixel scale
   bare = cfg.copy_and_resolve_references()
   bare.dust = False
 
@@ -115,16 +116,6 @@ def _render_fn(hw):
     return f_field, g_field, f_bare
 
   return fn
-
-
-def _default_flat_config():
-  """``config.degrade.flat`` of ``configs/default.py:flat`` (the repository's config file)."""
-  import importlib.util
-  path = Path(__file__).resolve().parents[2] / "configs" / "default.py"
-  spec = importlib.util.spec_from_file_location("flatai_default_config", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config("flat").degrade.flat
 
 
 def truth_cases(root=DEFAULT_DIR, manifest=None) -> list[dict]:
