@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from flatai_jax import checkpointing, metrics, scores
+from flatai_jax import checkpointing, metrics, scores, sky_surface
 from flatai_jax.io import images
 from flatai_jax.models import abstract_params, forward, model_inputs
 from flatai_jax.physics import geometry, normalize
@@ -26,13 +26,15 @@ from flatai_jax.physics import geometry, normalize
 class Correction:
   """Outputs of :func:`correct_image`, each ``(H, W, C) float32`` linear.
 
-  ``F`` and ``G`` are None for the psf task; ``confidence`` (in [0, 1], 1 = the
-  flipped views of the frame agree) only comes from whole-frame models.
+  ``F`` and ``G`` are None for the psf task; ``confidence`` (in [0, 1]: 1 = the
+  flipped views of the frame agree, or the sky surface is backed by sky cells
+  nearby; 0 = no correction there) only comes from whole-frame models.
   """
   corrected: np.ndarray
   F: np.ndarray | None
   G: np.ndarray | None
   confidence: np.ndarray | None = None
+  notes: tuple[str, ...] = ()  # one-line decisions worth telling the user
 
 
 def tile_origins(size: int, tile: int, stride: int) -> list[int]:
@@ -89,6 +91,11 @@ def _tile_coords(offsets, tile: int, sensor_hw):
 CONFIDENCE_LOG_F = 0.02  # flipped views disagreeing by 2 % in F → confidence e⁻¹
 CONFIDENCE_G = 0.02  # … or by 2 % of the sky level in G
 CONFIDENCE_SMOOTH_CELLS = 3.0  # Gaussian σ of the confidence on the working grid, cells
+# sky_surface structure (σ about a smooth fit / cell noise; ≈ 1 for sky and noise) over which a
+# frame stops being smooth sky (the sky fit alone corrects below, the network joins above) …
+SKY_STRUCTURE = (1.6, 2.2)
+# … and over which extended objects fill it (network and sky fit ramped down to nothing).
+NETWORK_STRUCTURE = (3.0, 3.5)
 
 
 @functools.lru_cache(maxsize=8)
@@ -128,29 +135,82 @@ def _flips_undone(stack):
 def correct_frame(graphdef, params, config, image: np.ndarray, progress=None) -> Correction:
   """Corrects a whole frame with a whole-frame model (``config.data.whole_frame``).
 
-  The frame is binned to the working grid (``working_grid.bin_frame``), the
-  model predicts log F and G for the whole frame at once — in the frame's four
-  flips, averaged; their spread gives the confidence, and the fields are scaled
-  by it (towards no correction where the views disagree) and by
-  :func:`auto_strength` — and the fields are upsampled smoothly to full
-  resolution. ``corrected = (observed − G) / F`` exactly, so noise, stars and
-  galaxies pass through; G's median is moved into the sky (the frame keeps its
-  sky pedestal).
+  On the working grid (``working_grid.bin_frame``), the frame's ``structure``
+  (``sky_surface.structure``: σ about a smooth fit over the cell noise) decides:
+
+  - **smooth sky** (below ``SKY_STRUCTURE``: sky, gradients, vignetting, stars):
+    a robust smooth sky fit (``sky_surface.fit_sky``: objects rejected, refined
+    between them) is the correction; the network is not needed.
+  - **in between** (dense fields, objects over part of the frame): the network
+    predicts log F and G for the whole frame at once, in its four flips,
+    averaged, scaled by the flips' agreement (confidence) and by
+    :func:`auto_strength`; the sky fit then corrects what it left, ramped down
+    as the remaining structure rises above ``SKY_STRUCTURE``.
+  - **extended objects** (above ``NETWORK_STRUCTURE``: a nebula or a galaxy fills
+    the frame): nothing; no smooth fit and not the network can tell the object's
+    light from background there. A note says so.
+
+  The fields are upsampled smoothly to full resolution and ``corrected =
+  (observed − G) / F`` exactly, so noise, stars and galaxies pass through; F
+  keeps median 1 and G median 0 on the grid (the frame keeps its sky pedestal).
 
   Args:
     image: ``(H, W, C) float32`` linear, C = the model's channels, no NaN.
   Returns:
-    :class:`Correction` with ``confidence``.
+    :class:`Correction` with ``confidence`` and ``notes``.
   """
   from flatai_jax import working_grid
   h, w, c = image.shape
   geo = working_grid.geometry((h, w), tuple(config.data.sensor_hw))
   grid = np.stack([working_grid.bin_frame(image[..., k], geo) for k in range(c)], -1)
+  inner = working_grid.inner_cells(geo)  # cells of the frame itself, not of its padding
+  structure = max(sky_surface.structure(grid[inner][..., k]) for k in range(c))
+  use_network = (sky_surface.ramp_down(structure, *NETWORK_STRUCTURE)
+                 * (1.0 - sky_surface.ramp_down(structure, *SKY_STRUCTURE)))
+  if use_network > 0.0:
+    log_f, g_field, confidence_grid = _network_fields(graphdef, params, config, grid)
+    log_f, g_field = use_network * log_f, use_network * g_field
+    confidence_grid = use_network * confidence_grid
+  else:
+    log_f, g_field = np.zeros(grid.shape), np.zeros(grid.shape)
+    confidence_grid = np.zeros(grid.shape)
+  remaining = ((grid - g_field) / np.exp(log_f))[inner]
+  pad = [(inner[0].start, grid.shape[0] - inner[0].stop),
+         (inner[1].start, grid.shape[1] - inner[1].stop)]
+  notes = []
+  for k in range(c):
+    fit = sky_surface.fit_sky(remaining[..., k])
+    remaining_structure = sky_surface.structure(remaining[..., k])
+    weight = sky_surface.ramp_down(remaining_structure, *SKY_STRUCTURE)
+    surface = np.pad(fit.surface - np.median(fit.surface), pad, mode="edge")
+    g_field[..., k] += weight * surface * np.exp(log_f[..., k])
+    g_field[..., k] -= np.median(g_field[inner][..., k])
+    sky_confidence = np.pad(weight * fit.support, pad, mode="edge")
+    confidence_grid[..., k] = 1.0 - (1.0 - confidence_grid[..., k]) * (1.0 - sky_confidence)
+    if weight < 1.0:
+      notes.append(f"frame structure {structure:.1f}× the cell noise (extended objects): "
+                   f"network at {use_network:.0%}, sky surface at {weight:.0%}"
+                   + (" — left as it is" if use_network == 0.0 and weight == 0.0 else ""))
+  up = lambda a: np.stack([working_grid.upsample(a[..., k], geo) for k in range(c)], -1)
+  f_full, g_full = np.exp(up(log_f)), up(g_field)
+  confidence = np.clip(up(confidence_grid), 0.0, 1.0)
+  if progress is not None:
+    progress(1, 1)
+  corrected = (image - g_full) / f_full
+  return Correction(corrected=corrected.astype(np.float32), F=f_full.astype(np.float32),
+                    G=g_full.astype(np.float32), confidence=confidence.astype(np.float32),
+                    notes=tuple(notes))
+
+
+def _network_fields(graphdef, params, config, grid):
+  """The network's ``(log F, G, confidence)`` on the grid, each ``(gh, gw, C)`` float64:
+  the mean of the four flips, F median 1 and G median 0, scaled by the smoothed flip
+  confidence and by :func:`auto_strength`."""
   log_f, g_field = jax.device_get(make_grid_fn(graphdef)(params, _flips(grid)))
   log_f, g_field = _flips_undone(log_f), _flips_undone(g_field)
   sky = max(float(np.median(grid)), 1e-12)
   spread = np.maximum(log_f.std(0) / CONFIDENCE_LOG_F, g_field.std(0) / (CONFIDENCE_G * sky))
-  mean_log_f, mean_g = log_f.mean(0), g_field.mean(0)
+  mean_log_f, mean_g = log_f.mean(0).astype(np.float64), g_field.mean(0).astype(np.float64)
   # The overall level of F and the constant of G are not identifiable from one frame:
   # F keeps median 1 and G median 0, so the frame keeps its sky level.
   mean_log_f -= np.median(mean_log_f, axis=(0, 1), keepdims=True)
@@ -158,19 +218,11 @@ def correct_frame(graphdef, params, config, image: np.ndarray, progress=None) ->
   # Where the flipped views disagree, the correction falls back towards none (1 − confidence).
   # The confidence is smoothed over a few cells so that it cannot print cell-scale structure.
   from scipy import ndimage
-  confidence_grid = ndimage.gaussian_filter(np.exp(-spread), (CONFIDENCE_SMOOTH_CELLS,) * 2 + (0,),
-                                            mode="nearest")
-  mean_log_f, mean_g = confidence_grid * mean_log_f, confidence_grid * mean_g
+  confidence = ndimage.gaussian_filter(np.exp(-spread), (CONFIDENCE_SMOOTH_CELLS,) * 2 + (0,),
+                                       mode="nearest").astype(np.float64)
+  mean_log_f, mean_g = confidence * mean_log_f, confidence * mean_g
   s = auto_strength(grid, mean_log_f, mean_g) if config.predict.auto_strength else 1.0
-  mean_log_f, mean_g = s * mean_log_f, s * mean_g
-  up = lambda a: np.stack([working_grid.upsample(a[..., k], geo) for k in range(c)], -1)
-  f_full, g_full = np.exp(up(mean_log_f)), up(mean_g)
-  confidence = np.clip(up(confidence_grid), 0.0, 1.0)
-  if progress is not None:
-    progress(1, 1)
-  corrected = (image - g_full) / f_full
-  return Correction(corrected=corrected.astype(np.float32), F=f_full.astype(np.float32),
-                    G=g_full.astype(np.float32), confidence=confidence.astype(np.float32))
+  return s * mean_log_f, s * mean_g, confidence
 
 
 AUTO_STRENGTHS = np.linspace(0.0, 1.0, 21)  # strengths tried by auto_strength
@@ -485,7 +537,8 @@ class Corrector:
     join = lambda k: None if getattr(parts[0], k) is None else np.concatenate(
         [getattr(r, k) for r in parts], axis=-1)
     out = Correction(corrected=join("corrected"), F=join("F"), G=join("G"),
-                     confidence=join("confidence"))
+                     confidence=join("confidence"),
+                     notes=tuple(n for part in parts for n in part.notes))
     out = apply_strength(filled, out, strength)
     if mask is not None:
       out.corrected[mask] = np.nan
@@ -527,6 +580,8 @@ class Corrector:
                          progress=ProgressBar(f"  {Path(input_path).name}", print_fn))
     except ValueError as e:
       raise images.ImageError(input_path, str(e)) from None
+    for note in out.notes:
+      print_fn(f"  {Path(input_path).name}: {note}")
     history = self.history(input_path, task, tile, overlap) + (
         f" strength={strength:g}" if strength != 1.0 else "")
     images.write_image(paths["corrected"], out.corrected, meta, history=history,

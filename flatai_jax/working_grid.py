@@ -100,3 +100,15 @@ def upsample(grid: np.ndarray, geo: GridGeometry) -> np.ndarray:
   wx = _keys_weights(tw, gw, geo.block[1], geo.pad[1]).astype(np.float32)
   full = (wy @ np.asarray(grid, np.float32)) @ wx.T
   return np.ascontiguousarray(full.T if geo.transposed else full)
+
+
+def inner_cells(geo: GridGeometry) -> tuple[slice, slice]:
+  """The grid cells whose centres lie inside the frame (the rest hold its reflect padding),
+  as ``(rows, columns)`` slices of the ``(gh, gw)`` grid."""
+  def span(n_px, n_cells, block, pad):
+    centres = (np.arange(n_cells) + 0.5) * block - pad
+    inside = np.flatnonzero((centres >= 0) & (centres < n_px))
+    return slice(int(inside[0]), int(inside[-1]) + 1)
+  th, tw = (geo.hw[1], geo.hw[0]) if geo.transposed else geo.hw
+  return (span(th, geo.grid_hw[0], geo.block[0], geo.pad[0]),
+          span(tw, geo.grid_hw[1], geo.block[1], geo.pad[1]))
