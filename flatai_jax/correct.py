@@ -503,15 +503,27 @@ class Corrector:
             f"task={task or c.task} {layout} input={Path(input_path).name}")
 
   def correct_file(self, input_path, output=None, out_dir=None, reference=None, task=None,
-                   tile=None, overlap=None, print_fn=print, strength: float = 1.0) -> dict:
+                   tile=None, overlap=None, print_fn=print, strength: float = 1.0,
+                   cfa: str = "auto") -> dict:
     """Reads, corrects and writes one frame; returns before/after numbers.
 
     Outputs (atomic, never over the input; see :func:`output_paths`): the
     corrected image, F and G (flat/combined) in the input's format with its
     header, HDUs and metadata kept plus a HISTORY line, the confidence map
     (whole-frame models), and a preview PNG.
+
+    ``cfa``: ``auto`` corrects a Bayer mosaic (FITS ``BAYERPAT``, XISF ``ColorFilterArray``)
+    in CFA space (:mod:`flatai_jax.cfa`) and prints one line saying so; ``none`` treats it as
+    mono; ``RGGB|BGGR|GRBG|GBRG`` forces that pattern at pixel (0, 0).
     """
+    from flatai_jax import cfa as bayer
     image, meta = images.read_image(input_path, allow_nan=True)
+    try:
+      pattern, note = bayer.resolve(cfa, meta.cfa, image.shape)
+    except ValueError as e:
+      raise images.ImageError(input_path, str(e)) from None
+    if note:
+      print_fn(f"{input_path}: {note}")
     ref = None
     if reference is not None:
       ref, _ = images.read_image(reference, allow_nan=True)
@@ -522,13 +534,16 @@ class Corrector:
     for p in paths.values():
       if p.resolve() == Path(input_path).resolve():
         raise images.ImageError(p, "refusing to overwrite the input file; choose another --output")
+    correct_fn = functools.partial(self.correct, task=task, tile=tile, overlap=overlap,
+                                   strength=strength,
+                                   progress=ProgressBar(f"  {Path(input_path).name}", print_fn))
     try:
-      out = self.correct(image, task=task, tile=tile, overlap=overlap, strength=strength,
-                         progress=ProgressBar(f"  {Path(input_path).name}", print_fn))
+      out = bayer.correct_mosaic(correct_fn, image) if pattern else correct_fn(image)
     except ValueError as e:
       raise images.ImageError(input_path, str(e)) from None
     history = self.history(input_path, task, tile, overlap) + (
-        f" strength={strength:g}" if strength != 1.0 else "")
+        f" strength={strength:g}" if strength != 1.0 else "") + (f" cfa={pattern}" if pattern
+                                                                 else "")
     images.write_image(paths["corrected"], out.corrected, meta, history=history,
                        protect=[input_path])
     if out.F is not None:

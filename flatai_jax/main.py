@@ -47,6 +47,9 @@ flags.DEFINE_integer("overlap", None, "Tile overlap in px; default: the model's 
 flags.DEFINE_string("real_dir", None, "Real-data evaluation set (evaluation_data/real, built by "
                     "data_pipelines/build_real_eval.py): score the model there.")
 flags.DEFINE_float("strength", 1.0, "Correction strength in [0, 1]: F^s and s·G; 0 = none.")
+flags.DEFINE_enum("cfa", "auto", ["auto", "none", "RGGB", "BGGR", "GRBG", "GBRG"],
+                  "Bayer raw frames: auto = the file's BAYERPAT / ColorFilterArray (corrected in "
+                  "CFA space, one shared F); none = as mono; a pattern forces it at pixel (0, 0).")
 flags.DEFINE_string("input_dir", None, "Folder tree of clean images.")
 flags.DEFINE_integer("min_size", 128, "Images smaller than this per side (px) are skipped.")
 flags.DEFINE_integer("val_percent", 10, "Share of images in the validation split, %.")
@@ -87,7 +90,7 @@ COMMANDS = {
          "step": None,
          "output": "Output image (one input only); default: <input>_corrected.<ext>.",
          "out": None, "task": None, "reference": None, "tile": None, "overlap": None,
-         "strength": None}),
+         "strength": None, "cfa": None}),
     "synth": Command(
         "Write synthetic examples (observed, clean, F, G as FITS) and a contact sheet.",
         "--config=FILE[:ARGS] --output_dir=DIR [--num=N] [--full_frame]",
@@ -331,7 +334,8 @@ def _correct(argv):
   for path in inputs:
     try:
       report = corrector.correct_file(path, FLAGS.output, FLAGS.out, FLAGS.reference, task,
-                                      FLAGS.tile, FLAGS.overlap, strength=FLAGS.strength)
+                                      FLAGS.tile, FLAGS.overlap, strength=FLAGS.strength,
+                                      cfa=FLAGS.cfa)
     except ImageError as e:  # one bad file does not stop the others
       print(f"flatai correct: error: {e}", file=sys.stderr)
       failed.append(path)
