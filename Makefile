@@ -19,6 +19,12 @@ $(STAMP): pyproject.toml
 	@touch $(STAMP)
 
 setup: $(STAMP)
+	@# Siril (siril-cli) for the Siril round-trip test: installed quietly where apt-get and root are
+	@# available; never fails the set-up (the test is skipped without it).
+	@command -v siril-cli >/dev/null 2>&1 || ! command -v apt-get >/dev/null 2>&1 || \
+	  [ "$$(id -u)" != 0 ] || { (apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
+	  apt-get install -y -qq --no-install-recommends siril) >/dev/null 2>&1 || \
+	  echo "setup: apt-get could not install siril; tests/test_siril.py will be skipped"; }
 	@test -f flatai_jax/assets/lpips_vgg.npz -a -f flatai_jax/assets/lpips_alex.npz || \
 	  $(BIN)/python data_pipelines/convert_lpips_weights.py
 

@@ -556,15 +556,34 @@ class Corrector:
             f"task={task or c.task} {layout} input={Path(input_path).name}")
 
   def correct_file(self, input_path, output=None, out_dir=None, reference=None, task=None,
-                   tile=None, overlap=None, print_fn=print, strength: float = 1.0) -> dict:
+                   tile=None, overlap=None, print_fn=print, strength: float = 1.0,
+                   cfa: str = "auto", input_stretch: str = "auto") -> dict:
     """Reads, corrects and writes one frame; returns before/after numbers.
 
     Outputs (atomic, never over the input; see :func:`output_paths`): the
     corrected image, F and G (flat/combined) in the input's format with its
     header, HDUs and metadata kept plus a HISTORY line, the confidence map
     (whole-frame models), and a preview PNG.
+
+    ``cfa``: ``auto`` corrects a Bayer mosaic (FITS ``BAYERPAT``, XISF ``ColorFilterArray``)
+    in CFA space (:mod:`flatai_jax.cfa`) and prints one line saying so; ``none`` treats it as
+    mono; ``RGGB|BGGR|GRBG|GBRG`` forces that pattern at pixel (0, 0).
+    ``input_stretch``: ``auto|linear|srgb|mtf:M`` (:mod:`flatai_jax.stretch`); a stretched
+    input is corrected in linear light and the stretch re-applied to the corrected image (F and
+    G stay linear); ``auto`` takes 8-bit PNG/JPEG as sRGB and says so in one line.
     """
+    from flatai_jax import cfa as bayer
+    from flatai_jax import stretch
     image, meta = images.read_image(input_path, allow_nan=True)
+    try:
+      pattern, cfa_note = bayer.resolve(cfa, meta.cfa, image.shape)
+      kind, midtones, stretch_note = stretch.resolve(input_stretch, meta.format,
+                                                     meta.source_dtype)
+    except ValueError as e:
+      raise images.ImageError(input_path, str(e)) from None
+    for note in (cfa_note, stretch_note):
+      if note:
+        print_fn(f"{input_path}: {note}")
     ref = None
     if reference is not None:
       ref, _ = images.read_image(reference, allow_nan=True)
@@ -575,15 +594,23 @@ class Corrector:
     for p in paths.values():
       if p.resolve() == Path(input_path).resolve():
         raise images.ImageError(p, "refusing to overwrite the input file; choose another --output")
+    correct_fn = functools.partial(self.correct, task=task, tile=tile, overlap=overlap,
+                                   strength=strength,
+                                   progress=ProgressBar(f"  {Path(input_path).name}", print_fn))
+    linear = stretch.to_linear(image, kind, midtones)
     try:
-      out = self.correct(image, task=task, tile=tile, overlap=overlap, strength=strength,
-                         progress=ProgressBar(f"  {Path(input_path).name}", print_fn))
+      out = bayer.correct_mosaic(correct_fn, linear) if pattern else correct_fn(linear)
     except ValueError as e:
       raise images.ImageError(input_path, str(e)) from None
     for note in out.notes:
       print_fn(f"  {Path(input_path).name}: {note}")
+    if kind != "linear":
+      out = dataclasses.replace(out, corrected=stretch.from_linear(out.corrected, kind, midtones))
     history = self.history(input_path, task, tile, overlap) + (
-        f" strength={strength:g}" if strength != 1.0 else "")
+        f" strength={strength:g}" if strength != 1.0 else "") + (
+        f" cfa={pattern}" if pattern else "") + (
+        f" input_stretch={kind}" + (f":{midtones:g}" if midtones else "") if kind != "linear"
+        else "")
     images.write_image(paths["corrected"], out.corrected, meta, history=history,
                        protect=[input_path])
     if out.F is not None:

@@ -3,7 +3,7 @@
   flatai train    --config=configs/default.py:flat,quickstart --workdir=runs/x [--config.train.steps=200]
   flatai evaluate --checkpoint=runs/x [--step=N] [--output_dir=runs/x/eval]   (--workdir: same)
   flatai correct  IMAGE... [--checkpoint=runs/x] [--out=DIR | --output=out.fits] [--task=flat]
-                  [--reference=clean.fits]
+                  [--reference=clean.fits] [--cfa=auto|none|RGGB|…] [--input_stretch=auto|…]
   flatai synth    --config=configs/default.py:flat,quickstart --output_dir=synth [--num=8] [--full_frame]
   flatai export   --checkpoint=runs/x --output=models/x   (parameters + config only)
   flatai build_dataset --input_dir=my_clean_images --output_dir=data/mine [--min_size=128] [--val_percent=10]
@@ -47,6 +47,12 @@ flags.DEFINE_integer("overlap", None, "Tile overlap in px; default: the model's 
 flags.DEFINE_string("real_dir", None, "Real-data evaluation set (evaluation_data/real, built by "
                     "data_pipelines/build_real_eval.py): score the model there.")
 flags.DEFINE_float("strength", 1.0, "Correction strength in [0, 1]: F^s and s·G; 0 = none.")
+flags.DEFINE_enum("cfa", "auto", ["auto", "none", "RGGB", "BGGR", "GRBG", "GBRG"],
+                  "Bayer raw frames: auto = the file's BAYERPAT / ColorFilterArray (corrected in "
+                  "CFA space, one shared F); none = as mono; a pattern forces it at pixel (0, 0).")
+flags.DEFINE_string("input_stretch", "auto", "auto|linear|srgb|mtf:M: undo the input's stretch, "
+                    "correct in linear light, re-apply it; auto = sRGB for 8-bit PNG/JPEG, "
+                    "linear otherwise.")
 flags.DEFINE_string("input_dir", None, "Folder tree of clean images.")
 flags.DEFINE_integer("min_size", 128, "Images smaller than this per side (px) are skipped.")
 flags.DEFINE_integer("val_percent", 10, "Share of images in the validation split, %.")
@@ -87,7 +93,7 @@ COMMANDS = {
          "step": None,
          "output": "Output image (one input only); default: <input>_corrected.<ext>.",
          "out": None, "task": None, "reference": None, "tile": None, "overlap": None,
-         "strength": None}),
+         "strength": None, "cfa": None, "input_stretch": None}),
     "synth": Command(
         "Write synthetic examples (observed, clean, F, G as FITS) and a contact sheet.",
         "--config=FILE[:ARGS] --output_dir=DIR [--num=N] [--full_frame]",
@@ -114,7 +120,7 @@ GLOBAL_FLAGS = {
 HELP_ARGS = ("-h", "--help", "-help", "--helpshort", "-?")
 METAVARS = {"config": "FILE[:ARGS]", "workdir": "DIR", "checkpoint": "DIR", "output": "PATH",
             "out": "DIR", "output_dir": "DIR", "input_dir": "DIR", "reference": "FILE",
-            "coordinator_address": "HOST:PORT"}
+            "coordinator_address": "HOST:PORT", "input_stretch": "auto|linear|srgb|mtf:M"}
 WIDTH = 100
 
 
@@ -319,6 +325,11 @@ def _correct(argv):
     raise app.UsageError(f"--strength={FLAGS.strength} must be in [0, 1]")
   if FLAGS.output and len(inputs) > 1:
     raise app.UsageError("--output names one file; use --out=DIR for several inputs")
+  from flatai_jax import stretch
+  try:
+    stretch.parse(FLAGS.input_stretch)
+  except ValueError as e:
+    raise app.UsageError(str(e))
   corrector = correct.load(FLAGS.checkpoint, FLAGS.step)
   checkpoint = corrector.checkpoint
   try:
@@ -331,7 +342,8 @@ def _correct(argv):
   for path in inputs:
     try:
       report = corrector.correct_file(path, FLAGS.output, FLAGS.out, FLAGS.reference, task,
-                                      FLAGS.tile, FLAGS.overlap, strength=FLAGS.strength)
+                                      FLAGS.tile, FLAGS.overlap, strength=FLAGS.strength,
+                                      cfa=FLAGS.cfa, input_stretch=FLAGS.input_stretch)
     except ImageError as e:  # one bad file does not stop the others
       print(f"flatai correct: error: {e}", file=sys.stderr)
       failed.append(path)

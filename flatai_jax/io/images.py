@@ -60,6 +60,10 @@ class ImageMeta:
     xisf_icc_profile: the image's ICC profile bytes (XISF only; the xisf
       package does not read it, so this module does).
     int_scale: the divisor that mapped integer pixels to [0, 1] (1.0 if none).
+    cfa: the colour-filter array as the file states it, ``(pattern, x offset, y offset)``,
+      e.g. ``('RGGB', 0, 0)`` from FITS ``BAYERPAT``/``XBAYROFF``/``YBAYROFF`` or an XISF
+      ``ColorFilterArray`` element (offsets 0); None for no CFA or a non-mono image.
+    xisf_cfa_element: the XISF ``<ColorFilterArray …/>`` element as read, written back as is.
   """
   format: str
   source_dtype: str
@@ -70,6 +74,8 @@ class ImageMeta:
   xisf_file_metadata: dict | None = None
   xisf_icc_profile: bytes | None = None
   int_scale: float = 1.0
+  cfa: tuple[str, int, int] | None = None
+  xisf_cfa_element: str | None = None
 
 
 def image_format(path: str | os.PathLike) -> str:
@@ -177,8 +183,21 @@ def _read_fits(path: Path) -> tuple[np.ndarray, ImageMeta]:
   else:
     data = _to_hwc(path, data, channels_first=False)
   meta = ImageMeta("fits", str(raw_dtype), fits_header=header, fits_hdus=hdus,
-                   fits_image_index=index)
+                   fits_image_index=index, cfa=_fits_cfa(path, header) if data.shape[-1] == 1
+                   else None)
   return data, meta
+
+
+def _fits_cfa(path, header) -> tuple[str, int, int] | None:
+  """``(BAYERPAT, XBAYROFF, YBAYROFF)`` of a FITS header, or None without ``BAYERPAT``."""
+  pattern = str(header.get("BAYERPAT", "")).strip().upper()
+  if not pattern:
+    return None
+  try:
+    return pattern, int(header.get("XBAYROFF", 0)), int(header.get("YBAYROFF", 0))
+  except (TypeError, ValueError):
+    raise ImageError(path, f"XBAYROFF/YBAYROFF must be integers, not "
+                     f"{header.get('XBAYROFF')!r}/{header.get('YBAYROFF')!r}") from None
 
 
 def _read_xisf(path: Path) -> tuple[np.ndarray, ImageMeta]:
@@ -202,9 +221,16 @@ def _read_xisf(path: Path) -> tuple[np.ndarray, ImageMeta]:
   if data.dtype.kind in "ui":
     scale = _int_divisor(data.dtype)
     data = data.astype(np.float64) / scale
-  return _to_hwc(path, data, channels_first=False), ImageMeta(
+  data = _to_hwc(path, data, channels_first=False)
+  element = _xisf_read_cfa(path)
+  cfa = None
+  if element is not None and data.shape[-1] == 1:
+    import xml.etree.ElementTree as ET
+    cfa = (ET.fromstring(element).get("pattern", "").strip().upper(), 0, 0)
+  return data, ImageMeta(
       "xisf", str(raw_dtype), xisf_image_metadata=image_meta[0],
-      xisf_file_metadata=file_meta, int_scale=scale, xisf_icc_profile=_xisf_read_icc(path))
+      xisf_file_metadata=file_meta, int_scale=scale, xisf_icc_profile=_xisf_read_icc(path),
+      cfa=cfa, xisf_cfa_element=element)
 
 
 def _xisf_split(path) -> tuple[bytes, str]:
@@ -235,17 +261,35 @@ def _xisf_read_icc(path) -> bytes | None:
   return base64.b64decode(text) if encoding == "base64" else bytes.fromhex(text)
 
 
-def _xisf_add_icc(path: Path, icc: bytes, block: int = 4096) -> None:
-  """Adds an inline ICC profile to the first image of an XISF file written by the xisf package.
+def _xisf_read_cfa(path) -> str | None:
+  """The first image's ``<ColorFilterArray …/>`` element (no namespace prefix), or None."""
+  import xml.etree.ElementTree as ET
+  _, header = _xisf_split(path)
+  ns = "{http://www.pixinsight.com/xisf}"
+  image = ET.fromstring(header).find(f"{ns}Image")
+  cfa = None if image is None else image.find(f"{ns}ColorFilterArray")
+  if cfa is None:
+    return None
+  from xml.sax.saxutils import quoteattr
+  attributes = " ".join(f"{k}={quoteattr(v)}" for k, v in cfa.attrib.items())
+  return f"<ColorFilterArray {attributes}/>"
+
+
+def _xisf_icc_element(icc: bytes) -> str:
+  import base64
+  return f'<ICCProfile location="inline:base64">{base64.b64encode(icc).decode()}</ICCProfile>'
+
+
+def _xisf_add_elements(path: Path, element: str, block: int = 4096) -> None:
+  """Adds XML ``element`` (e.g. an inline ICC profile, a ColorFilterArray) to the first image of
+  an XISF file written by the xisf package.
 
   The XML header grows, so the data blocks move: every ``attachment:POS:SIZE``
   is shifted to the new, block-aligned start of the data.
   """
-  import base64
   import re
   import struct
   blob, header = _xisf_split(path)
-  element = f'<ICCProfile location="inline:base64">{base64.b64encode(icc).decode()}</ICCProfile>'
   m = re.search(r"<Image\b[^>]*?(/?)>", header)
   if m.group(1):  # self-closing <Image ... />
     header = header[:m.start()] + m.group(0)[:-2].rstrip() + ">" + element + "</Image>" + \
@@ -396,8 +440,11 @@ def write_image(path: str | os.PathLike, pixels: np.ndarray, meta: ImageMeta | N
       XISF.write(str(tmp), np.ascontiguousarray(data), creator_app="flatai-jax",
                  image_metadata=image_meta,
                  xisf_metadata=dict(meta.xisf_file_metadata or {}) if meta else {})
-      if meta is not None and meta.xisf_icc_profile:
-        _xisf_add_icc(tmp, meta.xisf_icc_profile)
+      added = "".join([_xisf_icc_element(meta.xisf_icc_profile)] if meta is not None and
+                      meta.xisf_icc_profile else []) + \
+          (meta.xisf_cfa_element if meta is not None and meta.xisf_cfa_element else "")
+      if added:
+        _xisf_add_elements(tmp, added)
     elif fmt == "tiff":
       import tifffile
       tifffile.imwrite(tmp, data[:, :, 0] if data.shape[-1] == 1 else data)
