@@ -113,3 +113,32 @@ def summarize(table: dict, reference: dict, radius: np.ndarray, min_stars: int =
           "ellipticity": med(table["ellipticity"][ok]),
           "flux_ratio": med(ratio[good_flux]),
           "stars": int(ok.sum())}
+
+
+def ringing(plane: np.ndarray, xy: np.ndarray, noise: float, radius: int = 12) -> np.ndarray:
+  """Dark halos around stars: the minimum of each star's radial profile, in noise units.
+
+  The plane's ``sep`` background is removed, the profile is the mean in 1-px annuli
+  from 1 to ``radius`` px around the star's position, and its minimum is divided by
+  ``noise`` (the pixel σ of the same plane, its unit). Around a star without ringing
+  the profile falls to the sky: ≳ −1 for a few pixels per annulus; a dark halo gives a
+  large negative value.
+
+  Args:
+    plane: ``(H, W)`` linear image.
+    xy: ``(n, 2)`` star positions, px, at least ``radius`` inside the border.
+    noise: pixel noise σ.
+  Returns:
+    ``(n,) float64``.
+  """
+  data, _ = star_detect.background(plane)
+  yy, xx = np.mgrid[-radius:radius + 1, -radius:radius + 1]
+  rr = np.rint(np.hypot(xx, yy)).astype(int)
+  out = np.full(len(xy), np.nan)
+  for i, (x, y) in enumerate(np.rint(xy).astype(int)):
+    cut = data[y - radius:y + radius + 1, x - radius:x + radius + 1]
+    if cut.shape != rr.shape:
+      continue
+    prof = [cut[rr == r].mean() for r in range(1, radius + 1)]
+    out[i] = min(prof) / max(noise, 1e-12)
+  return out
