@@ -57,6 +57,8 @@ class PSFField(NamedTuple):
     node_xy: ``(gy, gx, 2) float64`` node (x, y) pixel positions (``convolve.node_positions``).
     params: the fitted :class:`FieldParams` as floats.
     stars: ``(n, 2) float64`` (x, y) of the stars used.
+    flux: ``(n,)`` their fitted total fluxes, the frame's unit.
+    noise: pixel noise σ of the frame (``sep``'s background RMS), its unit.
     rms: median over stars of the fit residual's RMS per pixel, in noise σ (1 = at the noise).
   """
   coeffs: np.ndarray
@@ -64,6 +66,8 @@ class PSFField(NamedTuple):
   node_xy: np.ndarray
   params: dict
   stars: np.ndarray
+  flux: np.ndarray
+  noise: float
   rms: float
 
 
@@ -145,8 +149,8 @@ def solve_flux_background(model, data, mask):
 
 @functools.lru_cache(maxsize=8)
 def _fit_fn(spec: psf.PSFSpec, size: int, steps: int, lr: float):
-  """Jitted ``(params, shifts, stamps, mask, weights, h) -> (params, shifts, per-star mean
-  squared residual (N,))``."""
+  """Jitted ``(params, shifts, stamps, mask, weights, h) -> (params, shifts, (per-star mean
+  squared residual (N,), per-star flux (N,)))``."""
 
   def loss_fn(theta, stamps, mask, weights, h):
     params, shifts = theta
@@ -155,7 +159,7 @@ def _fit_fn(spec: psf.PSFSpec, size: int, steps: int, lr: float):
     flux, bg = solve_flux_background(model, stamps, mask)
     r = stamps - flux[:, None, None] * model - bg[:, None, None]
     per_star = jnp.sum(mask * r * r, axis=(1, 2)) / jnp.maximum(jnp.sum(mask, axis=(1, 2)), 1.0)
-    return jnp.sum(weights * per_star) / jnp.maximum(jnp.sum(weights > 0), 1.0), per_star
+    return jnp.sum(weights * per_star) / jnp.maximum(jnp.sum(weights > 0), 1.0), (per_star, flux)
 
   schedule = optax.cosine_decay_schedule(lr, steps, alpha=0.05)
   opt = optax.adam(schedule)
@@ -271,7 +275,7 @@ def fit_psf_field(plane: np.ndarray, cfg, grid=(5, 5), stamp: int | None = None,
   w = np.concatenate([weights, np.zeros(n_pad - n)]).astype(np.float32)
   h = pad(np.asarray(field_of(xy, hw)))
   fit = _fit_fn(spec, size, int(steps), float(lr))
-  params, _, per_star = fit(initial_params(), jnp.asarray(pad(offsets) / SHIFT_SCALE),
+  params, _, (per_star, flux) = fit(initial_params(), jnp.asarray(pad(offsets) / SHIFT_SCALE),
                                 jnp.asarray(pad(stamps)), jnp.ones((n_pad, size, size)),
                                 jnp.asarray(w), jnp.asarray(h))
   params = jax.device_get(params)
@@ -281,7 +285,8 @@ def fit_psf_field(plane: np.ndarray, cfg, grid=(5, 5), stamp: int | None = None,
                        spec.obstruction)
   psfs = optics.render_psfs(coeffs, spec)
   return PSFField(coeffs=np.asarray(coeffs), psfs=np.asarray(psfs), node_xy=nodes,
-                  params=params_to_dict(params), stars=xy, rms=rms_sigma)
+                  params=params_to_dict(params), stars=xy, flux=np.asarray(flux)[:n],
+                  noise=rms, rms=rms_sigma)
 
 
 def params_to_dict(params: FieldParams) -> dict:
