@@ -10,7 +10,7 @@ constant astigmatism and coma (a decentred or tilted element). Each star ``i`` i
 centre pixel) and ``shift`` a sub-pixel Fourier shift. Flux and background enter
 linearly and are solved exactly at every step (variable projection); the field
 parameters and the centres ``δ_i`` are fitted by Adam, inside one jitted
-``lax.scan``. Stars are padded to a fixed count with a mask (static shapes: one
+``lax.scan``, from two starts (:func:`starts`). Stars are padded to a fixed count with a mask (static shapes: one
 compilation per star bucket).
 
 Ambiguity. For a centrally symmetric pupil the PSF of ``W(p)`` equals that of
@@ -80,6 +80,15 @@ def initial_params() -> FieldParams:
                                   coma=f(0.0), astigmatism=f(0.04), field_curvature=f(0.04),
                                   tilt=f(0.01, -0.01)),
       astig0=f(0.01, 0.01), coma0=f(0.0, 0.0))
+
+
+def starts() -> list[FieldParams]:
+  """Starts of the fit: :func:`initial_params` and the same with field curvature and defocus
+  of the opposite sign to astigmatism (the fit keeps the one with the lowest loss)."""
+  p = initial_params()
+  s = p.system
+  return [p, p._replace(system=s._replace(field_curvature=-s.field_curvature,
+                                          defocus=-s.defocus))]
 
 
 def field_model(params: FieldParams, h, num_modes: int, obstruction: float = 0.0):
@@ -275,10 +284,15 @@ def fit_psf_field(plane: np.ndarray, cfg, grid=(5, 5), stamp: int | None = None,
   w = np.concatenate([weights, np.zeros(n_pad - n)]).astype(np.float32)
   h = pad(np.asarray(field_of(xy, hw)))
   fit = _fit_fn(spec, size, int(steps), float(lr))
-  params, _, (per_star, flux) = fit(initial_params(), jnp.asarray(pad(offsets) / SHIFT_SCALE),
-                                jnp.asarray(pad(stamps)), jnp.ones((n_pad, size, size)),
-                                jnp.asarray(w), jnp.asarray(h))
-  params = jax.device_get(params)
+  args = (jnp.asarray(pad(offsets) / SHIFT_SCALE), jnp.asarray(pad(stamps)),
+          jnp.ones((n_pad, size, size)), jnp.asarray(w), jnp.asarray(h))
+  best = None
+  for start in starts():  # the relative sign of astigmatism and field curvature has local minima
+    params, _, (per_star, flux) = jax.device_get(fit(start, *args))
+    loss = float(np.sum(w[:n] * per_star[:n]))
+    if best is None or loss < best[0]:
+      best = (loss, params, per_star, flux)
+  _, params, per_star, flux = best
   rms_sigma = math.sqrt(float(np.median(np.asarray(per_star)[:n]))) / rms
   nodes = node_positions(hw, grid)
   coeffs = field_model(params, jnp.asarray(field_of(nodes, hw)), spec.num_modes,
