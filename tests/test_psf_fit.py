@@ -98,7 +98,8 @@ def _zones(xy):
 def test_deconvolution_evens_the_field_keeps_flux_and_does_not_ring(frame, corrected):
   xy, observed, ideal = frame
   out = corrected.corrected[..., 0]
-  assert abs(out.sum() / observed.sum() - 1.0) < 0.01  # kernels sum to 1 (reflected borders)
+  inner = (slice(32, -32),) * 2  # the outer ~K/2 px exchange light with the reflected margin
+  assert abs(out[inner].sum() / observed[inner].sum() - 1.0) < 0.01  # kernels sum to 1
   xy, centre, corner = _zones(xy)
   ref = stars.measure(ideal, xy, box=25, aperture=10.0)
   ratio = {}
