@@ -4,6 +4,7 @@
   flatai evaluate --checkpoint=runs/x [--step=N] [--output_dir=runs/x/eval]   (--workdir: same)
   flatai correct  IMAGE... [--checkpoint=runs/x] [--out=DIR | --output=out.fits] [--task=flat]
                   [--reference=clean.fits] [--cfa=auto|none|RGGB|…] [--input_stretch=auto|…]
+  flatai correct  IMAGE... --task=psf --method=physics [--target=diffraction|centre|FWHM_PX]
   flatai synth    --config=configs/default.py:flat,quickstart --output_dir=synth [--num=8] [--full_frame]
   flatai export   --checkpoint=runs/x --output=models/x   (parameters + config only)
   flatai build_dataset --input_dir=my_clean_images --output_dir=data/mine [--min_size=128] [--val_percent=10]
@@ -39,6 +40,11 @@ flags.DEFINE_string("output", None, "Output path.")
 flags.DEFINE_string("out", None, "Output folder; default: beside each input.")
 flags.DEFINE_enum("task", None, ["flat", "psf", "combined"], "Correction to apply; default: the "
                   "model's task; 'flat' applies only the flat part of a combined model.")
+flags.DEFINE_enum("method", "model", ["model", "physics"], "psf correction by a trained model, "
+                  "or 'physics': fit the PSF field to the frame's stars and deconvolve (no model; "
+                  "optics from --config's degrade.psf, default configs/default.py:psf).")
+flags.DEFINE_string("target", "diffraction", "--method=physics: PSF to deconvolve to: "
+                    "'diffraction', 'centre' (the fitted on-axis PSF) or a Gaussian FWHM in px.")
 flags.DEFINE_string("output_dir", None, "Output folder.")
 flags.DEFINE_string("reference", None, "Known clean image to score the correction against.")
 flags.DEFINE_integer("tile", None, "Tile side in px; default: the model's config.predict.tile.")
@@ -93,7 +99,9 @@ COMMANDS = {
          "step": None,
          "output": "Output image (one input only); default: <input>_corrected.<ext>.",
          "out": None, "task": None, "reference": None, "tile": None, "overlap": None,
-         "strength": None, "cfa": None, "input_stretch": None}),
+         "strength": None, "cfa": None, "input_stretch": None, "method": None, "target": None,
+         "config": "--method=physics: config whose degrade.psf describes the optics (sampling "
+                   "q, pupil, band); default configs/default.py:psf."}),
     "synth": Command(
         "Write synthetic examples (observed, clean, F, G as FITS) and a contact sheet.",
         "--config=FILE[:ARGS] --output_dir=DIR [--num=N] [--full_frame]",
@@ -330,6 +338,8 @@ def _correct(argv):
     stretch.parse(FLAGS.input_stretch)
   except ValueError as e:
     raise app.UsageError(str(e))
+  if FLAGS.method == "physics":
+    return _correct_physics(inputs)
   corrector = correct.load(FLAGS.checkpoint, FLAGS.step)
   checkpoint = corrector.checkpoint
   try:
@@ -354,6 +364,44 @@ def _correct(argv):
     if "mae_before" in report:
       print(f"error vs reference: MAE {report['mae_before']:.5f} → {report['mae_after']:.5f}"
             f"   PSNR {report['psnr_before']:.2f} → {report['psnr_after']:.2f} dB")
+    for k, v in report["outputs"].items():
+      print(f"wrote {k}: {v}")
+  if failed:
+    print(f"flatai correct: {len(failed)} of {len(inputs)} file(s) failed", file=sys.stderr)
+    sys.exit(2)
+
+
+def _correct_physics(inputs):
+  """``--method=physics``: PSF field from the stars, deconvolution; no model is loaded."""
+  from flatai_jax import correct_psf
+  from flatai_jax.config_args import default_config
+  from flatai_jax.io.images import ImageError
+  if FLAGS.task not in (None, "psf"):
+    raise app.UsageError(f"--method=physics corrects aberrations only (--task=psf), not "
+                         f"--task={FLAGS.task}")
+  if FLAGS.checkpoint:
+    raise app.UsageError("--method=physics uses no model; drop --checkpoint")
+  config = FLAGS.config or default_config("psf")
+  if config is None:
+    raise app.UsageError("--method=physics needs --config=FILE:psf (its degrade.psf: the optics)")
+  target = FLAGS.target
+  if target not in ("diffraction", "centre"):
+    try:
+      target = float(target)
+    except ValueError:
+      raise app.UsageError(f"--target={target!r}: 'diffraction', 'centre' or a FWHM in px")
+    if not target > 0:
+      raise app.UsageError(f"--target={target:g}: a FWHM must be > 0 px")
+  failed = []
+  for path in inputs:
+    try:
+      report = correct_psf.correct_file(path, config.degrade.psf, FLAGS.output, FLAGS.out, target)
+    except ImageError as e:
+      print(f"flatai correct: error: {e}", file=sys.stderr)
+      failed.append(path)
+      continue
+    print(f"{path}: PSF field from {report['stars']} stars, residual "
+          f"{report['residual_rms_sigma']:.2f} σ, noise gain ≤ {report['noise_gain_max']:.2f}")
     for k, v in report["outputs"].items():
       print(f"wrote {k}: {v}")
   if failed:

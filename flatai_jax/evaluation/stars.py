@@ -1,5 +1,5 @@
-"""Star measurements for the psf/combined evaluation: detection with ``sep`` (SExtractor's
-background and extraction), a per-star elliptical Moffat fit (FWHM, ellipticity), aperture flux.
+"""Star measurements for the psf/combined evaluation: detection (``physics.star_detect``, with
+``sep``), a per-star elliptical Moffat fit (FWHM, ellipticity), aperture flux.
 
 Stars are found once on the truth frame (isolated, unsaturated, well above the
 noise) and then measured at those positions on every image to compare
@@ -11,65 +11,12 @@ import numpy as np
 import sep
 from scipy import optimize
 
-from flatai_jax.physics import geometry
+from flatai_jax.physics import geometry, star_detect
 
 CENTRE_RADIUS = 0.4  # stars within this field radius (0 centre, 1 corner) are "centre"
 CORNER_RADIUS = 0.7  # stars beyond it are "corner"
 
-
-def _background(plane: np.ndarray):
-  data = np.ascontiguousarray(plane, np.float64)
-  box = int(max(16, min(data.shape) // 8))
-  bkg = sep.Background(data, bw=box, bh=box)
-  return data - bkg.back(), bkg.globalrms
-
-
-def find_stars(clean: np.ndarray, noise_rms: float, usable: np.ndarray | None = None,
-               snr: float = 10.0, max_stars: int = 200, box: int = 15) -> np.ndarray:
-  """Isolated stars of a noise-free truth plane.
-
-  Args:
-    clean: ``(H, W)`` linear truth.
-    noise_rms: pixel noise σ of the observed frame, same unit; stars need a
-      peak above ``snr · noise_rms``.
-    usable: optional ``(H, W) bool``; stars touching an unusable (e.g.
-      saturated) pixel within ``box`` are dropped.
-    snr: peak signal-to-noise threshold.
-    max_stars: keep the brightest this many.
-    Sources with a half-light radius above 1.5× the 20th percentile of all
-    detections (nebula knots, blends) are dropped: a truth frame has one seeing.
-    box: fit box side, px; stars closer than ``box`` to another source or to
-      the border are dropped.
-  Returns:
-    ``(n, 2) float64`` (x, y) pixel positions (pixel centres at integers).
-  """
-  data, _ = _background(clean)
-  thresh = snr * max(noise_rms, 1e-12)
-  objs = sep.extract(data, thresh, minarea=3, deblend_cont=1.0)
-  if len(objs) == 0:
-    return np.zeros((0, 2))
-  h, w = clean.shape
-  xy = np.stack([objs["x"], objs["y"]], -1)
-  half = box // 2
-  # isolation against every detection, also fainter ones (found at a lower threshold)
-  faint = sep.extract(data, max(thresh / 4, 1e-12), minarea=3)
-  others = np.stack([faint["x"], faint["y"]], -1) if len(faint) else xy
-  d = np.sqrt(((xy[:, None] - others[None]) ** 2).sum(-1))
-  isolated = (np.sort(d, axis=1)[:, 1] if d.shape[1] > 1 else np.full(len(xy), np.inf)) > box
-  inside = ((xy[:, 0] > half + 1) & (xy[:, 0] < w - half - 2) &
-            (xy[:, 1] > half + 1) & (xy[:, 1] < h - half - 2))
-  # point sources only: nebula knots have larger half-light radii than the frame's stars
-  hlr, _ = sep.flux_radius(data, xy[:, 0], xy[:, 1], np.full(len(xy), float(half)), 0.5,
-                           subpix=5)
-  compact = hlr < 1.5 * np.percentile(hlr, 20)
-  keep = isolated & inside & compact & (objs["flag"] == 0)
-  if usable is not None:
-    for i in np.flatnonzero(keep):
-      x, y = int(round(xy[i, 0])), int(round(xy[i, 1]))
-      keep[i] = usable[y - half:y + half + 1, x - half:x + half + 1].all()
-  idx = np.flatnonzero(keep)
-  idx = idx[np.argsort(-objs["peak"][idx])][:max_stars]
-  return xy[idx]
+find_stars = star_detect.find_stars  # the one detection, shared with the PSF-field fit
 
 
 def moffat(params, dx, dy):
@@ -125,7 +72,7 @@ def measure(plane: np.ndarray, xy: np.ndarray, box: int = 15, aperture: float = 
   Returns:
     dict of ``(n,) float64``: ``fwhm`` (px), ``ellipticity``, ``flux``.
   """
-  data, _ = _background(plane)
+  data, _ = star_detect.background(plane)
   half = box // 2
   fwhm, ell = np.full(len(xy), np.nan), np.full(len(xy), np.nan)
   for i, (x, y) in enumerate(xy):
@@ -166,3 +113,32 @@ def summarize(table: dict, reference: dict, radius: np.ndarray, min_stars: int =
           "ellipticity": med(table["ellipticity"][ok]),
           "flux_ratio": med(ratio[good_flux]),
           "stars": int(ok.sum())}
+
+
+def ringing(plane: np.ndarray, xy: np.ndarray, noise: float, radius: int = 12) -> np.ndarray:
+  """Dark halos around stars: the minimum of each star's radial profile, in noise units.
+
+  The plane's ``sep`` background is removed, the profile is the mean in 1-px annuli
+  from 1 to ``radius`` px around the star's position, and its minimum is divided by
+  ``noise`` (the pixel σ of the same plane, its unit). Around a star without ringing
+  the profile falls to the sky: ≳ −1 for a few pixels per annulus; a dark halo gives a
+  large negative value.
+
+  Args:
+    plane: ``(H, W)`` linear image.
+    xy: ``(n, 2)`` star positions, px, at least ``radius`` inside the border.
+    noise: pixel noise σ.
+  Returns:
+    ``(n,) float64``.
+  """
+  data, _ = star_detect.background(plane)
+  yy, xx = np.mgrid[-radius:radius + 1, -radius:radius + 1]
+  rr = np.rint(np.hypot(xx, yy)).astype(int)
+  out = np.full(len(xy), np.nan)
+  for i, (x, y) in enumerate(np.rint(xy).astype(int)):
+    cut = data[y - radius:y + radius + 1, x - radius:x + radius + 1]
+    if cut.shape != rr.shape:
+      continue
+    prof = [cut[rr == r].mean() for r in range(1, radius + 1)]
+    out[i] = min(prof) / max(noise, 1e-12)
+  return out

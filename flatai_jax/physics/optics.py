@@ -122,13 +122,14 @@ def render_psfs(coeffs, cfg):
 
   Args:
     coeffs: ``(..., J)`` waves RMS at λ_ref.
-    cfg: ``config.degrade.psf``.
+    cfg: ``config.degrade.psf``, or its ``psf.PSFSpec`` (hashable: a cache key).
   Returns:
     ``(..., k, k) float32``, each summing to 1 with its centroid on the centre
     pixel (the kernel cuts an asymmetric PSF's far wing, which would otherwise
     move its centroid and distort the image).
   """
-  return psf.recenter(psf.psf(coeffs, psf.PSFSpec.from_config(cfg)))
+  spec = cfg if isinstance(cfg, psf.PSFSpec) else psf.PSFSpec.from_config(cfg)
+  return psf.recenter(psf.psf(coeffs, spec))
 
 
 def psf_field(key, coords, cfg, aspect: float):

@@ -1,0 +1,140 @@
+"""``flatai correct --task=psf --method=physics``: aberration correction without a trained model.
+
+The PSF field is fitted to the frame's own stars (``physics.psf_fit``), and the frame is
+deconvolved to a target PSF node by node (``physics.deconvolve``). Imports only what
+``correct`` may (``physics``, ``io``, ``metrics``, ``correct``); nothing of training or evaluation.
+"""
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import jax.numpy as jnp
+import numpy as np
+
+from flatai_jax import correct, metrics
+from flatai_jax.io import atomic, images
+from flatai_jax.physics import deconvolve, psf_fit
+
+DEFAULT_GRID = (11, 11)  # PSF nodes (rows, cols) over the frame
+
+
+@dataclasses.dataclass
+class PhysicsCorrection:
+  """Outputs of :func:`correct_physics`.
+
+  Attributes:
+    corrected: ``(H, W, C) float32`` linear, the frame's unit; NaN where the input was NaN.
+    field: the fitted :class:`psf_fit.PSFField`.
+    target: ``(k, k)`` the target PSF.
+    broadening: ``(gy, gx)`` σ px of the Gaussian the target was broadened by per node.
+    gain: ``(gy, gx)`` white-noise gain per node.
+    effective: ``(gy, gx, k, k)`` node PSFs after deconvolution.
+  """
+  corrected: np.ndarray
+  field: psf_fit.PSFField
+  target: np.ndarray
+  broadening: np.ndarray
+  gain: np.ndarray
+  effective: np.ndarray
+
+
+def correct_physics(image: np.ndarray, cfg, target="diffraction", grid=DEFAULT_GRID,
+                    max_noise_gain: float = deconvolve.MAX_NOISE_GAIN,
+                    max_ringing: float = deconvolve.MAX_RINGING, **fit_kw) -> PhysicsCorrection:
+  """Fits the PSF field of a frame and deconvolves it to ``target``.
+
+  Args:
+    image: ``(H, W)`` or ``(H, W, C)`` linear pixels, any absolute scale; NaN = masked.
+      The field is fitted on the channel mean; every channel gets the same kernels.
+    cfg: ``config.degrade.psf`` (the optics' sampling, pupil, band, kernel, modes).
+    target: ``"diffraction"``, ``"centre"`` or a Gaussian FWHM in px
+      (``deconvolve.target_psf``).
+    grid: PSF nodes ``(gy, gx)``.
+    max_noise_gain, max_ringing: bounds of ``deconvolve.wiener_kernels``.
+    fit_kw: passed to ``psf_fit.fit_psf_field`` (``stamp``, ``snr``, ``steps``, …).
+  Raises:
+    ValueError: one line, e.g. too few measurable stars.
+  """
+  image = np.asarray(image, np.float32)
+  if image.ndim == 2:
+    image = image[:, :, None]
+  filled, mask = correct.fill_masked(image)
+  field = psf_fit.fit_psf_field(filled.mean(-1), cfg, grid, **fit_kw)
+  spec_modes = field.coeffs.shape[-1]
+  centre = psf_fit.field_model(psf_fit.params_from_dict(field.params), jnp.zeros(2), spec_modes)
+  t = deconvolve.target_psf(target, cfg, centre_coeffs=centre)
+  stamp = fit_kw.get("stamp") or min(t.shape[-1], 25)
+  lam = deconvolve.noise_lambda(field.noise, float(np.median(field.flux)), stamp * stamp)
+  kernels, broadening, gain, effective = deconvolve.wiener_kernels(
+      field.psfs, t, lam, max_noise_gain=max_noise_gain, max_ringing=max_ringing)
+  out = deconvolve.deconvolve(filled, kernels)
+  if mask is not None:
+    out[mask] = np.nan
+  return PhysicsCorrection(out, field, t, broadening, gain, effective)
+
+
+def output_paths(input_path, output=None, out_dir=None) -> dict[str, Path]:
+  """``correct.output_paths`` plus the PSF field: ``<stem>_psf.fits`` (the node PSFs as a
+  mosaic), ``<stem>_psf.json`` (coefficients) and ``<stem>_psf_field.png``, ``<stem>`` the
+  corrected image's."""
+  paths = correct.output_paths(input_path, output, out_dir)
+  stem, _ = images.split_suffix(paths["corrected"])
+  main = paths["corrected"]
+  return {"corrected": main, "psf": main.with_name(f"{stem}_psf.fits"),
+          "psf_json": main.with_name(f"{stem}_psf.json"),
+          "psf_field": main.with_name(f"{stem}_psf_field.png"), "preview": paths["preview"]}
+
+
+def psf_field_panels(image: np.ndarray, out: PhysicsCorrection) -> dict:
+  """The picture of the field: fitted PSFs, PSFs after deconvolution, the target, and the
+  frame's centre and corner before and after (``metrics.save_panel_grid`` panels)."""
+  h, w = image.shape[:2]
+  z = max(8, min(96, h // 3, w // 3))
+  cut = lambda a, y, x: correct._nan_to_median(a[y:y + z, x:x + z])
+  gy, gx = out.field.psfs.shape[:2]
+  return {f"fitted PSFs ({gy}×{gx} nodes)": (metrics.psf_mosaic(out.field.psfs[None])[0], "image"),
+          "after deconvolution": (metrics.psf_mosaic(out.effective[None])[0], "image"),
+          "target": (out.target[:, :, None], "image"),
+          f"centre before ({z} px)": (cut(image, (h - z) // 2, (w - z) // 2), "image"),
+          "centre after": (cut(out.corrected, (h - z) // 2, (w - z) // 2), "image"),
+          "top-left before": (cut(image, 0, 0), "image"),
+          "top-left after": (cut(out.corrected, 0, 0), "image"),
+          "bottom-right before": (cut(image, h - z, w - z), "image"),
+          "bottom-right after": (cut(out.corrected, h - z, w - z), "image")}
+
+
+def correct_file(input_path, cfg, output=None, out_dir=None, target="diffraction",
+                 grid=DEFAULT_GRID) -> dict:
+  """Reads, corrects and writes one frame (atomic writes, never over the input).
+
+  Writes ``<name>_corrected.<ext>`` (the input's format, header and HDUs kept, a HISTORY
+  line added), the PSF field (:func:`output_paths`) and a preview PNG. Returns a report:
+  stars used, residual, noise gains and the output paths.
+
+  Raises:
+    images.ImageError: one line naming the file (unreadable, too few stars, …).
+  """
+  image, meta = images.read_image(input_path, allow_nan=True)
+  paths = output_paths(input_path, output, out_dir)
+  for p in paths.values():
+    if p.resolve() == Path(input_path).resolve():
+      raise images.ImageError(p, "refusing to overwrite the input file; choose another --output")
+  try:
+    out = correct_physics(image, cfg, target, grid)
+  except ValueError as e:
+    raise images.ImageError(input_path, str(e)) from None
+  history = (f"flatai correct: method=physics task=psf target={target} grid={grid[0]}x{grid[1]} "
+             f"stars={len(out.field.stars)} input={Path(input_path).name}")
+  images.write_image(paths["corrected"], out.corrected, meta, history=history,
+                     protect=[input_path])
+  images.write_image(paths["psf"], metrics.psf_mosaic(out.field.psfs[None])[0],
+                     history=history + " (fitted PSF grid, nodes as tiles)", protect=[input_path])
+  atomic.write_text_atomic(paths["psf_json"], psf_fit.field_json(out.field, {
+      "target": str(target), "target_broadening_px": out.broadening.round(3).tolist(),
+      "noise_gain": out.gain.round(3).tolist(), "psf_mosaic": paths["psf"].name}))
+  metrics.save_panel_grid(paths["psf_field"], psf_field_panels(image, out), cols=3)
+  correct.save_preview(paths["preview"], image, correct.Correction(out.corrected, None, None))
+  return {"input": str(input_path), "stars": len(out.field.stars),
+          "residual_rms_sigma": out.field.rms, "noise_gain_max": float(out.gain.max()),
+          "outputs": {k: str(v) for k, v in paths.items()}}

@@ -1,0 +1,354 @@
+"""The PSF field of a frame, estimated from its own stars: Zernike coefficients as a smooth
+function of field position, fitted through the differentiable renderer.
+
+Model. The Noll coefficients (waves RMS at λ_ref) at field position ``h`` are the
+Seidel-like field model of ``optics.field_coefficients`` (constant defocus, spherical,
+trefoil; coma ∝ h; astigmatism and field curvature ∝ h²; a tilted sensor) plus
+constant astigmatism and coma (a decentred or tilted element). Each star ``i`` is
+``flux_i · shift(PSF(h_i), δ_i) + background_i`` on its stamp, ``PSF`` from
+``optics.render_psfs`` (the forward model's renderer: normalised, centroid on the
+centre pixel) and ``shift`` a sub-pixel Fourier shift. Flux and background enter
+linearly and are solved exactly at every step (variable projection); the field
+parameters and the centres ``δ_i`` are fitted by Adam, inside one jitted
+``lax.scan``, from two starts (:func:`starts`). Stars are padded to a fixed count with a mask (static shapes: one
+compilation per star bucket).
+
+Ambiguity. For a centrally symmetric pupil the PSF of ``W(p)`` equals that of
+``−W(−p)``: the even modes (defocus, astigmatism, spherical, field curvature,
+sensor tilt) flip sign together and the odd ones (coma, trefoil) stay. One in-focus
+frame cannot tell the two apart; the fit returns one of them and
+:func:`even_sign_flip` gives the other. The PSFs, hence the deconvolution, are the same.
+
+Host side: detection (``star_detect``), stamps, the star selection; the fit is JAX.
+"""
+from __future__ import annotations
+
+import functools
+import json
+import math
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from flatai_jax.physics import convolve, geometry, optics, psf, star_detect
+
+MIN_STARS = 20  # fewer measurable stars than this: no fit (one-line error)
+SHIFT_SCALE = 5.0  # centre offsets are optimised in units of this many px (Adam steps ~ lr)
+MODEL_FLOOR = 0.03  # per-star error floor, fraction of its peak: bright stars do not dominate
+EVEN_FIELDS = ("defocus", "spherical", "astigmatism", "field_curvature", "tilt", "astig0")
+
+
+class FieldParams(NamedTuple):
+  """Parameters of the field model, float32, waves RMS at λ_ref."""
+  system: optics.OpticalSystem  # the Seidel-like field model (optics.field_coefficients)
+  astig0: jax.Array  # (2,) constant (Z5, Z6): decentred element
+  coma0: jax.Array  # (2,) constant (Z7, Z8): decentred element
+
+
+class PSFField(NamedTuple):
+  """A fitted PSF field (NumPy).
+
+  Attributes:
+    coeffs: ``(gy, gx, J) float32`` Noll coefficients at the nodes, waves RMS.
+    psfs: ``(gy, gx, k, k) float32`` their PSFs (``optics.render_psfs``), each summing to 1.
+    node_xy: ``(gy, gx, 2) float64`` node (x, y) pixel positions (``convolve.node_positions``).
+    params: the fitted :class:`FieldParams` as floats.
+    stars: ``(n, 2) float64`` (x, y) of the stars used.
+    flux: ``(n,)`` their fitted total fluxes, the frame's unit.
+    noise: pixel noise σ of the frame (``sep``'s background RMS), its unit.
+    rms: median over stars of the fit residual's RMS per pixel, in noise σ (1 = at the noise).
+  """
+  coeffs: np.ndarray
+  psfs: np.ndarray
+  node_xy: np.ndarray
+  params: dict
+  stars: np.ndarray
+  flux: np.ndarray
+  noise: float
+  rms: float
+
+
+def initial_params() -> FieldParams:
+  """Start of the fit: zero odd modes, small even ones (the loss is even in the even modes,
+  so exactly zero would be a saddle with zero gradient)."""
+  f = lambda *v: jnp.asarray(v if len(v) > 1 else v[0], jnp.float32)
+  return FieldParams(
+      system=optics.OpticalSystem(defocus=f(0.02), spherical=f(0.01), trefoil=f(0.0, 0.0),
+                                  coma=f(0.0), astigmatism=f(0.04), field_curvature=f(0.04),
+                                  tilt=f(0.01, -0.01)),
+      astig0=f(0.01, 0.01), coma0=f(0.0, 0.0))
+
+
+def starts() -> list[FieldParams]:
+  """Starts of the fit: :func:`initial_params` and the same with field curvature and defocus
+  of the opposite sign to astigmatism (the fit keeps the one with the lowest loss)."""
+  p = initial_params()
+  s = p.system
+  return [p, p._replace(system=s._replace(field_curvature=-s.field_curvature,
+                                          defocus=-s.defocus))]
+
+
+def field_model(params: FieldParams, h, num_modes: int, obstruction: float = 0.0):
+  """Noll coefficients at field positions.
+
+  Args:
+    params: :class:`FieldParams`.
+    h: ``(..., 2)`` field vectors (``geometry.field_position``).
+    num_modes: static ``J ≥ 11``.
+    obstruction: static central obstruction ratio.
+  Returns:
+    ``(..., J) float32`` waves RMS.
+  """
+  c = optics.field_coefficients(params.system, h, num_modes, obstruction)
+  const = jnp.zeros(num_modes, jnp.float32).at[4:6].set(params.astig0).at[6:8].set(params.coma0)
+  return c + const
+
+
+def even_sign_flip(params: FieldParams) -> FieldParams:
+  """The other solution of the in-focus ambiguity: even modes negated, odd ones kept."""
+  s = params.system._replace(**{k: -getattr(params.system, k) for k in EVEN_FIELDS
+                                if k in params.system._fields})
+  return params._replace(system=s, astig0=-params.astig0)
+
+
+def shift_psfs(p, dxy):
+  """Sub-pixel Fourier shift.
+
+  Args:
+    p: ``(N, k, k)`` images.
+    dxy: ``(N, 2)`` (x, y) shifts, px (positive: towards larger column / row).
+  Returns:
+    ``(N, k, k) float32`` (periodic: keep the content away from the border).
+  """
+  k = p.shape[-1]
+  fy = jnp.fft.fftfreq(k)[None, :, None]
+  fx = jnp.fft.rfftfreq(k)[None, None, :]
+  ramp = jnp.exp(-2j * jnp.pi * (fy * dxy[:, 1, None, None] + fx * dxy[:, 0, None, None]))
+  return jnp.fft.irfft2(jnp.fft.rfft2(p) * ramp, s=(k, k)).astype(jnp.float32)
+
+
+def unit_stamps(coeffs, dxy, spec: psf.PSFSpec, size: int):
+  """``(N, size, size)`` unit-flux star images: the PSFs of ``(N, J)`` coefficients shifted by
+  ``(N, 2)`` (x, y) px, the central ``size`` px of the ``k``-px kernel."""
+  k = spec.kernel_size
+  p = shift_psfs(optics.render_psfs(coeffs, spec), dxy)
+  a = (k - size) // 2
+  return p[:, a:a + size, a:a + size]
+
+
+def solve_flux_background(model, data, mask):
+  """Least-squares flux and background of each stamp for a given unit model.
+
+  Args:
+    model, data, mask: ``(N, S, S)``; ``mask`` 1 where a pixel counts.
+  Returns:
+    ``(N,)`` flux, ``(N,)`` background (data units).
+  """
+  s_uu = jnp.sum(mask * model * model, axis=(1, 2))
+  s_u = jnp.sum(mask * model, axis=(1, 2))
+  s_1 = jnp.maximum(jnp.sum(mask, axis=(1, 2)), 1.0)
+  s_ud = jnp.sum(mask * model * data, axis=(1, 2))
+  s_d = jnp.sum(mask * data, axis=(1, 2))
+  det = jnp.maximum(s_uu * s_1 - s_u * s_u, 1e-12)
+  return (s_1 * s_ud - s_u * s_d) / det, (s_uu * s_d - s_u * s_ud) / det
+
+
+@functools.lru_cache(maxsize=8)
+def _fit_fn(spec: psf.PSFSpec, size: int, steps: int, lr: float):
+  """Jitted ``(params, shifts, stamps, mask, weights, h) -> (params, shifts, (per-star mean
+  squared residual (N,), per-star flux (N,)))``."""
+
+  def loss_fn(theta, stamps, mask, weights, h):
+    params, shifts = theta
+    coeffs = field_model(params, h, spec.num_modes, spec.obstruction)
+    model = unit_stamps(coeffs, shifts * SHIFT_SCALE, spec, size)
+    flux, bg = solve_flux_background(model, stamps, mask)
+    r = stamps - flux[:, None, None] * model - bg[:, None, None]
+    per_star = jnp.sum(mask * r * r, axis=(1, 2)) / jnp.maximum(jnp.sum(mask, axis=(1, 2)), 1.0)
+    return jnp.sum(weights * per_star) / jnp.maximum(jnp.sum(weights > 0), 1.0), (per_star, flux)
+
+  schedule = optax.cosine_decay_schedule(lr, steps, alpha=0.05)
+  opt = optax.adam(schedule)
+
+  @jax.jit
+  def fit(params, shifts, stamps, mask, weights, h):
+    theta = (params, shifts)
+    grad_fn = jax.grad(lambda *a: loss_fn(*a)[0])
+
+    def step(carry, _):
+      theta, state = carry
+      updates, state = opt.update(grad_fn(theta, stamps, mask, weights, h), state, theta)
+      return (optax.apply_updates(theta, updates), state), None
+
+    (theta, _), _ = jax.lax.scan(step, (theta, opt.init(theta)), None, length=steps)
+    return theta[0], theta[1], loss_fn(theta, stamps, mask, weights, h)[1]
+
+  return fit
+
+
+def saturation_mask(plane: np.ndarray, grow: int = 2) -> np.ndarray:
+  """``(H, W) bool`` usable pixels: False on a clipped plateau (pixels within 0.1 % of the
+  frame's maximum, when at least two pixels reach it) grown by ``grow`` px; True everywhere
+  on a frame without a plateau."""
+  top = np.nanmax(plane)
+  hot = plane >= top - 1e-3 * abs(top)
+  if hot.sum() < 2:
+    return np.ones(plane.shape, bool)
+  from scipy import ndimage
+  return ~ndimage.binary_dilation(hot, iterations=grow)
+
+
+def select_spread(xy: np.ndarray, hw, count: int, cells: int = 8) -> np.ndarray:
+  """Indices of at most ``count`` of the (brightest-first) stars ``xy``, spread over the frame:
+  round-robin over a ``cells × cells`` grid, brightest first in each cell."""
+  h, w = hw
+  cell = (np.minimum(xy[:, 1] * cells // h, cells - 1) * cells
+          + np.minimum(xy[:, 0] * cells // w, cells - 1)).astype(int)
+  rank = np.zeros(len(xy), int)
+  seen: dict[int, int] = {}
+  for i, c in enumerate(cell):  # rank of each star within its cell, in brightness order
+    rank[i] = seen.get(c, 0)
+    seen[c] = rank[i] + 1
+  order = np.lexsort((np.arange(len(xy)), rank))
+  return np.sort(order[:count])
+
+
+def bucket(n: int) -> int:
+  """Padded star count: the next of 32, 64, 128, 256, … (few compilations)."""
+  return max(32, 1 << math.ceil(math.log2(max(n, 1))))
+
+
+def cut_stamps(data: np.ndarray, xy: np.ndarray, size: int):
+  """``(n, size, size)`` stamps centred on the rounded positions and the ``(n, 2)`` (x, y)
+  offsets of the stars from the stamp centres, px."""
+  half = size // 2
+  ij = np.rint(xy).astype(int)
+  stamps = np.stack([data[y - half:y + half + 1, x - half:x + half + 1] for x, y in ij])
+  return stamps, xy - ij
+
+
+def node_positions(hw, grid) -> np.ndarray:
+  """``(gy, gx, 2)`` (x, y) pixel positions of the PSF nodes of a frame (``convolve``'s)."""
+  ys = convolve.node_positions(hw[0], grid[0])
+  xs = convolve.node_positions(hw[1], grid[1])
+  return np.stack(np.meshgrid(xs, ys, indexing="xy"), -1).astype(np.float64)
+
+
+def field_of(xy, hw):
+  """``(..., 2)`` field vectors ``h`` of (x, y) pixel positions on a frame of ``hw`` px."""
+  return geometry.field_position(geometry.pixel_coords(xy, hw), hw[0] / hw[1])
+
+
+def fit_psf_field(plane: np.ndarray, cfg, grid=(5, 5), stamp: int | None = None,
+                  snr: float = 20.0, max_stars: int = 256, steps: int = 300,
+                  lr: float = 0.02, min_stars: int = MIN_STARS) -> PSFField:
+  """Fits the PSF field of a frame to its isolated, unsaturated stars.
+
+  Args:
+    plane: ``(H, W)`` linear frame (one channel; e.g. the mean of RGB).
+    cfg: ``config.degrade.psf``: the optics' sampling ``q``, pupil (obstruction,
+      spiders), band, ``kernel_size`` and ``num_modes`` (static, known for a telescope).
+    grid: PSF nodes ``(gy, gx)`` of the returned field.
+    stamp: fit stamp side, px, odd, ≤ ``kernel_size`` (default ``min(kernel_size, 25)``);
+      stars closer than this to another source or the border are not used.
+    snr: peak signal-to-noise of a usable star.
+    max_stars: at most this many stars are fitted, spread over the frame (brightest per cell).
+    steps, lr: Adam steps and peak learning rate (waves; centres in units of ``SHIFT_SCALE`` px).
+    min_stars: fewer measurable stars raise.
+  Returns:
+    :class:`PSFField`.
+  Raises:
+    ValueError: one line naming the count when fewer than ``min_stars`` stars are measurable.
+  """
+  spec = psf.PSFSpec.from_config(cfg)
+  size = stamp or min(spec.kernel_size, 25)
+  if size % 2 != 1 or size > spec.kernel_size:
+    raise ValueError(f"stamp {size} must be odd and at most kernel_size {spec.kernel_size}")
+  plane = np.asarray(plane, np.float64)
+  hw = plane.shape
+  data, rms = star_detect.background(plane)
+  xy = star_detect.find_stars(plane, rms, usable=saturation_mask(plane), snr=snr,
+                              max_stars=100_000, box=size, compact=False)
+  if len(xy) < min_stars:
+    raise ValueError(f"only {len(xy)} measurable stars (isolated by {size} px, unsaturated, "
+                     f"peak ≥ {snr:g} σ); the PSF-field fit needs at least {min_stars}")
+  xy = xy[select_spread(xy, hw, max_stars)]
+  stamps, offsets = cut_stamps(data, xy, size)
+  n, n_pad = len(xy), bucket(len(xy))
+  peak = stamps.max(axis=(1, 2))
+  weights = 1.0 / (rms ** 2 + (MODEL_FLOOR * peak) ** 2)
+  pad = lambda a: np.concatenate([a, np.repeat(a[:1], n_pad - n, 0)]).astype(np.float32)
+  w = np.concatenate([weights, np.zeros(n_pad - n)]).astype(np.float32)
+  h = pad(np.asarray(field_of(xy, hw)))
+  fit = _fit_fn(spec, size, int(steps), float(lr))
+  args = (jnp.asarray(pad(offsets) / SHIFT_SCALE), jnp.asarray(pad(stamps)),
+          jnp.ones((n_pad, size, size)), jnp.asarray(w), jnp.asarray(h))
+  best = None
+  for start in starts():  # the relative sign of astigmatism and field curvature has local minima
+    params, _, (per_star, flux) = jax.device_get(fit(start, *args))
+    loss = float(np.sum(w[:n] * per_star[:n]))
+    if best is None or loss < best[0]:
+      best = (loss, params, per_star, flux)
+  _, params, per_star, flux = best
+  rms_sigma = math.sqrt(float(np.median(np.asarray(per_star)[:n]))) / rms
+  nodes = node_positions(hw, grid)
+  coeffs = field_model(params, jnp.asarray(field_of(nodes, hw)), spec.num_modes,
+                       spec.obstruction)
+  psfs = optics.render_psfs(coeffs, spec)
+  return PSFField(coeffs=np.asarray(coeffs), psfs=np.asarray(psfs), node_xy=nodes,
+                  params=params_to_dict(params), stars=xy, flux=np.asarray(flux)[:n],
+                  noise=rms, rms=rms_sigma)
+
+
+def params_to_dict(params: FieldParams) -> dict:
+  """:class:`FieldParams` as a JSON-ready dict of floats / lists (waves RMS)."""
+  out = {k: np.asarray(v).tolist() for k, v in params.system._asdict().items()}
+  out.update(astig0=np.asarray(params.astig0).tolist(), coma0=np.asarray(params.coma0).tolist())
+  return out
+
+
+def params_from_dict(d: dict) -> FieldParams:
+  """Inverse of :func:`params_to_dict`."""
+  f = lambda v: jnp.asarray(v, jnp.float32)
+  return FieldParams(system=optics.OpticalSystem(**{k: f(d[k]) for k in
+                                                    optics.OpticalSystem._fields}),
+                     astig0=f(d["astig0"]), coma0=f(d["coma0"]))
+
+
+def field_json(field: PSFField, extra: dict | None = None) -> str:
+  """The fitted field as JSON: the model's parameters, the node positions and their
+  coefficients (Noll j = 1 … J, waves RMS at λ_ref), star count and residual."""
+  return json.dumps({"units": "waves RMS at the reference wavelength, Noll order j = 1..J",
+                     "field_model": field.params,
+                     "node_xy_px": field.node_xy.tolist(),
+                     "node_coefficients": np.round(field.coeffs.astype(np.float64), 5).tolist(),
+                     "stars_used": int(len(field.stars)), "residual_rms_sigma": field.rms,
+                     **(extra or {})}, indent=1)
+
+
+def render_stars(hw, xy: np.ndarray, flux: np.ndarray, params: FieldParams, cfg) -> np.ndarray:
+  """A star field through a known PSF field: each star is its own field position's PSF
+  (:func:`field_model` → ``optics.render_psfs``), shifted to its sub-pixel position.
+
+  Args:
+    hw: ``(H, W)`` frame size, px.
+    xy: ``(n, 2)`` (x, y) star positions, px, inside the frame.
+    flux: ``(n,)`` total fluxes.
+    params: the true :class:`FieldParams`.
+    cfg: ``config.degrade.psf``.
+  Returns:
+    ``(H, W) float64``, zero background.
+  """
+  spec = psf.PSFSpec.from_config(cfg)
+  k = spec.kernel_size
+  coeffs = field_model(params, jnp.asarray(field_of(xy, hw)), spec.num_modes, spec.obstruction)
+  ij = np.rint(xy).astype(int)
+  stamps = np.asarray(unit_stamps(coeffs, jnp.asarray(xy - ij, jnp.float32), spec, k))
+  m = k // 2
+  out = np.zeros((hw[0] + 2 * m, hw[1] + 2 * m), np.float64)  # light beyond the border is lost
+  for (x, y), s, f in zip(ij, stamps, flux):
+    out[y:y + k, x:x + k] += f * s
+  return out[m:m + hw[0], m:m + hw[1]]

@@ -1,0 +1,72 @@
+"""Star detection on one image plane (host side, NumPy + ``sep``, SExtractor's background and
+extraction): the one definition shared by the PSF-field fit (``physics.psf_fit``, used by
+``flatai correct --method=physics``) and the star metrics of the evaluation (``evaluation.stars``).
+
+Unlike the rest of ``physics`` this module is not JAX: detection is a host step before the
+jitted fit.
+"""
+from __future__ import annotations
+
+import numpy as np
+import sep
+
+
+def background(plane: np.ndarray) -> tuple[np.ndarray, float]:
+  """``(H, W)`` plane minus its ``sep`` background (mesh of ``max(16, min(H, W) // 8)`` px),
+  float64, and the background's global RMS (the pixel noise σ, the plane's unit)."""
+  data = np.ascontiguousarray(plane, np.float64)
+  box = int(max(16, min(data.shape) // 8))
+  bkg = sep.Background(data, bw=box, bh=box)
+  return data - bkg.back(), float(bkg.globalrms)
+
+
+def find_stars(plane: np.ndarray, noise_rms: float, usable: np.ndarray | None = None,
+               snr: float = 10.0, max_stars: int = 200, box: int = 15,
+               compact: bool = True) -> np.ndarray:
+  """Isolated stars of a plane.
+
+  Args:
+    plane: ``(H, W)`` linear image (a noise-free truth, or an observed frame).
+    noise_rms: pixel noise σ of the observed frame, same unit; stars need a
+      peak above ``snr · noise_rms``.
+    usable: optional ``(H, W) bool``; stars touching an unusable (e.g.
+      saturated) pixel within ``box`` are dropped.
+    snr: peak signal-to-noise threshold.
+    max_stars: keep the brightest this many.
+    box: fit box side, px; stars closer than ``box`` to another source (also
+      fainter ones, found at a quarter of the threshold) or to the border are dropped.
+    compact: drop sources with a half-light radius above 1.5× the 20th
+      percentile of all detections (nebula knots, blends): right on a truth
+      frame, which has one seeing; False for a frame whose PSF grows across
+      the field (the PSF-field fit).
+  Returns:
+    ``(n, 2) float64`` (x, y) pixel positions (pixel centres at integers),
+    brightest first.
+  """
+  data, _ = background(plane)
+  thresh = snr * max(noise_rms, 1e-12)
+  objs = sep.extract(data, thresh, minarea=3, deblend_cont=1.0)
+  if len(objs) == 0:
+    return np.zeros((0, 2))
+  h, w = plane.shape
+  xy = np.stack([objs["x"], objs["y"]], -1)
+  half = box // 2
+  # isolation against every detection, also fainter ones (found at a lower threshold)
+  faint = sep.extract(data, max(thresh / 4, 1e-12), minarea=3)
+  others = np.stack([faint["x"], faint["y"]], -1) if len(faint) else xy
+  d = np.sqrt(((xy[:, None] - others[None]) ** 2).sum(-1))
+  isolated = (np.sort(d, axis=1)[:, 1] if d.shape[1] > 1 else np.full(len(xy), np.inf)) > box
+  inside = ((xy[:, 0] > half + 1) & (xy[:, 0] < w - half - 2) &
+            (xy[:, 1] > half + 1) & (xy[:, 1] < h - half - 2))
+  keep = isolated & inside & (objs["flag"] == 0)
+  if compact:  # point sources only: nebula knots have larger half-light radii than the frame's stars
+    hlr, _ = sep.flux_radius(data, xy[:, 0], xy[:, 1], np.full(len(xy), float(half)), 0.5,
+                             subpix=5)
+    keep &= hlr < 1.5 * np.percentile(hlr, 20)
+  if usable is not None:
+    for i in np.flatnonzero(keep):
+      x, y = int(round(xy[i, 0])), int(round(xy[i, 1]))
+      keep[i] = usable[y - half:y + half + 1, x - half:x + half + 1].all()
+  idx = np.flatnonzero(keep)
+  idx = idx[np.argsort(-objs["peak"][idx])][:max_stars]
+  return xy[idx]
