@@ -325,7 +325,6 @@ def _evaluate():
 
 def _correct(argv):
   from flatai_jax import correct
-  from flatai_jax.io.images import ImageError
   inputs = argv[2:]
   if not inputs:
     raise app.UsageError("needs at least one IMAGE")
@@ -348,22 +347,33 @@ def _correct(argv):
     raise app.UsageError(str(e))
   print(f"model: {corrector.config.task} task, step {corrector.step}, from {checkpoint}; "
         f"applying {task}")
-  failed = []
-  for path in inputs:
-    try:
-      report = corrector.correct_file(path, FLAGS.output, FLAGS.out, FLAGS.reference, task,
-                                      FLAGS.tile, FLAGS.overlap, strength=FLAGS.strength,
-                                      cfa=FLAGS.cfa, input_stretch=FLAGS.input_stretch)
-    except ImageError as e:  # one bad file does not stop the others
-      print(f"flatai correct: error: {e}", file=sys.stderr)
-      failed.append(path)
-      continue
+  def one(path):
+    report = corrector.correct_file(path, FLAGS.output, FLAGS.out, FLAGS.reference, task,
+                                    FLAGS.tile, FLAGS.overlap, strength=FLAGS.strength,
+                                    cfa=FLAGS.cfa, input_stretch=FLAGS.input_stretch)
     print(f"{path}: background non-uniformity: before "
           f"{report['background_nonuniformity_before']:.4f}"
           f"  after {report['background_nonuniformity_after']:.4f}")
     if "mae_before" in report:
       print(f"error vs reference: MAE {report['mae_before']:.5f} → {report['mae_after']:.5f}"
             f"   PSNR {report['psnr_before']:.2f} → {report['psnr_after']:.2f} dB")
+    return report
+
+  _correct_each(inputs, one)
+
+
+def _correct_each(inputs, correct_one):
+  """Runs ``correct_one(path) -> report`` on every input and lists the files it wrote; a bad
+  file is one error line and does not stop the others; exit 2 if any failed."""
+  from flatai_jax.io.images import ImageError
+  failed = []
+  for path in inputs:
+    try:
+      report = correct_one(path)
+    except ImageError as e:
+      print(f"flatai correct: error: {e}", file=sys.stderr)
+      failed.append(path)
+      continue
     for k, v in report["outputs"].items():
       print(f"wrote {k}: {v}")
   if failed:
@@ -375,7 +385,6 @@ def _correct_physics(inputs):
   """``--method=physics``: PSF field from the stars, deconvolution; no model is loaded."""
   from flatai_jax import correct_psf
   from flatai_jax.config_args import default_config
-  from flatai_jax.io.images import ImageError
   if FLAGS.task not in (None, "psf"):
     raise app.UsageError(f"--method=physics corrects aberrations only (--task=psf), not "
                          f"--task={FLAGS.task}")
@@ -392,21 +401,13 @@ def _correct_physics(inputs):
       raise app.UsageError(f"--target={target!r}: 'diffraction', 'centre' or a FWHM in px")
     if not target > 0:
       raise app.UsageError(f"--target={target:g}: a FWHM must be > 0 px")
-  failed = []
-  for path in inputs:
-    try:
-      report = correct_psf.correct_file(path, config.degrade.psf, FLAGS.output, FLAGS.out, target)
-    except ImageError as e:
-      print(f"flatai correct: error: {e}", file=sys.stderr)
-      failed.append(path)
-      continue
+  def one(path):
+    report = correct_psf.correct_file(path, config.degrade.psf, FLAGS.output, FLAGS.out, target)
     print(f"{path}: PSF field from {report['stars']} stars, residual "
           f"{report['residual_rms_sigma']:.2f} σ, noise gain ≤ {report['noise_gain_max']:.2f}")
-    for k, v in report["outputs"].items():
-      print(f"wrote {k}: {v}")
-  if failed:
-    print(f"flatai correct: {len(failed)} of {len(inputs)} file(s) failed", file=sys.stderr)
-    sys.exit(2)
+    return report
+
+  _correct_each(inputs, one)
 
 
 def _synth():
