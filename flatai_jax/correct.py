@@ -98,24 +98,31 @@ SKY_STRUCTURE = (1.6, 2.2)
 NETWORK_STRUCTURE = (3.0, 3.5)
 
 
+def grid_fields(graphdef, params, grids):
+  """``(log F, G)`` of the whole-frame model on the working grid, not jitted (:func:`make_grid_fn`
+  jits it; ``flatai export --format=onnx`` traces it).
+
+  Args:
+    grids: ``(4, gh, gw, C) float32`` linear, the binned frame in its four flips.
+  Returns:
+    log F, G: each ``(4, gh, gw, C) float32``, G linear (still flipped as the input).
+  """
+  gh, gw = grids.shape[1:3]
+  inputs = model_inputs(grids)
+  coords = jnp.broadcast_to(geometry.frame_coords(jnp.zeros(2), (gh, gw),
+                                                  jnp.asarray((gh, gw), jnp.float32)),
+                            grids.shape[:3] + (2,))
+  pred = forward(graphdef, params, {**inputs, "coords": coords})
+  _, f_field, g_field = normalize.fields_from_normalized(
+      pred["clean"], pred["F"], pred["G"], inputs["offset"], inputs["scale"])
+  return jnp.log(f_field), g_field
+
+
 @functools.lru_cache(maxsize=8)
 def make_grid_fn(graphdef):
   """Jitted ``(params, grids (4, gh, gw, C)) -> (log F, G)`` on the working grid, each
-  ``(4, gh, gw, C)`` linear, for the frame seen in its four flips (un-flipped again)."""
-
-  @jax.jit
-  def fn(params, grids):
-    gh, gw = grids.shape[1:3]
-    inputs = model_inputs(grids)
-    coords = jnp.broadcast_to(geometry.frame_coords(jnp.zeros(2), (gh, gw),
-                                                    jnp.asarray((gh, gw), jnp.float32)),
-                              grids.shape[:3] + (2,))
-    pred = forward(graphdef, params, {**inputs, "coords": coords})
-    _, f_field, g_field = normalize.fields_from_normalized(
-        pred["clean"], pred["F"], pred["G"], inputs["offset"], inputs["scale"])
-    return jnp.log(f_field), g_field
-
-  return fn
+  ``(4, gh, gw, C)`` linear, for the frame seen in its four flips (see :func:`grid_fields`)."""
+  return jax.jit(functools.partial(grid_fields, graphdef))
 
 
 FLIPS = (lambda a: a, lambda a: a[:, ::-1], lambda a: a[::-1], lambda a: a[::-1, ::-1])

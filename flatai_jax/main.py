@@ -46,6 +46,8 @@ flags.DEFINE_enum("method", "model", ["model", "physics"], "psf correction by a 
 flags.DEFINE_string("target", "diffraction", "--method=physics: PSF to deconvolve to: "
                     "'diffraction', 'centre' (the fitted on-axis PSF) or a Gaussian FWHM in px.")
 flags.DEFINE_string("output_dir", None, "Output folder.")
+flags.DEFINE_enum("format", "orbax", ["orbax", "onnx"], "export: 'orbax' = inference checkpoint "
+                  "folder; 'onnx' = the whole-frame network as one .onnx file (needs jax2onnx).")
 flags.DEFINE_string("reference", None, "Known clean image to score the correction against.")
 flags.DEFINE_integer("tile", None, "Tile side in px; default: the model's config.predict.tile.")
 flags.DEFINE_integer("overlap", None, "Tile overlap in px; default: the model's "
@@ -114,10 +116,12 @@ COMMANDS = {
          "output_dir": "Dataset folder (train with --config.data.tfds_dir=DIR).",
          "min_size": None, "val_percent": None}),
     "export": Command(
-        "Write a run's parameters and config as an inference checkpoint (no optimizer).",
-        "--checkpoint=RUN_DIR --output=DIR [--step=N]",
-        {"checkpoint": "Run directory to export.", "workdir": "Same as --checkpoint.",
-         "step": None, "output": "Folder of the exported model."}),
+        "Write a run's parameters and config as an inference checkpoint (no optimizer), "
+        "or a whole-frame model's network as ONNX.",
+        "--checkpoint=RUN_DIR --output=DIR|FILE.onnx [--format=orbax|onnx] [--step=N]",
+        {"checkpoint": "Run directory (or, for onnx, exported model) to export.",
+         "workdir": "Same as --checkpoint.", "step": None, "format": None,
+         "output": "Folder of the exported model (orbax), or the .onnx file (onnx)."}),
 }
 GLOBAL_FLAGS = {
     "--verbosity=N": "Log records of the libraries (Orbax, JAX, TFDS): hidden by default; "
@@ -427,6 +431,22 @@ def _export():
   if source is None:
     raise app.UsageError("needs --checkpoint (a run directory)")
   out = _require("output")
+  if FLAGS.format == "onnx":
+    try:
+      from flatai_jax import onnx_export
+    except ImportError as e:
+      raise app.UsageError(f"--format=onnx needs jax2onnx and onnx ({e}); "
+                           "pip install 'flatai-jax[onnx]'") from e
+    try:
+      path, step = onnx_export.export_onnx(source, out, FLAGS.step)
+    except ImportError as e:
+      raise app.UsageError(f"--format=onnx needs jax2onnx and onnx ({e}); "
+                           "pip install 'flatai-jax[onnx]'") from e
+    except ValueError as e:
+      _fail("export", str(e))
+    print(f"exported step {step} of {source} (network on the working grid, preprocessing in "
+          f"its metadata) to {path}")
+    return
   config, _, params, step = restore_params(source, FLAGS.step)
   path = checkpointing.export_inference(out, params, config, step)
   print(f"exported step {step} of {source} (parameters and config only) to {path}")

@@ -216,7 +216,7 @@ class AttentionResUNet(nnx.Module):
     skips = []
     for i, block in enumerate(self.enc):
       if i > 0:
-        h = nnx.max_pool(h, (2, 2), strides=(2, 2))
+        h = nnx.max_pool(h, window_shape=(2, 2), strides=(2, 2))  # keyword: jax2onnx patches it
       h = self._block(block, h)
       skips.append(h)
     if self.mid_attn is not None:
