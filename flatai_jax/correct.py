@@ -93,7 +93,7 @@ CONFIDENCE_G = 0.02  # … or by 2 % of the sky level in G
 CONFIDENCE_SMOOTH_CELLS = 3.0  # Gaussian σ of the confidence on the working grid, cells
 # sky_surface structure (σ about a smooth fit / cell noise; ≈ 1 for sky and noise) over which a
 # frame stops being smooth sky (the sky fit alone corrects below, the network joins above) …
-SKY_STRUCTURE = (1.6, 2.2)
+SKY_STRUCTURE = (1.4, 1.8)
 # … and over which extended objects fill it (network and sky fit ramped down to nothing).
 NETWORK_STRUCTURE = (3.0, 3.5)
 

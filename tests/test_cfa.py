@@ -76,7 +76,8 @@ def test_cfa_frame_corrected_with_one_f_no_checkerboard_keywords_kept(tmp_path):
   before = [correct.background_nonuniformity(p[..., None])
             for p in cfa.split(observed / clean)]
   after = [correct.background_nonuniformity(p[..., None]) for p in ratio]
-  assert max(after) <= 1.10 * min(after), after
+  # the sub-planes agree within 10 %, or all sit at the noise floor (0.2 % non-uniformity)
+  assert max(after) - min(after) <= max(0.10 * min(after), 0.002), after
   assert max(after) < 0.5 * min(before), (before, after)
   # No checkerboard: every colour keeps its level relative to the truth.
   levels = np.median(ratio, axis=(1, 2))
