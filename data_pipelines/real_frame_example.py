@@ -35,8 +35,11 @@ def main():
         f"{ratio(out.corrected):.2f} % corrected")
   metrics.save_panel_grid(a.output, {
       "observed (real frame × F + G)": (observed, "image"), "corrected": (out.corrected, "image"),
-      "truth": (truth, "image"), "estimated F": (out.F / np.median(out.F), "field"),
-      "true F": (fields["F"] / np.median(fields["F"]), "field"),
+      "truth": (truth, "image"),
+      # the background the correction removes, sky·(F − 1) + G: F and G can trade a smooth
+      # field between them, their sum at the sky level is what a correction has to get right
+      "estimated background": (np.median(out.corrected) * (out.F - 1.0) + out.G, "field"),
+      "true background": (np.median(truth) * (fields["F"] - 1.0) + fields["G"], "field"),
       "confidence": (out.confidence, "field")}, cols=3)
   print(f"wrote {a.output}")
 
