@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from flatai_jax import checkpointing, metrics, scores, sky_surface
+from flatai_jax import checkpointing, local_stage, metrics, scores, sky_surface
 from flatai_jax.io import images
 from flatai_jax.models import abstract_params, forward, model_inputs
 from flatai_jax.physics import geometry, normalize
@@ -184,11 +184,12 @@ def correct_frame(graphdef, params, config, image: np.ndarray, progress=None) ->
   remaining = ((grid - g_field) / np.exp(log_f))[inner]
   pad = [(inner[0].start, grid.shape[0] - inner[0].stop),
          (inner[1].start, grid.shape[1] - inner[1].stop)]
-  notes = []
+  notes, sky_weights = [], []
   for k in range(c):
     fit = sky_surface.fit_sky(remaining[..., k])
     remaining_structure = sky_surface.structure(remaining[..., k])
     weight = sky_surface.ramp_down(remaining_structure, *SKY_STRUCTURE)
+    sky_weights.append(weight)
     surface = np.pad(fit.surface - np.median(fit.surface), pad, mode="edge")
     g_field[..., k] += weight * surface * np.exp(log_f[..., k])
     g_field[..., k] -= np.median(g_field[inner][..., k])
@@ -204,6 +205,17 @@ def correct_frame(graphdef, params, config, image: np.ndarray, progress=None) ->
   if progress is not None:
     progress(1, 1)
   corrected = (image - g_full) / f_full
+  fine = local_stage.fine_geometry((h, w), geo.grid_hw)
+  for k in range(c):
+    if fine is None or sky_weights[k] == 0.0:
+      continue  # small frame: the grid resolves small dust; object-filled: dark lanes aren't dust
+    dust = local_stage.dust_dips(corrected[..., k], fine)
+    if dust.cells:
+      f_local = dust.f_local ** sky_weights[k]
+      f_full[..., k] *= f_local
+      corrected[..., k] /= f_local
+      notes.append(f"local stage: small dust shadows over {dust.cells} fine cells, deepest "
+                   f"{dust.deepest:.1%}")
   return Correction(corrected=corrected.astype(np.float32), F=f_full.astype(np.float32),
                     G=g_full.astype(np.float32), confidence=confidence.astype(np.float32),
                     notes=tuple(notes))
