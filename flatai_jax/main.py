@@ -116,8 +116,7 @@ COMMANDS = {
          "output_dir": "Dataset folder (train with --config.data.tfds_dir=DIR).",
          "min_size": None, "val_percent": None}),
     "export": Command(
-        "Write a run's parameters and config as an inference checkpoint (no optimizer), "
-        "or a whole-frame model's network as ONNX.",
+        "Write an inference checkpoint (no optimizer), or a whole-frame network as ONNX.",
         "--checkpoint=RUN_DIR --output=DIR|FILE.onnx [--format=orbax|onnx] [--step=N]",
         {"checkpoint": "Run directory (or, for onnx, exported model) to export.",
          "workdir": "Same as --checkpoint.", "step": None, "format": None,
