@@ -71,6 +71,9 @@ def test_field_scores_on_known_fields():
   assert true == pytest.approx(0.04, rel=1e-6) and remaining == pytest.approx(0.04, rel=1e-6)
   (remaining, _), = quality.dust_depths(clean, clean, dust)
   assert remaining == pytest.approx(0.0, abs=1e-12)
+  # an additive residual (a G left in) does not move it, whatever the scene under the shadow
+  (remaining, _), = quality.dust_depths(clean * dust + 0.3 * clean.mean(), clean, dust)
+  assert remaining == pytest.approx(0.04, rel=0.05)
 
 
 def test_baselines_recover_a_polynomial_vignetting_and_gradient():

@@ -180,8 +180,10 @@ def dust_depths(corrected: np.ndarray, reference: np.ndarray, dust: np.ndarray,
     threshold: a shadow is where ``1 − dust > threshold``.
     ring_px: width of the comparison ring around each shadow, px.
   Returns:
-    per shadow, ``1 − ratio_in / ratio_ring`` of ``Σcorrected/Σreference`` inside
-    the shadow vs in the ring around it, and the same for the true dust map.
+    per shadow, the dip of ``corrected − reference`` inside the shadow against the
+    ring around it, over the reference's mean inside (a smooth additive residual
+    cancels between the two, a left-over dip ``d`` of F gives ``d``); and the true
+    dip ``1 − dust_in / dust_ring`` of the dust map.
   """
   m = np.ones(dust.shape[:2], bool) if mask is None else mask.all(-1)
   shadow = (1.0 - dust.mean(-1)) > threshold
@@ -193,8 +195,9 @@ def dust_depths(corrected: np.ndarray, reference: np.ndarray, dust: np.ndarray,
     blob = blob & m
     if blob.sum() < 4 or ring.sum() < 4:
       continue
-    ratio = lambda sel: corrected[sel].sum() / max(reference[sel].sum(), 1e-30)
-    out.append((1.0 - ratio(blob) / ratio(ring), 1.0 - dust[blob].mean() / dust[ring].mean()))
+    diff = lambda sel: float((corrected[sel] - reference[sel]).mean())
+    remaining = (diff(ring) - diff(blob)) / max(float(reference[blob].mean()), 1e-30)
+    out.append((remaining, 1.0 - dust[blob].mean() / dust[ring].mean()))
   return out
 
 
