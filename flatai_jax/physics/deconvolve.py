@@ -38,7 +38,7 @@ from flatai_jax.physics import convolve, optics, psf, star_detect
 
 PEDESTAL_SIGMA = 10.0  # RL runs on the frame minus its sky plus this many noise σ
 SIGNAL_SIGMA = 5.0  # χ² of the early stop counts pixels this far above the sky
-STALL, STALL_WINDOW = 0.01, 10  # stop when χ² falls by < 1 % over 10 iterations
+STALL, STALL_WINDOW = 0.005, 10  # stop when χ² falls by < 0.5 % over 10 iterations
 MAX_ITER = 200
 
 
