@@ -1,7 +1,8 @@
 """``flatai correct --task=psf --method=physics``: aberration correction without a trained model.
 
 The PSF field is fitted to the frame's own stars (``physics.psf_fit``), and the frame is
-deconvolved to a target PSF node by node (``physics.deconvolve``). Imports only what
+deconvolved with that field to a round target PSF (``physics.deconvolve.sharpen``: spatially
+varying Richardson–Lucy, early-stopped, then the target). Imports only what
 ``correct`` may (``physics``, ``io``, ``metrics``, ``correct``); nothing of training or evaluation.
 """
 from __future__ import annotations
@@ -27,31 +28,28 @@ class PhysicsCorrection:
     corrected: ``(H, W, C) float32`` linear, the frame's unit; NaN where the input was NaN.
     field: the fitted :class:`psf_fit.PSFField`.
     target: ``(k, k)`` the target PSF.
-    broadening: ``(gy, gx)`` σ px of the Gaussian the target was broadened by per node.
-    gain: ``(gy, gx)`` white-noise gain per node.
-    effective: ``(gy, gx, k, k)`` node PSFs after deconvolution.
+    iterations: Richardson–Lucy iterations run (the early stop).
+    chi2: the last χ² per signal pixel of the RL model, in noise σ² (≫ 1: PSF-model error).
   """
   corrected: np.ndarray
   field: psf_fit.PSFField
   target: np.ndarray
-  broadening: np.ndarray
-  gain: np.ndarray
-  effective: np.ndarray
+  iterations: int
+  chi2: float
 
 
 def correct_physics(image: np.ndarray, cfg, target="diffraction", grid=DEFAULT_GRID,
-                    max_noise_gain: float = deconvolve.MAX_NOISE_GAIN,
-                    max_ringing: float = deconvolve.MAX_RINGING, **fit_kw) -> PhysicsCorrection:
+                    max_iter: int = deconvolve.MAX_ITER, **fit_kw) -> PhysicsCorrection:
   """Fits the PSF field of a frame and deconvolves it to ``target``.
 
   Args:
     image: ``(H, W)`` or ``(H, W, C)`` linear pixels, any absolute scale; NaN = masked.
-      The field is fitted on the channel mean; every channel gets the same kernels.
+      The field is fitted on the channel mean; every channel is deconvolved with it.
     cfg: ``config.degrade.psf`` (the optics' sampling, pupil, band, kernel, modes).
     target: ``"diffraction"``, ``"centre"`` or a Gaussian FWHM in px
       (``deconvolve.target_psf``).
     grid: PSF nodes ``(gy, gx)``.
-    max_noise_gain, max_ringing: bounds of ``deconvolve.wiener_kernels``.
+    max_iter: cap on the Richardson–Lucy iterations (``deconvolve.sharpen``).
     fit_kw: passed to ``psf_fit.fit_psf_field`` (``stamp``, ``snr``, ``steps``, …).
   Raises:
     ValueError: one line, e.g. too few measurable stars.
@@ -64,14 +62,10 @@ def correct_physics(image: np.ndarray, cfg, target="diffraction", grid=DEFAULT_G
   spec_modes = field.coeffs.shape[-1]
   centre = psf_fit.field_model(psf_fit.params_from_dict(field.params), jnp.zeros(2), spec_modes)
   t = deconvolve.target_psf(target, cfg, centre_coeffs=centre)
-  stamp = fit_kw.get("stamp") or min(t.shape[-1], 25)
-  lam = deconvolve.noise_lambda(field.noise, float(np.median(field.flux)), stamp * stamp)
-  kernels, broadening, gain, effective = deconvolve.wiener_kernels(
-      field.psfs, t, lam, max_noise_gain=max_noise_gain, max_ringing=max_ringing)
-  out = deconvolve.deconvolve(filled, kernels)
+  out, iterations, chi2 = deconvolve.sharpen(filled, field.psfs, t, max_iter)
   if mask is not None:
     out[mask] = np.nan
-  return PhysicsCorrection(out, field, t, broadening, gain, effective)
+  return PhysicsCorrection(out, field, t, iterations, chi2)
 
 
 def output_paths(input_path, output=None, out_dir=None) -> dict[str, Path]:
@@ -87,14 +81,13 @@ def output_paths(input_path, output=None, out_dir=None) -> dict[str, Path]:
 
 
 def psf_field_panels(image: np.ndarray, out: PhysicsCorrection) -> dict:
-  """The picture of the field: fitted PSFs, PSFs after deconvolution, the target, and the
-  frame's centre and corner before and after (``metrics.save_panel_grid`` panels)."""
+  """The picture of the field: fitted PSFs, the target, and the frame's centre and corners
+  before and after (``metrics.save_panel_grid`` panels)."""
   h, w = image.shape[:2]
   z = max(8, min(96, h // 3, w // 3))
   cut = lambda a, y, x: correct._nan_to_median(a[y:y + z, x:x + z])
   gy, gx = out.field.psfs.shape[:2]
   return {f"fitted PSFs ({gy}×{gx} nodes)": (metrics.psf_mosaic(out.field.psfs[None])[0], "image"),
-          "after deconvolution": (metrics.psf_mosaic(out.effective[None])[0], "image"),
           "target": (out.target[:, :, None], "image"),
           f"centre before ({z} px)": (cut(image, (h - z) // 2, (w - z) // 2), "image"),
           "centre after": (cut(out.corrected, (h - z) // 2, (w - z) // 2), "image"),
@@ -110,7 +103,7 @@ def correct_file(input_path, cfg, output=None, out_dir=None, target="diffraction
 
   Writes ``<name>_corrected.<ext>`` (the input's format, header and HDUs kept, a HISTORY
   line added), the PSF field (:func:`output_paths`) and a preview PNG. Returns a report:
-  stars used, residual, noise gains and the output paths.
+  stars used, residual, RL iterations and the output paths.
 
   Raises:
     images.ImageError: one line naming the file (unreadable, too few stars, …).
@@ -131,10 +124,10 @@ def correct_file(input_path, cfg, output=None, out_dir=None, target="diffraction
   images.write_image(paths["psf"], metrics.psf_mosaic(out.field.psfs[None])[0],
                      history=history + " (fitted PSF grid, nodes as tiles)", protect=[input_path])
   atomic.write_text_atomic(paths["psf_json"], psf_fit.field_json(out.field, {
-      "target": str(target), "target_broadening_px": out.broadening.round(3).tolist(),
-      "noise_gain": out.gain.round(3).tolist(), "psf_mosaic": paths["psf"].name}))
+      "target": str(target), "rl_iterations": out.iterations, "rl_chi2": round(out.chi2, 3),
+      "psf_mosaic": paths["psf"].name}))
   metrics.save_panel_grid(paths["psf_field"], psf_field_panels(image, out), cols=3)
   correct.save_preview(paths["preview"], image, correct.Correction(out.corrected, None, None))
   return {"input": str(input_path), "stars": len(out.field.stars),
-          "residual_rms_sigma": out.field.rms, "noise_gain_max": float(out.gain.max()),
+          "residual_rms_sigma": out.field.rms, "rl_iterations": out.iterations,
           "outputs": {k: str(v) for k, v in paths.items()}}

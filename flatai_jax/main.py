@@ -407,7 +407,8 @@ def _correct_physics(inputs):
   def one(path):
     report = correct_psf.correct_file(path, config.degrade.psf, FLAGS.output, FLAGS.out, target)
     print(f"{path}: PSF field from {report['stars']} stars, residual "
-          f"{report['residual_rms_sigma']:.2f} σ, noise gain ≤ {report['noise_gain_max']:.2f}")
+          f"{report['residual_rms_sigma']:.2f} σ, "
+          f"{report['rl_iterations']} Richardson–Lucy iterations")
     return report
 
   _correct_each(inputs, one)

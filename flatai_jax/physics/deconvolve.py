@@ -1,37 +1,45 @@
 """Spatially varying, flux-conserving deconvolution of a frame to a target PSF, given its PSF
-field (``psf_fit``): one Wiener/Tikhonov kernel per PSF node, blended by overlap-add.
+field (``psf_fit``).
 
-At node ``n`` with PSF ``P_n`` the kernel is, in Fourier space,
+The correction (:func:`sharpen`) is Richardson–Lucy with the whole field, then a convolution
+with the target:
 
-    K_n = T · conj(P_n) / (|P_n|² + λ_n),   scaled so that K_n(0) = 1,
+    x ← x · Hᵀ( y / H x ),        out = T ⊛ x,
 
-so the frame's PSF there becomes ``E_n = K_n ⊛ P_n = T · |P_n|² / (|P_n|² + λ_n)``: the target
-``T`` times a factor in [0, 1] at every frequency: the result is never sharper than the target.
-The kernels are applied exactly like the forward blur (``optics.blur`` →
-``convolve.spatially_varying_convolve``: bilinear tent weights, a partition of unity, on the
-source pixels, then each node's kernel); every kernel sums to 1, so the total flux is kept
-exactly and a flat background stays flat.
+``H`` the forward blur of the field (``optics.blur`` → ``convolve.spatially_varying_convolve``:
+bilinear tent weights, a partition of unity, on the source pixels, then each node's PSF) and
+``Hᵀ`` the same blur with the PSFs point-reflected (the adjoint up to the tent weights' variation
+over a PSF; it keeps ``Hᵀ 1 = 1``). RL is flux-conserving (``Σ H x = Σ x``), keeps ``x ≥ 0`` and
+restores each star towards a point however wide and asymmetric its PSF is, so every node
+reaches the same round target ``T`` (one kernel for the whole frame): no per-node compromise
+between noise gain and ringing, hence no broadened target spreading over the frame. RL needs a
+positive frame: it runs on the frame minus its sky level plus ``PEDESTAL_SIGMA`` noise σ (the
+pedestal sets how fast faint structure is restored, the same on every frame whatever its
+sky), and the sky goes back afterwards. Early stop (the discrepancy principle, made robust to
+PSF-model error): RL stops when χ² per signal pixel of ``y − H x`` reaches the noise (≤ 1) or
+stops falling (by less than ``STALL`` over ``STALL_WINDOW`` iterations: what is left is model
+error, more iterations would only amplify noise), or after ``max_iter``.
 
-Regularisation. λ comes from the noise (:func:`noise_lambda`: Wiener's noise-to-signal ratio
-for the frame's typical star). For white pixel noise of any level σ the output noise is
-``g · σ`` with ``g = √(Σ K²)`` (the kernel's noise gain); where restoring the target would
-amplify the noise by more than ``max_noise_gain`` or ring (the effective PSF dipping below
-zero by more than ``max_ringing`` of its peak: a dark halo), the node deconvolves to the
-target broadened by the smallest Gaussian that keeps both (:func:`wiener_kernels`). A node
-whose PSF already equals the target keeps ``K ≈ δ``.
+:func:`wiener_kernels` + :func:`deconvolve` is the linear reference (one Wiener/Tikhonov kernel
+``T · conj(P_n) / (|P_n|² + λ)`` per node, blended like the forward blur): it keeps flux, but
+where ``P_n`` is much wider than ``T`` the restored frequencies amplify white noise many times
+and each MTF notch rings (``benchmarks/psf_field.py``).
 """
 from __future__ import annotations
 
+import functools
 import math
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 
-from flatai_jax.physics import convolve, optics, psf
+from flatai_jax.physics import convolve, optics, psf, star_detect
 
-BROADENING_PX = np.concatenate([[0.0], np.geomspace(0.2, 8.0, 40)])  # target σ_n tried, px
-MAX_NOISE_GAIN = 1.5  # the deconvolution may amplify white noise by at most this
-MAX_RINGING = 0.02  # effective PSF minimum ≥ −this × its peak (no dark halos)
+PEDESTAL_SIGMA = 10.0  # RL runs on the frame minus its sky plus this many noise σ
+SIGNAL_SIGMA = 5.0  # χ² of the early stop counts pixels this far above the sky
+STALL, STALL_WINDOW = 0.005, 10  # stop when χ² falls by < 0.5 % over 10 iterations
+MAX_ITER = 200
 
 
 def gaussian_psf(fwhm_px: float, size: int) -> np.ndarray:
@@ -78,85 +86,33 @@ def _centred(spectrum: np.ndarray, n: int, size: int) -> np.ndarray:
   return full[..., :size, :size]
 
 
-def _gaussian_taper(n: int, sigma_px: np.ndarray) -> np.ndarray:
-  """``(S, n, n // 2 + 1)`` rfft2 of round Gaussians of ``(S,)`` σ px (σ = 0: all ones)."""
-  fy = np.fft.fftfreq(n)[:, None]
-  fx = np.fft.rfftfreq(n)[None, :]
-  return np.exp(-2.0 * np.pi ** 2 * (fy ** 2 + fx ** 2) * sigma_px[:, None, None] ** 2)
-
-
 def wiener_kernels(psfs: np.ndarray, target: np.ndarray, lam: float = 1e-4,
-                   size: int | None = None, max_noise_gain: float = MAX_NOISE_GAIN,
-                   max_ringing: float = MAX_RINGING):
-  """Deconvolution kernels of a PSF field to a target.
+                   size: int | None = None):
+  """Linear deconvolution kernels of a PSF field to a target (the reference method).
 
-  Node ``n`` deconvolves to ``T_n = T ⊛ Gaussian(σ_n)``, ``σ_n`` from ``BROADENING_PX``: the
-  smallest whose kernel amplifies white noise by at most ``max_noise_gain`` and whose
-  effective PSF ``K_n ⊛ P_n`` dips below zero by at most ``max_ringing`` of its peak; then,
-  half-way between neighbouring nodes, where a star is deconvolved by the mean of both
-  kernels and its PSF is about the mean of both PSFs, the same ringing bound must hold, or
-  both nodes broaden one step more. Where the frame's PSF already is the target, ``σ_n = 0``.
+  Node ``n``: ``K_n = T · conj(P_n) / (|P_n|² + λ)`` in Fourier space, cropped to ``size`` and
+  scaled to sum to 1 (flux kept exactly); the node's PSF becomes ``T · |P_n|² / (|P_n|² + λ)``.
 
   Args:
     psfs: ``(gy, gx, k, k)`` PSFs, each summing to 1, centred on pixel ``k // 2``.
     target: ``(k, k)`` target PSF, summing to 1.
-    lam: Tikhonov λ (:func:`noise_lambda`), relative to ``|P(0)|² = 1``.
+    lam: Tikhonov λ, relative to ``|P(0)|² = 1``.
     size: kernel side, px, odd (default ``2k − 1``).
-    max_noise_gain, max_ringing: see above.
   Returns:
-    kernels ``(gy, gx, size, size) float32`` each summing to 1; ``broadening (gy, gx)`` σ_n,
-    px; ``gain (gy, gx)`` the noise gains; ``effective (gy, gx, k, k)`` the node PSFs after
-    deconvolution, ``K_n ⊛ P_n``.
+    kernels ``(gy, gx, size, size) float32`` each summing to 1; ``gain (gy, gx)`` their
+    white-noise gains ``√(Σ K²)``.
   """
   psfs = np.asarray(psfs, np.float64)
-  gy, gx, k, _ = psfs.shape
+  k = psfs.shape[-1]
   size = size or 2 * k - 1
   if size % 2 != 1:
     raise ValueError(f"kernel size {size} must be odd")
   n = convolve.fft_size(size + k)
-  t_hat = _spectrum(np.asarray(target, np.float64), n)
-  taper = _gaussian_taper(n, BROADENING_PX)
-  p_hat = _spectrum(psfs, n)  # (gy, gx, n, n // 2 + 1)
-  last = len(BROADENING_PX) - 1
-  ring = lambda e: e.min(axis=(-2, -1)) / e.max(axis=(-2, -1))
-
-  def kernel(i, j, s):  # (…, size, size) kernels of node (i, j) for taper index/indices s
-    ker = _centred(t_hat * taper[s] * np.conj(p_hat[i, j]) / (np.abs(p_hat[i, j]) ** 2 + lam),
-                   n, size)
-    return ker / ker.sum(axis=(-2, -1), keepdims=True)  # cropped, then flux-conserving exactly
-
-  pick = np.zeros((gy, gx), int)
-  for i in range(gy):
-    for j in range(gx):
-      ker = kernel(i, j, slice(None))
-      g = np.sqrt((ker ** 2).sum(axis=(-2, -1)))
-      ok = np.flatnonzero((g <= max_noise_gain)
-                          & (ring(_centred(_spectrum(ker, n) * p_hat[i, j], n, k)) >= -max_ringing))
-      pick[i, j] = ok[0] if len(ok) else last
-  pairs = [((i, j), (i + di, j + dj)) for i in range(gy) for j in range(gx)
-           for di, dj in ((0, 1), (1, 0)) if i + di < gy and j + dj < gx]
-  for _ in range(last):  # broaden both nodes of a pair that rings half-way
-    bumped = False
-    for a, b in pairs:
-      k_mid = 0.5 * (_spectrum(kernel(*a, pick[a]), n) + _spectrum(kernel(*b, pick[b]), n))
-      if ring(_centred(k_mid * 0.5 * (p_hat[a] + p_hat[b]), n, k)) < -max_ringing:
-        for node in (a, b):
-          if pick[node] < last:
-            pick[node] += 1
-            bumped = True
-    if not bumped:
-      break
-  kernels = np.stack([np.stack([kernel(i, j, pick[i, j]) for j in range(gx)]) for i in range(gy)])
-  gain = np.sqrt((kernels ** 2).sum(axis=(-2, -1)))
-  effective = _centred(_spectrum(kernels, n) * p_hat, n, k)
-  return kernels.astype(np.float32), BROADENING_PX[pick], gain, effective.astype(np.float32)
-
-
-def noise_lambda(noise: float, flux: float, area_px: float) -> float:
-  """Tikhonov λ from the noise: ``(σ √A / F)²``, the noise power over the signal power of a
-  star of flux ``F`` per Fourier coefficient of an ``A``-px region (Wiener's ratio at zero
-  frequency), at least 1e-7."""
-  return max((noise * math.sqrt(area_px) / max(flux, 1e-12)) ** 2, 1e-7)
+  p_hat = _spectrum(psfs, n)
+  ker = _centred(_spectrum(np.asarray(target, np.float64), n) * np.conj(p_hat)
+                 / (np.abs(p_hat) ** 2 + lam), n, size)
+  ker = ker / ker.sum(axis=(-2, -1), keepdims=True)
+  return ker.astype(np.float32), np.sqrt((ker ** 2).sum(axis=(-2, -1)))
 
 
 def deconvolve(image: np.ndarray, kernels: np.ndarray) -> np.ndarray:
@@ -171,3 +127,73 @@ def deconvolve(image: np.ndarray, kernels: np.ndarray) -> np.ndarray:
     reflect-padded border exchanges with the outside.
   """
   return np.asarray(optics.blur(jnp.asarray(image, jnp.float32), jnp.asarray(kernels)))
+
+
+@functools.partial(jax.jit, static_argnames=("max_iter",))
+def richardson_lucy(y, psfs, sigma, signal, max_iter: int = MAX_ITER):
+  """Spatially varying Richardson–Lucy with the early stop of the module docstring.
+
+  Args:
+    y: ``(H, W, C) float32`` positive frame (sky removed, pedestal added).
+    psfs: ``(gy, gx, k, k)`` the PSF field (nodes over the whole frame), each summing to 1.
+    sigma: ``(C,)`` pixel noise σ, ``y``'s unit.
+    signal: ``(H, W, C) bool`` the pixels whose χ² decides the stop (at least one).
+    max_iter: static cap on the iterations.
+  Returns:
+    ``x (H, W, C) float32`` the restored frame (the PSF removed), ``iterations ()`` int32,
+    ``chi2 ()`` the last χ² per signal pixel, in σ².
+  """
+  flip = psfs[..., ::-1, ::-1]
+  count = jnp.maximum(jnp.sum(signal), 1)
+
+  def chi2(hx):
+    return jnp.sum(jnp.where(signal, ((y - hx) / sigma) ** 2, 0.0)) / count
+
+  def cond(carry):
+    i, _, _, hist = carry
+    now, then = hist[i % STALL_WINDOW], hist[(i + 1) % STALL_WINDOW]  # χ²(x_i), χ²(x_{i−W+1})
+    stalled = (i >= STALL_WINDOW) & (then - now < STALL * then)
+    return (i < max_iter) & (now > 1.0) & ~stalled
+
+  def body(carry):
+    i, x, hx, hist = carry  # hx = H x
+    x = x * optics.blur(y / jnp.maximum(hx, 1e-12), flip)
+    hx = optics.blur(x, psfs)
+    return i + 1, x, hx, hist.at[(i + 1) % STALL_WINDOW].set(chi2(hx))
+
+  hy = optics.blur(y, psfs)
+  hist = jnp.full(STALL_WINDOW, jnp.inf).at[0].set(chi2(hy))
+  i, x, _, hist = jax.lax.while_loop(cond, body, (jnp.int32(0), y, hy, hist))
+  return x, i, hist[i % STALL_WINDOW]
+
+
+def sharpen(image: np.ndarray, psfs: np.ndarray, target: np.ndarray,
+            max_iter: int = MAX_ITER) -> tuple[np.ndarray, int, float]:
+  """Deconvolves a frame with its PSF field to a round target (module docstring).
+
+  Args:
+    image: ``(H, W, C) float32`` linear, finite; the frame whose PSF field is ``psfs``
+      (nodes ``convolve.node_positions`` over the whole frame).
+    psfs: ``(gy, gx, k, k)`` each summing to 1 (e.g. ``psf_fit.PSFField.psfs``).
+    target: ``(kt, kt)`` the target PSF, summing to 1 (:func:`target_psf`).
+    max_iter: cap on the RL iterations.
+  Returns:
+    ``(H, W, C) float32`` the frame with PSF ``target`` everywhere (the sky and its level
+    kept; the sum kept up to the light the reflect-padded border exchanges with the
+    outside); the RL iterations run; the last χ² per signal pixel (σ²).
+  """
+  image = np.asarray(image, np.float32)
+  sky = np.empty(image.shape[-1], np.float32)
+  sigma = np.empty(image.shape[-1], np.float32)
+  for c in range(image.shape[-1]):  # the sky level and the noise σ per channel
+    data, _ = star_detect.background(image[..., c])
+    sky[c] = np.median(image[..., c] - data)
+    sigma[c] = star_detect.sky_noise(image[..., c])
+  sigma = np.maximum(sigma, 1e-12 * np.maximum(np.abs(image).max(), 1e-30))
+  pedestal = PEDESTAL_SIGMA * sigma
+  y = np.maximum(image - sky + pedestal, 1e-3 * sigma)
+  signal = y > pedestal + SIGNAL_SIGMA * sigma
+  x, iters, chi2 = richardson_lucy(jnp.asarray(y), jnp.asarray(psfs, jnp.float32),
+                                   jnp.asarray(sigma), jnp.asarray(signal), max_iter=int(max_iter))
+  out = optics.blur(x, jnp.asarray(target, jnp.float32)[None, None])
+  return np.asarray(out) + (sky - pedestal), int(iters), float(chi2)
