@@ -67,3 +67,25 @@ def robust_sigma(values, axis=None):
   v = np.asarray(values, np.float64)
   centre = np.nanmedian(v, axis=axis, keepdims=True)
   return MAD_TO_SIGMA * np.nanmedian(np.abs(v - centre), axis=axis)
+
+
+NOISE_CLIP = 4.0  # noise_sigma: differences beyond this many robust σ are not noise
+_CLIPPED_STD = 0.99946  # std of a unit Gaussian clipped at ±NOISE_CLIP
+
+
+def noise_sigma(plane: np.ndarray) -> float:
+  """Pixel noise σ of a ``(H, W)`` plane, its unit: neighbouring-pixel differences along rows
+  (they cancel stars' and gradients' smooth parts) over √2, as the RMS of the differences
+  within ``NOISE_CLIP`` robust σ (:func:`robust_sigma`) of their median — robust to stars
+  and hot pixels like the MAD, and unlike the MAD not moved by the quantisation of integer
+  pixels (a smooth field added to a 16-bit frame moves its MAD by a few %)."""
+  d = np.diff(plane.astype(np.float64), axis=1).ravel()
+  d = d[np.isfinite(d)]
+  centre, spread = np.median(d), robust_sigma(d)
+  if spread <= 0.0 and d.size:  # over half the differences 0: quantised, nearly noiseless
+    dev = np.abs(d - centre)
+    spread = float(np.sqrt(np.mean(dev[dev <= np.percentile(dev, 99.0)] ** 2)))
+  kept = d[np.abs(d - centre) <= NOISE_CLIP * max(spread, 1e-300)]
+  if kept.size < 2:
+    return float(spread / np.sqrt(2.0))
+  return float(np.sqrt(np.mean((kept - centre) ** 2)) / _CLIPPED_STD / np.sqrt(2.0))

@@ -48,13 +48,19 @@ class SkyFit:
 
 
 def cell_noise(plane: np.ndarray) -> float:
-  """σ of one cell of ``(gh, gw)``: robust σ of differences of horizontal neighbours / √2.
+  """σ of one cell of ``(gh, gw)``: robust σ of differences of horizontal neighbours / √2,
+  in quadrature with the rounding noise ``q/√12`` of values quantised in steps of ``q`` (the
+  smallest non-zero difference; block medians of 8-bit pixels can differ by 0 or ±q only, and
+  their MAD alone is then 0).
 
   Cell noise adds in quadrature in the difference; a smooth field cancels up to its
   change per cell δ (σ is overestimated by ~δ²/4σ²: 2 % for δ = 0.3 σ). Block medians
-  of integer pixels are quantised; the estimate then moves by up to ±15 %.
+  of integer pixels are quantised; the MAD then moves by up to ±15 %.
   """
-  return float(scores.robust_sigma(np.diff(plane, axis=1))) / np.sqrt(2.0)
+  d = np.diff(np.asarray(plane, np.float64), axis=1)
+  steps = np.abs(d[d != 0.0])
+  q = float(steps.min()) if steps.size else 0.0
+  return float(np.hypot(scores.robust_sigma(d) / np.sqrt(2.0), q / np.sqrt(12.0)))
 
 
 def legendre_basis(hw, degree: int = DEGREE) -> np.ndarray:

@@ -31,23 +31,7 @@ SSIM_K1, SSIM_K2 = 0.01, 0.03
 robust_sigma = scores.robust_sigma  # the one robust σ (1.4826·MAD), shared with correction
 
 
-NOISE_CLIP = 4.0  # noise_sigma: differences beyond this many robust σ are not noise
-_CLIPPED_STD = 0.99946  # std of a unit Gaussian clipped at ±NOISE_CLIP
-
-
-def noise_sigma(plane: np.ndarray) -> float:
-  """Pixel noise σ of a ``(H, W)`` plane, its unit: neighbouring-pixel differences along rows
-  (they cancel stars' and gradients' smooth parts) over √2, as the RMS of the differences
-  within ``NOISE_CLIP`` robust σ (:func:`robust_sigma`) of their median — robust to stars
-  and hot pixels like the MAD, and unlike the MAD not moved by the quantisation of integer
-  pixels (a smooth field added to a 16-bit frame moves its MAD by a few %)."""
-  d = np.diff(plane.astype(np.float64), axis=1).ravel()
-  d = d[np.isfinite(d)]
-  centre, spread = np.median(d), robust_sigma(d)
-  kept = d[np.abs(d - centre) <= NOISE_CLIP * max(spread, 1e-300)]
-  if kept.size < 2:
-    return float(spread / np.sqrt(2.0))
-  return float(np.sqrt(np.mean((kept - centre) ** 2)) / _CLIPPED_STD / np.sqrt(2.0))
+noise_sigma = scores.noise_sigma  # the one pixel-noise σ, shared with correction
 
 
 def valid_mask(observed: np.ndarray, saturation: float, grow: int = 2) -> np.ndarray:
