@@ -186,13 +186,10 @@ def correct_frame(graphdef, params, config, image: np.ndarray, progress=None) ->
          (inner[1].start, grid.shape[1] - inner[1].stop)]
   notes = []
   for k in range(c):
-    fit = sky_surface.fit_sky(remaining[..., k])
-    remaining_structure = sky_surface.structure(remaining[..., k])
-    weight = sky_surface.ramp_down(remaining_structure, *SKY_STRUCTURE)
-    surface = np.pad(fit.surface - np.median(fit.surface), pad, mode="edge")
+    surface, weight, support = sky_background(remaining[..., k], pad)
     g_field[..., k] += weight * surface * np.exp(log_f[..., k])
     g_field[..., k] -= np.median(g_field[inner][..., k])
-    sky_confidence = np.pad(weight * fit.support, pad, mode="edge")
+    sky_confidence = weight * support
     confidence_grid[..., k] = 1.0 - (1.0 - confidence_grid[..., k]) * (1.0 - sky_confidence)
     if weight < 1.0:
       notes.append(f"frame structure {structure:.1f}× the cell noise (extended objects): "
@@ -207,6 +204,25 @@ def correct_frame(graphdef, params, config, image: np.ndarray, progress=None) ->
   return Correction(corrected=corrected.astype(np.float32), F=f_full.astype(np.float32),
                     G=g_full.astype(np.float32), confidence=confidence.astype(np.float32),
                     notes=tuple(notes))
+
+
+def sky_background(remaining: np.ndarray, pad) -> tuple[np.ndarray, float, np.ndarray]:
+  """The sky-surface part of G for one plane of a frame already divided by its F.
+
+  Args:
+    remaining: ``(gh', gw')`` inner cells of the working grid (``working_grid.inner_cells``),
+      linear, the frame's units.
+    pad: ``((top, bottom), (left, right))`` cells that bring it back to the whole grid.
+  Returns:
+    surface: ``(gh, gw) float64``, the sky fit with its median removed (edge-padded);
+    weight: in [0, 1], how much of it to apply (1 below ``SKY_STRUCTURE[0]`` of the
+      remaining structure, 0 above ``SKY_STRUCTURE[1]``);
+    support: ``(gh, gw) float64`` in [0, 1], sky cells backing the surface nearby.
+  """
+  fit = sky_surface.fit_sky(remaining)
+  weight = sky_surface.ramp_down(sky_surface.structure(remaining), *SKY_STRUCTURE)
+  surface = np.pad(fit.surface - np.median(fit.surface), pad, mode="edge")
+  return surface, weight, np.pad(fit.support, pad, mode="edge")
 
 
 def _network_fields(graphdef, params, config, grid):
