@@ -567,6 +567,26 @@ class Corrector:
       out.corrected[mask] = np.nan
     return out
 
+  def correct_session(self, frames, out_dir=None, print_fn=print):
+    """Session mode (:mod:`flatai_jax.session`): one flat F for a dithered sequence of one
+    sensor, each frame with its own G, on this model's working grid.
+
+    Args:
+      frames: paths (then ``out_dir`` is required and the outputs are written, streaming) or
+        ``(H, W[, C])`` float arrays, linear (then everything is returned in memory).
+    Returns:
+      for paths: the session report (``session_report.json``); for arrays:
+      ``(session.SessionFlat, [Correction per frame])``.
+    """
+    from flatai_jax import session
+    grid = tuple(self.config.data.sensor_hw) if self.config.data.whole_frame else None
+    grid = grid or session.working_grid_hw()
+    if all(isinstance(f, (str, Path)) for f in frames):
+      if out_dir is None:
+        raise ValueError("a session of files needs out_dir")
+      return session.correct_files(frames, out_dir, grid, print_fn)
+    return session.correct_arrays(frames, grid)
+
   def history(self, input_path, task, tile, overlap) -> str:
     """The FITS/XISF HISTORY line naming the model and settings."""
     c = self.config

@@ -87,6 +87,13 @@ class SessionFlat:
   frames: list
 
 
+def working_grid_hw() -> tuple[int, int]:
+  """The working grid ``(gh, gw)`` of the shipped whole-frame model (``configs/frame.py``'s
+  ``data.sensor_hw``): the grid of each frame's structure and G."""
+  from flatai_jax import checkpointing
+  return tuple(int(v) for v in checkpointing.load_config(correct.DEFAULT_MODEL).data.sensor_hw)
+
+
 def _as_frame(item) -> tuple[np.ndarray, object, str]:
   """``(image (H, W, C) float32 linear, meta or None, name)`` of a path or an array."""
   if isinstance(item, (str, Path)):
