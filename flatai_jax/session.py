@@ -23,7 +23,10 @@ cells) and split at the scale ``SPLIT_FRACTION`` of the long side:
   ``MIN_FRACTION`` of the frames, and where the frames disagree by more than
   the cell noise (the robust spread across frames over ``CONSISTENCY`` × the
   frames' cell noise) the small-scale F is shrunk towards 1 — a flat feature
-  is the same in every frame, a nebula's filament that moved is not.
+  is the same in every frame, a nebula's filament that moved is not. And small
+  scales never brighten by more than ``SMALL_MAX``: dust only darkens, while the
+  flank of a barely moving object just outside its mask is a brightening that
+  all frames agree on.
 - **large scales** (vignetting): running sums of the object-masked smoothing
   (normalised convolution: ``Σ w·blur(n·valid)`` and ``Σ w·blur(valid)``),
   weighted per frame by its structure (``sky_surface.structure`` on the
@@ -69,6 +72,8 @@ SPLIT_FRACTION = 0.06  # Gaussian σ between the large and the small scales of F
 FRAME_STRUCTURE = (2.0, 3.0)  # a frame's large scales count fully below, not above (structure)
 MIN_FRACTION = 0.3  # a fine cell needs object-free samples in this share of the frames
 CONSISTENCY = 1.5  # spread across frames over this × the cell noise shrinks small scales to 1
+SMALL_MAX = 1.01  # the small scales of F never brighten by more (dust only darkens; 1 % for the
+#                   split's own overshoot around a shadow)
 CHUNK_ROWS = 32  # fine-grid rows per step of the median over frames
 
 
@@ -248,7 +253,7 @@ def _combine_small(stack, noise):
   agree = np.clip((CONSISTENCY * noise / np.maximum(spread, 1e-12)) ** 2, 0.0, 1.0)
   agree *= np.clip(count / max(MIN_FRACTION * n, 1.0), 0.0, 1.0)
   agree = ndimage.gaussian_filter(agree, 1.0, mode="nearest")
-  return 1.0 + agree * (median - 1.0), agree
+  return 1.0 + agree * (np.minimum(median, SMALL_MAX) - 1.0), agree
 
 
 def _combine_large(num, den, weight_total):
