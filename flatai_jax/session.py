@@ -32,8 +32,12 @@ cells) and split at the scale ``SPLIT_FRACTION`` of the long side:
   weighted per frame by its structure (``sky_surface.structure`` on the
   working grid): a frame filled by a nebula or a galaxy (structure above
   ``FRAME_STRUCTURE``) says nothing about the large scales — a ±30 px dither
-  does not move a 500 px object off itself — and counts 0. Where no frame
-  counts, F has no large-scale part (the safe answer, as in single-frame mode).
+  does not move a 500 px object off itself — and counts 0 (the thresholds are
+  single-frame mode's for its sky fit). The weighted mean is raised to the power
+  ``trust`` (the total weight over ``LARGE_TRUST_FRACTION`` of the frames, ≤ 1):
+  a few quiet frames in a session of a nebula cannot set the large scales
+  alone. Where no frame counts, F has no large-scale part (the safe answer, as
+  in single-frame mode).
 
 F on the fine grid is large × small scales, median 1, upsampled with
 ``working_grid.upsample`` (smooth, band-limited). Its confidence (0..1) is the
@@ -69,7 +73,10 @@ MIN_BLOCK = 2  # … and at least this many px per cell side
 KAPPA = 3.0  # fine cells above the frame's own sky surface by this many cell σ are objects
 GROW_CELLS = 2  # the object mask grows by this many fine cells
 SPLIT_FRACTION = 0.06  # Gaussian σ between the large and the small scales of F, × long side
-FRAME_STRUCTURE = (2.0, 3.0)  # a frame's large scales count fully below, not above (structure)
+FRAME_STRUCTURE = correct.SKY_STRUCTURE  # a frame's large scales count fully below, not above
+#                   (structure): the frames whose own sky fit single-frame mode would trust
+LARGE_TRUST_FRACTION = 0.5  # large scales need this share of the frames' weight to count fully
+SMALL_SMOOTH_CELLS = 1.0  # Gaussian σ on the small scales of F, fine cells (median's noise)
 MIN_FRACTION = 0.3  # a fine cell needs object-free samples in this share of the frames
 CONSISTENCY = 1.5  # spread across frames over this × the cell noise shrinks small scales to 1
 SMALL_MAX = 1.01  # the small scales of F never brighten by more (dust only darkens; 1 % for the
@@ -211,7 +218,7 @@ def estimate(frames, grid_hw, progress=None, workdir=None) -> tuple[SessionFlat,
     f_fine, conf_fine = [], []
     for k in range(c):
       small, agree = _combine_small(stack[:, k], noise)
-      large, support = _combine_large(num_sum[k], den_sum[k], weight_sum[k])
+      large, support = _combine_large(num_sum[k], den_sum[k], weight_sum[k], len(frames))
       f = large * small
       f_fine.append(f / np.median(f[working_grid.inner_cells(fine)]))
       conf_fine.append(support * agree)
@@ -253,18 +260,24 @@ def _combine_small(stack, noise):
   agree = np.clip((CONSISTENCY * noise / np.maximum(spread, 1e-12)) ** 2, 0.0, 1.0)
   agree *= np.clip(count / max(MIN_FRACTION * n, 1.0), 0.0, 1.0)
   agree = ndimage.gaussian_filter(agree, 1.0, mode="nearest")
+  median = ndimage.gaussian_filter(median, SMALL_SMOOTH_CELLS, mode="nearest")
   return 1.0 + agree * (np.minimum(median, SMALL_MAX) - 1.0), agree
 
 
-def _combine_large(num, den, weight_total):
-  """Large scales of F and their support, ``(gh, gw)`` each, from the running sums."""
-  if weight_total <= 0.0:
+def _combine_large(num, den, weight_total, frames):
+  """Large scales of F and their support, ``(gh, gw)`` each, from the running sums of
+  ``frames`` frames: the weighted mean, raised to the power ``trust`` (the frames' total weight
+  over ``LARGE_TRUST_FRACTION`` of them, at most 1), so that a few low-structure frames in a
+  session of extended objects cannot set the large scales alone."""
+  trust = float(np.clip(weight_total / (LARGE_TRUST_FRACTION * frames), 0.0, 1.0))
+  if trust <= 0.0:
     return np.ones(num.shape), np.ones(num.shape)  # no frame tells: no large-scale part
   cover = den / weight_total  # share of the (weighted) frames object-free nearby
   large = np.where(den > 1e-6, num / np.maximum(den, 1e-6), np.nan)
   if np.isnan(large).any():
     large = np.where(np.isnan(large), np.nanmedian(large), large)
-  support = np.clip(cover / 0.5, 0.0, 1.0)
+  large = np.maximum(large / np.median(large), 1e-3) ** trust
+  support = np.clip(cover / 0.5, 0.0, 1.0) * trust + (1.0 - trust)
   return large, support
 
 

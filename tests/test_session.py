@@ -166,5 +166,4 @@ def test_the_classical_sky_flat_takes_the_barely_moving_blob_for_the_flat():
   from flatai_jax.evaluation import baselines
   frames, moved, f = blob_session()
   assert session.rms_pct(baselines.sky_flat(frames), f) < 1.0  # fine on the star field alone
-  level = baselines.sky_flat(moved)[..., 0]
-  assert level[150, 200] / np.median(level) > 1.5  # keeps the blob in F
+  assert session.rms_pct(baselines.sky_flat(moved), f) > 5.0  # takes the blob's flanks for F
