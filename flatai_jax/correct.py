@@ -186,14 +186,11 @@ def correct_frame(graphdef, params, config, image: np.ndarray, progress=None) ->
          (inner[1].start, grid.shape[1] - inner[1].stop)]
   notes, sky_weights = [], []
   for k in range(c):
-    fit = sky_surface.fit_sky(remaining[..., k])
-    remaining_structure = sky_surface.structure(remaining[..., k])
-    weight = sky_surface.ramp_down(remaining_structure, *SKY_STRUCTURE)
+    surface, weight, support = sky_background(remaining[..., k], pad)
     sky_weights.append(weight)
-    surface = np.pad(fit.surface - np.median(fit.surface), pad, mode="edge")
     g_field[..., k] += weight * surface * np.exp(log_f[..., k])
     g_field[..., k] -= np.median(g_field[inner][..., k])
-    sky_confidence = np.pad(weight * fit.support, pad, mode="edge")
+    sky_confidence = weight * support
     confidence_grid[..., k] = 1.0 - (1.0 - confidence_grid[..., k]) * (1.0 - sky_confidence)
     if weight < 1.0:
       notes.append(f"frame structure {structure:.1f}× the cell noise (extended objects): "
@@ -219,6 +216,25 @@ def correct_frame(graphdef, params, config, image: np.ndarray, progress=None) ->
   return Correction(corrected=corrected.astype(np.float32), F=f_full.astype(np.float32),
                     G=g_full.astype(np.float32), confidence=confidence.astype(np.float32),
                     notes=tuple(notes))
+
+
+def sky_background(remaining: np.ndarray, pad) -> tuple[np.ndarray, float, np.ndarray]:
+  """The sky-surface part of G for one plane of a frame already divided by its F.
+
+  Args:
+    remaining: ``(gh', gw')`` inner cells of the working grid (``working_grid.inner_cells``),
+      linear, the frame's units.
+    pad: ``((top, bottom), (left, right))`` cells that bring it back to the whole grid.
+  Returns:
+    surface: ``(gh, gw) float64``, the sky fit with its median removed (edge-padded);
+    weight: in [0, 1], how much of it to apply (1 below ``SKY_STRUCTURE[0]`` of the
+      remaining structure, 0 above ``SKY_STRUCTURE[1]``);
+    support: ``(gh, gw) float64`` in [0, 1], sky cells backing the surface nearby.
+  """
+  fit = sky_surface.fit_sky(remaining)
+  weight = sky_surface.ramp_down(sky_surface.structure(remaining), *SKY_STRUCTURE)
+  surface = np.pad(fit.surface - np.median(fit.surface), pad, mode="edge")
+  return surface, weight, np.pad(fit.support, pad, mode="edge")
 
 
 def _network_fields(graphdef, params, config, grid):
@@ -562,6 +578,26 @@ class Corrector:
     if mask is not None:
       out.corrected[mask] = np.nan
     return out
+
+  def correct_session(self, frames, out_dir=None, print_fn=print):
+    """Session mode (:mod:`flatai_jax.session`): one flat F for a dithered sequence of one
+    sensor, each frame with its own G, on this model's working grid.
+
+    Args:
+      frames: paths (then ``out_dir`` is required and the outputs are written, streaming) or
+        ``(H, W[, C])`` float arrays, linear (then everything is returned in memory).
+    Returns:
+      for paths: the session report (``session_report.json``); for arrays:
+      ``(session.SessionFlat, [Correction per frame])``.
+    """
+    from flatai_jax import session
+    grid = tuple(self.config.data.sensor_hw) if self.config.data.whole_frame else None
+    grid = grid or session.working_grid_hw()
+    if all(isinstance(f, (str, Path)) for f in frames):
+      if out_dir is None:
+        raise ValueError("a session of files needs out_dir")
+      return session.correct_files(frames, out_dir, grid, print_fn)
+    return session.correct_arrays(frames, grid)
 
   def history(self, input_path, task, tile, overlap) -> str:
     """The FITS/XISF HISTORY line naming the model and settings."""

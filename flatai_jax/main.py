@@ -4,6 +4,7 @@
   flatai evaluate --checkpoint=runs/x [--step=N] [--output_dir=runs/x/eval]   (--workdir: same)
   flatai correct  IMAGE... [--checkpoint=runs/x] [--out=DIR | --output=out.fits] [--task=flat]
                   [--reference=clean.fits] [--cfa=auto|none|RGGB|…] [--input_stretch=auto|…]
+  flatai correct  --session FRAME... --out=DIR   (one flat for a dithered sequence)
   flatai correct  IMAGE... --task=psf --method=physics [--target=diffraction|centre|FWHM_PX]
   flatai synth    --config=configs/default.py:flat,quickstart --output_dir=synth [--num=8] [--full_frame]
   flatai export   --checkpoint=runs/x --output=models/x   (parameters + config only)
@@ -61,6 +62,9 @@ flags.DEFINE_enum("cfa", "auto", ["auto", "none", "RGGB", "BGGR", "GRBG", "GBRG"
 flags.DEFINE_string("input_stretch", "auto", "auto|linear|srgb|mtf:M: undo the input's stretch, "
                     "correct in linear light, re-apply it; auto = sRGB for 8-bit PNG/JPEG, "
                     "linear otherwise.")
+flags.DEFINE_bool("session", False, "correct: the IMAGEs are one session of dithered frames of "
+                  "one sensor: one shared flat F (session_F.fits) and each frame's own G; needs "
+                  "--out.")
 flags.DEFINE_string("input_dir", None, "Folder tree of clean images.")
 flags.DEFINE_integer("min_size", 128, "Images smaller than this per side (px) are skipped.")
 flags.DEFINE_integer("val_percent", 10, "Share of images in the validation split, %.")
@@ -95,13 +99,15 @@ COMMANDS = {
          "real_dir": None}),
     "correct": Command(
         "Correct FITS/XISF/TIFF/PNG/JPEG frames; writes corrected image, F, G and preview.",
-        "IMAGE... [--checkpoint=RUN_DIR] [--out=DIR | --output=FILE]",
+        "IMAGE... [--checkpoint=RUN_DIR] [--out=DIR | --output=FILE] | --session FRAME... "
+        "--out=DIR",
         {"checkpoint": "Run directory or exported model; default: the small flat model shipped "
                        "with the package.",
          "step": None,
          "output": "Output image (one input only); default: <input>_corrected.<ext>.",
          "out": None, "task": None, "reference": None, "tile": None, "overlap": None,
          "strength": None, "cfa": None, "input_stretch": None, "method": None, "target": None,
+         "session": None,
          "config": "--method=physics: config whose degrade.psf describes the optics (sampling "
                    "q, pupil, band); default configs/default.py:psf."}),
     "synth": Command(
@@ -340,6 +346,8 @@ def _correct(argv):
     stretch.parse(FLAGS.input_stretch)
   except ValueError as e:
     raise app.UsageError(str(e))
+  if FLAGS.session:
+    return _correct_session(inputs)
   if FLAGS.method == "physics":
     return _correct_physics(inputs)
   corrector = correct.load(FLAGS.checkpoint, FLAGS.step)
@@ -382,6 +390,34 @@ def _correct_each(inputs, correct_one):
   if failed:
     print(f"flatai correct: {len(failed)} of {len(inputs)} file(s) failed", file=sys.stderr)
     sys.exit(2)
+
+
+SESSION_EXCLUDES = ("output", "reference", "task", "tile", "overlap", "strength", "method",
+                    "target", "config")  # flags of single-frame correction that --session refuses
+
+
+def _correct_session(inputs):
+  """``--session``: one shared F for all inputs (``session.correct_files``), streaming."""
+  from flatai_jax import checkpointing, session
+  given = [f"--{name}" for name in SESSION_EXCLUDES if FLAGS[name].present]
+  if given:
+    raise app.UsageError(f"--session does not take {', '.join(given)}")
+  if FLAGS.out is None:
+    raise app.UsageError("--session needs --out=DIR (the outputs of all frames and the shared F)")
+  if len(inputs) < 2:
+    raise app.UsageError("--session needs at least 2 frames")
+  if FLAGS.checkpoint:
+    config = checkpointing.load_config(FLAGS.checkpoint, FLAGS.step)
+    if not config.data.whole_frame:
+      raise app.UsageError(f"--checkpoint={FLAGS.checkpoint} is a tile model; --session uses a "
+                           "whole-frame model's working grid")
+    grid = tuple(config.data.sensor_hw)
+  else:
+    grid = session.working_grid_hw()
+  report = session.correct_files(inputs, FLAGS.out, grid)
+  for k, v in report["outputs"].items():
+    print(f"wrote {k}: {v}")
+  print(f"wrote corrected and G of {len(report['frames'])} frames to {FLAGS.out}")
 
 
 def _correct_physics(inputs):

@@ -201,3 +201,52 @@ def methods(degree: int = 3, grid: int = 16, median_size: float = 0.125) -> dict
       "median_flat": lambda im: divide(im, _per_channel(im, lambda p: median_flat(p, median_size))),
       **found,
   }
+
+
+SKY_FLAT_KAPPA = 3.0  # sky flat: pixels above the frame's median by this many robust σ are sources
+SKY_FLAT_GROW = 3  # … grown by this many px
+
+
+def sky_flat(frames: list) -> np.ndarray:
+  """The classical sky flat of a dithered sequence: each frame's sources masked (above its median
+  by ``SKY_FLAT_KAPPA`` robust σ, grown by ``SKY_FLAT_GROW`` px), the frame divided by the median
+  of the rest, the frames median-combined per pixel (masked pixels left out), median 1.
+
+  Args:
+    frames: ``(H, W, C)`` linear frames of one sensor (all held: evaluation sizes).
+  Returns:
+    ``(H, W, C) float32``, median 1; 1 where every frame was masked.
+  """
+  stack = []
+  for frame in frames:
+    plane = np.asarray(frame, np.float64)
+    out = np.empty_like(plane)
+    for c in range(plane.shape[-1]):
+      p = plane[..., c]
+      level = np.nanmedian(p)
+      sources = ndimage.binary_dilation(p > level + SKY_FLAT_KAPPA * robust_sigma(p - level),
+                                        iterations=SKY_FLAT_GROW)
+      out[..., c] = np.where(sources, np.nan, p / np.nanmedian(p[~sources]))
+    stack.append(out.astype(np.float32))
+  import warnings
+  with warnings.catch_warnings():
+    warnings.simplefilter("ignore", RuntimeWarning)  # all-masked pixels: 1 below
+    flat = np.nanmedian(np.stack(stack), 0)
+  flat = np.where(np.isfinite(flat), flat, np.nanmedian(flat))
+  return (flat / np.median(flat, axis=(0, 1), keepdims=True)).astype(np.float32)
+
+
+def sequence_methods(degree: int = 3, grid: int = 16) -> dict:
+  """Classical corrections of a whole sequence: ``name -> fn([frames]) -> [corrected]``:
+  ``sky_flat`` (divided by :func:`sky_flat`) and ``sky_flat_poly`` (then each frame's own
+  polynomial background subtracted, as Siril's background extraction after flat-fielding)."""
+  poly = lambda im: _per_channel(im, lambda p: poly_background(p, degree, grid))
+
+  def flat_only(frames):
+    f = sky_flat(frames)
+    return [divide(x, f)["corrected"] for x in frames]
+
+  def flat_then_poly(frames):
+    return [subtract(x, poly(x))["corrected"] for x in flat_only(frames)]
+
+  return {"sky_flat": flat_only, "sky_flat_poly": flat_then_poly}

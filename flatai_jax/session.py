@@ -1,0 +1,387 @@
+"""Session mode: one flat F for a sequence of dithered frames of one sensor, each frame with its G.
+
+A night gives many frames of one target, dithered by tens of pixels. The flat
+(vignetting, dust shadows) is fixed on the sensor; stars, galaxies and nebulae
+move with the dither; the sky gradients change from frame to frame. So:
+
+``observed_i = T_i(x − d_i) · F(x) + G_i(x)``.
+
+**Pass 1 (estimate, streaming).** Each frame is read once and reduced to a fine
+grid of block medians (``working_grid.bin_frame`` at ``FINE_CELLS`` cells
+along the long side, ≥ ``MIN_BLOCK`` px per cell; stars mostly rejected by the
+median). On that grid the frame's own sky surface (``sky_surface.fit_sky``)
+marks its objects: cells more than ``KAPPA`` cell σ above it, grown by
+``GROW_CELLS``. The frame is divided by its sky level (median of the object-free
+cells) and split at the scale ``SPLIT_FRACTION`` of the long side:
+
+- **small scales** (dust shadows, mechanical edges): the frame over its own
+  object-masked Gaussian smoothing, ``h_i``. Objects at these scales move with
+  the dither, the flat does not; ``h_i`` (NaN where masked) is kept on disk
+  (a memory map of fine grids, ~1/64 of a frame each) and combined by a
+  **per-cell median over frames** after the last frame. Two guards keep barely
+  moving objects out of F: a cell needs object-free samples in
+  ``MIN_FRACTION`` of the frames, and where the frames disagree by more than
+  the cell noise (the robust spread across frames over ``CONSISTENCY`` × the
+  frames' cell noise) the small-scale F is shrunk towards 1 — a flat feature
+  is the same in every frame, a nebula's filament that moved is not. And small
+  scales never brighten by more than ``SMALL_MAX``: dust only darkens, while the
+  flank of a barely moving object just outside its mask is a brightening that
+  all frames agree on.
+- **large scales** (vignetting): running sums of the object-masked smoothing
+  (normalised convolution: ``Σ w·blur(n·valid)`` and ``Σ w·blur(valid)``),
+  weighted per frame by its structure (``sky_surface.structure`` on the
+  working grid): a frame filled by a nebula or a galaxy (structure above
+  ``FRAME_STRUCTURE``) says nothing about the large scales — a ±30 px dither
+  does not move a 500 px object off itself — and counts 0 (the thresholds are
+  single-frame mode's for its sky fit). The weighted mean is raised to the power
+  ``trust`` (the total weight over ``LARGE_TRUST_FRACTION`` of the frames, ≤ 1):
+  a few quiet frames in a session of a nebula cannot set the large scales
+  alone. Where no frame counts, F has no large-scale part (the safe answer, as
+  in single-frame mode).
+
+F on the fine grid is large × small scales, median 1, upsampled with
+``working_grid.upsample`` (smooth, band-limited). Its confidence (0..1) is the
+large-scale support times the small-scale agreement.
+
+**Pass 2 (correct).** Each frame is read again, divided by the shared F, and
+gets its own G from the single-frame pipeline's sky surface
+(``correct.sky_background``: robust Legendre fit with objects rejected, ramped
+down by the frame's remaining structure, median 0 so the pedestal stays):
+``corrected_i = (observed_i − G_i) / F`` exactly.
+
+What the session cannot tell apart: an additive G that is the same in every
+frame and the large-scale part of F (both are fixed on the sensor); it goes to
+F, as in the classical sky flat. The network is not used: the sequence gives F,
+the sky surface gives each G. Memory: one frame, F at full resolution, the
+accumulators and the memory map of fine grids (e.g. 100 frames of 6000 × 4000:
+~65 MB on disk). Frames must share size and orientation; CFA mosaics are refused.
+"""
+from __future__ import annotations
+
+import dataclasses
+import tempfile
+from pathlib import Path
+
+import numpy as np
+from scipy import ndimage
+
+from flatai_jax import correct, sky_surface, working_grid
+from flatai_jax.io import images
+
+FINE_CELLS = 512  # fine grid: at most this many cells along the frame's long side
+MIN_BLOCK = 2  # … and at least this many px per cell side
+KAPPA = 3.0  # fine cells above the frame's own sky surface by this many cell σ are objects
+GROW_CELLS = 2  # the object mask grows by this many fine cells
+SPLIT_FRACTION = 0.06  # Gaussian σ between the large and the small scales of F, × long side
+FRAME_STRUCTURE = correct.SKY_STRUCTURE  # a frame's large scales count fully below, not above
+#                   (structure): the frames whose own sky fit single-frame mode would trust
+LARGE_TRUST_FRACTION = 0.5  # large scales need this share of the frames' weight to count fully
+SMALL_SMOOTH_CELLS = 1.0  # Gaussian σ on the small scales of F, fine cells (median's noise)
+MIN_FRACTION = 0.3  # a fine cell needs object-free samples in this share of the frames
+CONSISTENCY = 1.5  # spread across frames over this × the cell noise shrinks small scales to 1
+SMALL_MAX = 1.01  # the small scales of F never brighten by more (dust only darkens; 1 % for the
+#                   split's own overshoot around a shadow)
+CHUNK_ROWS = 32  # fine-grid rows per step of the median over frames
+
+
+@dataclasses.dataclass
+class SessionFlat:
+  """The shared flat of a session.
+
+  Attributes:
+    F: ``(H, W, C) float32``, median 1, the frames' orientation.
+    confidence: ``(H, W, C) float32`` in [0, 1].
+    frames: per-frame numbers of pass 1 (``sky``, ``structure``, ``large_scale_weight``,
+      ``object_fraction``), one dict per frame in input order.
+  """
+  F: np.ndarray
+  confidence: np.ndarray
+  frames: list
+
+
+def working_grid_hw() -> tuple[int, int]:
+  """The working grid ``(gh, gw)`` of the shipped whole-frame model (``configs/frame.py``'s
+  ``data.sensor_hw``): the grid of each frame's structure and G."""
+  from flatai_jax import checkpointing
+  return tuple(int(v) for v in checkpointing.load_config(correct.DEFAULT_MODEL).data.sensor_hw)
+
+
+def _as_frame(item) -> tuple[np.ndarray, object, str]:
+  """``(image (H, W, C) float32 linear, meta or None, name)`` of a path or an array."""
+  if isinstance(item, (str, Path)):
+    image, meta = images.read_image(item, allow_nan=True)
+    if meta.cfa is not None:
+      raise images.ImageError(item, f"a CFA mosaic ({meta.cfa[0]}): session mode does not "
+                              "handle raw colour frames yet; debayer first")
+    return image, meta, str(item)
+  image = np.asarray(item, np.float32)
+  if image.ndim == 2:
+    image = image[:, :, None]
+  if image.ndim != 3 or not np.isfinite(image).any():
+    raise ValueError(f"frame of shape {image.shape}: need (H, W) or (H, W, C) with finite pixels")
+  return image, None, "array"
+
+
+def _check_shape(image, name, shape) -> None:
+  if image.shape != shape:
+    raise images.ImageError(name, f"{image.shape[0]} × {image.shape[1]} px, {image.shape[2]} "
+                            f"channel(s); the session's first frame is {shape[0]} × {shape[1]} "
+                            f"px, {shape[2]} channel(s) (one session = one size, binning and "
+                            "orientation)")
+
+
+def fine_geometry(hw) -> working_grid.GridGeometry:
+  """The fine grid of a session's frames (≤ ``FINE_CELLS`` cells on the long side)."""
+  block = max(MIN_BLOCK, -(-max(hw) // FINE_CELLS))
+  return working_grid.geometry(hw, (-(-min(hw) // block), -(-max(hw) // block)))
+
+
+def _masked_blur(values, valid, sigma):
+  """Normalised convolution: ``(blur(values·valid), blur(valid))``, Gaussian σ in cells."""
+  v = valid.astype(np.float64)
+  return (ndimage.gaussian_filter(np.where(valid, values, 0.0) * v, sigma, mode="nearest"),
+          ndimage.gaussian_filter(v, sigma, mode="nearest"))
+
+
+def _frame_evidence(plane, fine, work, sigma):
+  """One plane's contribution: ``(h, blurred n·valid, blurred valid, numbers)``, fine grid.
+
+  Args:
+    plane: ``(H, W)`` linear.
+    fine, work: the fine and the working grid geometries.
+    sigma: the scale split, fine cells.
+  """
+  b = working_grid.bin_frame(plane, fine).astype(np.float64)
+  fit = sky_surface.fit_sky(b)
+  objects = ndimage.binary_dilation(b - fit.surface > KAPPA * fit.noise, iterations=GROW_CELLS)
+  objects |= ~np.isfinite(b)
+  sky = float(np.median(b[~objects])) if (~objects).any() else float(np.median(b))
+  sky = sky if abs(sky) > 1e-12 else 1e-12
+  n = b / sky
+  num, den = _masked_blur(n, ~objects, sigma)
+  smooth = num / np.maximum(den, 1e-6)
+  h = np.where(objects | (den < 0.05), np.nan, n / np.where(smooth != 0, smooth, 1.0))
+  grid = working_grid.bin_frame(plane, work)
+  structure = sky_surface.structure(grid[working_grid.inner_cells(work)])
+  return h, num, den, {"sky": sky, "structure": structure, "noise": fit.noise / abs(sky),
+                       "object_fraction": float(objects.mean())}
+
+
+def estimate(frames, grid_hw, progress=None, workdir=None) -> tuple[SessionFlat, list]:
+  """Pass 1: the shared F of ``frames`` (see the module docstring).
+
+  Args:
+    frames: sequence of paths or ``(H, W[, C])`` float arrays, linear, one sensor.
+    grid_hw: the working grid ``(gh, gw)`` (``config.data.sensor_hw``).
+    progress: optional ``callable(line)``.
+    workdir: folder for the memory map of fine grids (default: a temporary one).
+  Returns:
+    the :class:`SessionFlat` and the frames' metadata (None for arrays), in order.
+  Raises:
+    images.ImageError: a frame of another size, channel count or orientation, or unreadable.
+  """
+  if len(frames) < 2:
+    raise ValueError(f"a session needs at least 2 frames, got {len(frames)}")
+  shape, metas, numbers = None, [], []
+  with tempfile.TemporaryDirectory(dir=workdir, prefix="flatai_session_") as tmp:
+    for i, item in enumerate(frames):
+      image, meta, name = _as_frame(item)
+      if shape is None:
+        shape = image.shape
+        fine = fine_geometry(shape[:2])
+        work = working_grid.geometry(shape[:2], grid_hw)
+        sigma = SPLIT_FRACTION * max(shape[:2]) / max(fine.block)
+        c = shape[2]
+        stack = np.lib.format.open_memmap(Path(tmp) / "h.npy", "w+", np.float32,
+                                          (len(frames), c) + fine.grid_hw)
+        num_sum = np.zeros((c,) + fine.grid_hw)
+        den_sum = np.zeros((c,) + fine.grid_hw)
+        weight_sum = np.zeros(c)
+      _check_shape(image, name, shape)
+      frame_numbers = []
+      for k in range(c):
+        h, num, den, nums = _frame_evidence(image[..., k], fine, work, sigma)
+        w = sky_surface.ramp_down(nums["structure"], *FRAME_STRUCTURE)
+        stack[i, k] = h
+        num_sum[k] += w * num
+        den_sum[k] += w * den
+        weight_sum[k] += w
+        frame_numbers.append({**nums, "large_scale_weight": w})
+      metas.append(meta)
+      numbers.append({"frame": name, **_merge_channels(frame_numbers)})
+      if progress:
+        n = numbers[-1]
+        progress(f"  [{i + 1}/{len(frames)}] {Path(name).name}: sky {n['sky']:.4g}, structure "
+                 f"{n['structure']:.2f}, objects {n['object_fraction']:.0%}, large-scale weight "
+                 f"{n['large_scale_weight']:.2f}")
+    noise = float(np.median([f["noise"] for f in numbers]))
+    f_fine, conf_fine = [], []
+    for k in range(c):
+      small, agree = _combine_small(stack[:, k], noise)
+      large, support = _combine_large(num_sum[k], den_sum[k], weight_sum[k], len(frames))
+      f = large * small
+      f_fine.append(f / np.median(f[working_grid.inner_cells(fine)]))
+      conf_fine.append(support * agree)
+    del stack
+  up = lambda planes: np.stack([working_grid.upsample(p, fine) for p in planes], -1)
+  return SessionFlat(F=up(f_fine).astype(np.float32),
+                     confidence=np.clip(up(conf_fine), 0.0, 1.0).astype(np.float32),
+                     frames=numbers), metas
+
+
+def _merge_channels(per_channel: list) -> dict:
+  """Per-frame numbers over channels: sky and noise averaged, the rest the worst channel's."""
+  out = {k: float(np.mean([d[k] for d in per_channel])) for k in ("sky", "noise")}
+  out["structure"] = max(d["structure"] for d in per_channel)
+  out["object_fraction"] = max(d["object_fraction"] for d in per_channel)
+  out["large_scale_weight"] = min(d["large_scale_weight"] for d in per_channel)
+  return out
+
+
+def _combine_small(stack, noise):
+  """Small scales of F and their agreement, ``(gh, gw)`` each, from ``(N, gh, gw)`` ``h``
+  (NaN where masked): per-cell median over frames, shrunk towards 1 where too few frames are
+  object-free or where the frames disagree beyond ``CONSISTENCY`` × the cell noise."""
+  n, gh, gw = stack.shape
+  median = np.ones((gh, gw))
+  spread = np.full((gh, gw), np.inf)
+  count = np.zeros((gh, gw))
+  import warnings
+  for r in range(0, gh, CHUNK_ROWS):
+    block = np.asarray(stack[:, r:r + CHUNK_ROWS], np.float64)
+    with warnings.catch_warnings():
+      warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN cells: handled below
+      m = np.nanmedian(block, 0)
+      s = 1.4826 * np.nanmedian(np.abs(block - m), 0)
+    count[r:r + CHUNK_ROWS] = np.isfinite(block).sum(0)
+    median[r:r + CHUNK_ROWS] = np.where(np.isfinite(m), m, 1.0)
+    spread[r:r + CHUNK_ROWS] = np.where(np.isfinite(s), s, np.inf)
+  # Expected spread of one frame's h about the median: the cell noise (relative) of a frame.
+  agree = np.clip((CONSISTENCY * noise / np.maximum(spread, 1e-12)) ** 2, 0.0, 1.0)
+  agree *= np.clip(count / max(MIN_FRACTION * n, 1.0), 0.0, 1.0)
+  agree = ndimage.gaussian_filter(agree, 1.0, mode="nearest")
+  median = ndimage.gaussian_filter(median, SMALL_SMOOTH_CELLS, mode="nearest")
+  return 1.0 + agree * (np.minimum(median, SMALL_MAX) - 1.0), agree
+
+
+def _combine_large(num, den, weight_total, frames):
+  """Large scales of F and their support, ``(gh, gw)`` each, from the running sums of
+  ``frames`` frames: the weighted mean, raised to the power ``trust`` (the frames' total weight
+  over ``LARGE_TRUST_FRACTION`` of them, at most 1), so that a few low-structure frames in a
+  session of extended objects cannot set the large scales alone."""
+  trust = float(np.clip(weight_total / (LARGE_TRUST_FRACTION * frames), 0.0, 1.0))
+  if trust <= 0.0:
+    return np.ones(num.shape), np.ones(num.shape)  # no frame tells: no large-scale part
+  cover = den / weight_total  # share of the (weighted) frames object-free nearby
+  large = np.where(den > 1e-6, num / np.maximum(den, 1e-6), np.nan)
+  if np.isnan(large).any():
+    large = np.where(np.isnan(large), np.nanmedian(large), large)
+  large = np.maximum(large / np.median(large), 1e-3) ** trust
+  support = np.clip(cover / 0.5, 0.0, 1.0) * trust + (1.0 - trust)
+  return large, support
+
+
+def correct_with(image: np.ndarray, flat: SessionFlat, grid_hw) -> correct.Correction:
+  """Pass 2 for one frame: the shared F and the frame's own G (``correct.sky_background``).
+
+  Args:
+    image: ``(H, W, C) float32`` linear, the session's size.
+    flat: from :func:`estimate`.
+    grid_hw: the working grid ``(gh, gw)``.
+  Returns:
+    :class:`correct.Correction` (``F`` is the shared one, ``confidence`` F's times the sky's).
+  """
+  h, w, c = image.shape
+  work = working_grid.geometry((h, w), grid_hw)
+  inner = working_grid.inner_cells(work)
+  gh, gw = work.grid_hw
+  pad = [(inner[0].start, gh - inner[0].stop), (inner[1].start, gw - inner[1].stop)]
+  remaining = image / flat.F
+  g_full = np.empty_like(image)
+  sky_conf = np.empty_like(image)
+  notes = []
+  for k in range(c):
+    grid = working_grid.bin_frame(remaining[..., k], work).astype(np.float64)
+    surface, weight, support = correct.sky_background(grid[inner], pad)
+    g_full[..., k] = working_grid.upsample(weight * surface, work) * flat.F[..., k]
+    sky_conf[..., k] = working_grid.upsample(weight * support, work)
+    if weight < 1.0:
+      notes.append(f"remaining structure too high for a smooth sky: sky surface at {weight:.0%}")
+  corrected = (image - g_full) / flat.F
+  return correct.Correction(corrected=corrected.astype(np.float32), F=flat.F,
+                            G=g_full.astype(np.float32),
+                            confidence=(flat.confidence * np.clip(sky_conf, 0, 1)
+                                        ).astype(np.float32), notes=tuple(notes))
+
+
+def correct_arrays(frames, grid_hw, progress=None) -> tuple[SessionFlat, list]:
+  """The session of in-memory ``(H, W[, C])`` frames: the shared flat and every frame's
+  :class:`correct.Correction` (all kept in memory; :func:`correct_files` streams)."""
+  flat, _ = estimate(frames, grid_hw, progress)
+  return flat, [correct_with(_as_frame(f)[0], flat, grid_hw) for f in frames]
+
+
+def correct_files(paths, out_dir, grid_hw, print_fn=print, history="flatai correct --session"
+                  ) -> dict:
+  """Corrects a session of files; writes (atomically, never over an input) each frame's
+  corrected image and G as in single-frame mode (``correct.output_paths``), the shared F once
+  as ``session_F.fits`` with ``session_F_confidence.fits``, and ``session_report.json``.
+
+  Nothing is written until every frame has been read and checked (pass 1).
+  Returns:
+    the report: ``frames`` (per-frame numbers and outputs), ``outputs`` (the session's files).
+  """
+  import json
+
+  from flatai_jax.io.atomic import write_text_atomic
+  paths = [str(p) for p in paths]
+  out_dir = Path(out_dir)
+  for p in paths:
+    for target in correct.output_paths(p, None, out_dir).values():
+      if target.resolve() == Path(p).resolve():
+        raise images.ImageError(p, "refusing to overwrite the input file; choose another --out")
+  print_fn(f"session: {len(paths)} frames, pass 1 (one shared flat)")
+  flat, metas = estimate(paths, grid_hw, print_fn)
+  out_dir.mkdir(parents=True, exist_ok=True)
+  outputs = {"F": out_dir / "session_F.fits", "confidence": out_dir / "session_F_confidence.fits",
+             "report": out_dir / "session_report.json"}
+  names = " ".join(Path(p).name for p in paths[:3]) + (" …" if len(paths) > 3 else "")
+  images.write_image(outputs["F"], flat.F, None, history=f"{history}: shared flat F of "
+                     f"{len(paths)} frames ({names})", protect=paths)
+  images.write_image(outputs["confidence"], flat.confidence, None,
+                     history=f"{history}: confidence of F, 0..1", protect=paths)
+  print_fn("session: pass 2 (each frame with the shared F and its own G)")
+  rows = []
+  for i, (path, meta, numbers) in enumerate(zip(paths, metas, flat.frames)):
+    image, _ = images.read_image(path, allow_nan=True)
+    _check_shape(image, path, flat.F.shape)
+    out = correct_with(image, flat, grid_hw)
+    targets = correct.output_paths(path, None, out_dir)
+    line = f"{history} input={Path(path).name} (shared F: session_F.fits)"
+    images.write_image(targets["corrected"], out.corrected, meta, history=line, protect=paths)
+    images.write_image(targets["G"], out.G, meta, history=line + " (additive field G)",
+                       protect=paths, carry_hdus=False)
+    before = correct.background_nonuniformity(correct._nan_to_median(image))
+    after = correct.background_nonuniformity(correct._nan_to_median(out.corrected))
+    rows.append({**numbers, "background_nonuniformity_before": before,
+                 "background_nonuniformity_after": after, "notes": list(out.notes),
+                 "outputs": {"corrected": str(targets["corrected"]), "G": str(targets["G"])}})
+    print_fn(f"  [{i + 1}/{len(paths)}] {Path(path).name}: background non-uniformity "
+             f"{before:.4f} → {after:.4f}" + "".join(f"; {n}" for n in out.notes))
+  report = {"frames": rows, "flat": {"median": float(np.median(flat.F)),
+                                     "min": float(flat.F.min()), "max": float(flat.F.max()),
+                                     "mean_confidence": float(flat.confidence.mean())},
+            "outputs": {k: str(v) for k, v in outputs.items()}}
+  write_text_atomic(outputs["report"], json.dumps(report, indent=2))
+  return report
+
+
+def rms_pct(estimate_f: np.ndarray, truth_f: np.ndarray, sigma: float = 8.0) -> float:
+  """RMS of ``smooth(F̂) / smooth(F) − 1`` over ``(H, W[, C])`` fields, %, both median-normalised,
+  Gaussian ``sigma`` px (how well a session recovered a known flat)."""
+  a = ndimage.gaussian_filter(np.asarray(estimate_f, np.float64).reshape(truth_f.shape[:2] + (-1,)),
+                              (sigma, sigma, 0), mode="nearest")
+  b = ndimage.gaussian_filter(np.asarray(truth_f, np.float64).reshape(truth_f.shape[:2] + (-1,)),
+                              (sigma, sigma, 0), mode="nearest")
+  ratio = (a / np.median(a)) / (b / np.median(b))
+  return float(100.0 * np.sqrt(np.mean((ratio - 1.0) ** 2)))

@@ -1,0 +1,169 @@
+"""Session mode (flatai_jax/session.py): one flat recovered from a dithered sequence."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from flatai_jax import session
+
+GRID = (96, 128)  # the working grid of configs/frame.py (the shipped model's data.sensor_hw)
+HW = (300, 400)
+DITHER = 30  # px, ± in each axis
+
+
+def true_flat(hw=HW) -> np.ndarray:
+  """``(H, W) float64``: vignetting (corner/centre ≈ 0.85, off-centre axis) and three dust
+  donuts (2.5–4 % deep rings with a brighter centre, 12–22 px radius)."""
+  y, x = np.mgrid[:hw[0], :hw[1]].astype(np.float64)
+  cy, cx = 0.45 * hw[0], 0.55 * hw[1]
+  r2 = ((y - cy) ** 2 + (x - cx) ** 2) / (0.5 * max(hw)) ** 2
+  f = 1.0 - 0.12 * r2 - 0.03 * r2 ** 2
+  for (dy, dx, radius, depth) in ((80, 90, 18, 0.04), (200, 300, 22, 0.03), (150, 60, 12, 0.025)):
+    d = np.hypot(y - dy, x - dx) / radius
+    f *= 1.0 - depth * np.exp(-((d - 0.7) / 0.3) ** 2) + 0.3 * depth * np.exp(-(d / 0.3) ** 2)
+  return f
+
+
+def star_sky(rng, hw) -> np.ndarray:
+  """``(H, W)`` sky of level 1 with ~600 Gaussian stars (σ 1.2 px, peaks 0.2–30)."""
+  sky = np.ones(hw)
+  n = 600
+  ys, xs = rng.uniform(0, hw[0], n), rng.uniform(0, hw[1], n)
+  peaks = 0.2 * np.exp(rng.uniform(0, np.log(150), n))
+  yy, xx = np.mgrid[:hw[0], :hw[1]]
+  for y0, x0, p in zip(ys, xs, peaks):
+    y1, y2, x1, x2 = int(max(y0 - 6, 0)), int(min(y0 + 7, hw[0])), int(max(x0 - 6, 0)), int(
+        min(x0 + 7, hw[1]))
+    sky[y1:y2, x1:x2] += p * np.exp(-((yy[y1:y2, x1:x2] - y0) ** 2 + (xx[y1:y2, x1:x2] - x0) ** 2)
+                                    / (2 * 1.2 ** 2))
+  return sky
+
+
+def synthetic_session(n, seed=0, noise=0.01, hw=HW):
+  """``n`` dithered frames ``(H, W, 1) float32`` of one star field × :func:`true_flat` + a
+  per-frame gradient G (≤ 5 % of the sky), Gaussian noise of ``noise`` × sky; and the flat."""
+  rng = np.random.default_rng(seed)
+  big = star_sky(rng, (hw[0] + 2 * DITHER, hw[1] + 2 * DITHER))
+  f = true_flat(hw)
+  y, x = np.mgrid[:hw[0], :hw[1]] / max(hw)
+  frames = []
+  for _ in range(n):
+    oy, ox = rng.integers(0, 2 * DITHER + 1, 2)
+    g = 0.05 * (rng.uniform(-1, 1) * x + rng.uniform(-1, 1) * y)
+    obs = big[oy:oy + hw[0], ox:ox + hw[1]] * f + g + noise * rng.standard_normal(hw)
+    frames.append(obs[..., None].astype(np.float32))
+  return frames, f[..., None]
+
+
+def blob_session():
+  """10 star-field frames, the same with a bright blob (3× the sky, σ 60 px) moving only ±4 px
+  added (× F), and the flat."""
+  frames, f = synthetic_session(10, seed=3)
+  y, x = np.mgrid[:HW[0], :HW[1]]
+  rng = np.random.default_rng(1)
+  moved = []
+  for frame in frames:
+    oy, ox = rng.integers(-4, 5, 2)
+    blob = 3.0 * np.exp(-((y - 150 - oy) ** 2 + (x - 200 - ox) ** 2) / (2 * 60.0 ** 2))
+    moved.append(frame + (blob * f[..., 0])[..., None].astype(np.float32))
+  return frames, moved, f
+
+
+@pytest.fixture(scope="module")
+def twenty():
+  return synthetic_session(20)
+
+
+def test_twenty_frames_recover_the_flat_within_half_a_percent(twenty):
+  frames, f = twenty
+  flat, _ = session.estimate(frames, GRID)
+  err = session.rms_pct(flat.F, f)
+  assert err < 0.5, err
+  # the deepest donut (4 %) is in it: around it the smoothed ratio stays within 1 %
+  from scipy import ndimage
+  smooth = lambda a: ndimage.gaussian_filter(a[..., 0], 8.0, mode="nearest")
+  ratio = smooth(flat.F) / smooth(f)
+  box = (slice(55, 106), slice(65, 116))
+  assert np.abs(ratio[box] / np.median(ratio) - 1).max() < 0.01
+  assert flat.confidence.min() >= 0 and flat.confidence.max() <= 1
+
+
+def test_more_frames_never_make_it_worse(twenty):
+  frames, f = twenty
+  errors = [session.rms_pct(session.estimate(frames[:n], GRID)[0].F, f) for n in (5, 10, 20)]
+  assert all(b <= a + 0.05 for a, b in zip(errors, errors[1:])), errors  # monotone within noise
+  assert errors[-1] < errors[0], errors
+
+
+def test_a_frame_filled_by_a_barely_moving_object_is_not_taken_for_the_flat():
+  """A bright blob (3× the sky, σ 60 px) that moves ±4 px: the classical median flat keeps it;
+  in the session it is masked per frame, its frames carry no large-scale weight (structure), and
+  its flanks are no dust: F stays within 2 % of 1 there (vignetting is lost, not invented)."""
+  frames, moved, f = blob_session()
+  flat, _ = session.estimate(moved, GRID)
+  assert all(n["large_scale_weight"] == 0.0 for n in flat.frames)
+  level = flat.F[..., 0] / np.median(flat.F)
+  assert level.max() < 1.02 and np.abs(level[60:240, 110:290] - 1).max() < 0.02, level.max()
+
+
+def _flatai(*args):
+  env = dict(os.environ, JAX_PLATFORMS="cpu")
+  return subprocess.run([sys.executable, "-m", "flatai_jax.main", *map(str, args)],
+                        cwd=Path(__file__).resolve().parents[1], capture_output=True, text=True,
+                        env=env, timeout=600)
+
+
+def test_cli_session_writes_every_frame_and_the_shared_flat_once(tmp_path):
+  from flatai_jax.io import images
+  frames, f = synthetic_session(6, seed=5)
+  paths = []
+  for i, frame in enumerate(frames):
+    paths.append(tmp_path / f"light_{i}.fits")
+    images.write_image(paths[-1], frame)
+  out = _flatai("correct", "--session", *paths, f"--out={tmp_path / 'out'}")
+  assert out.returncode == 0, out.stderr
+  assert out.stdout.count("[6/6]") == 2  # a progress line per frame in both passes
+  names = sorted(p.name for p in (tmp_path / "out").iterdir())
+  assert names == sorted(["session_F.fits", "session_F_confidence.fits", "session_report.json"]
+                         + [f"light_{i}_corrected{k}.fits" for i in range(6) for k in ("", "_G")])
+  f_hat, _ = images.read_image(tmp_path / "out" / "session_F.fits")
+  assert session.rms_pct(f_hat, f) < 1.0
+  report = json.loads((tmp_path / "out" / "session_report.json").read_text())
+  assert len(report["frames"]) == 6 and all(
+      r["background_nonuniformity_after"] < r["background_nonuniformity_before"]
+      for r in report["frames"])
+
+
+def test_cli_session_refuses_a_frame_of_another_size_and_writes_nothing(tmp_path):
+  from flatai_jax.io import images
+  frames, _ = synthetic_session(3, seed=6)
+  paths = []
+  for i, frame in enumerate(frames):
+    paths.append(tmp_path / f"light_{i}.fits")
+    images.write_image(paths[-1], frame if i != 2 else frame[:, :-1])
+  out = _flatai("correct", "--session", *paths, f"--out={tmp_path / 'out'}")
+  assert out.returncode == 2
+  assert out.stderr.splitlines() == [
+      f"flatai correct: error: {paths[2]}: 300 × 399 px, 1 channel(s); the session's first frame "
+      "is 300 × 400 px, 1 channel(s) (one session = one size, binning and orientation)"]
+  assert not (tmp_path / "out").exists()
+  assert sorted(p.name for p in tmp_path.iterdir()) == [p.name for p in paths]
+
+
+def test_session_needs_out_and_refuses_single_frame_flags(tmp_path):
+  out = _flatai("correct", "--session", "a.fits", "b.fits")
+  assert out.returncode == 2 and "--session needs --out=DIR" in out.stderr
+  out = _flatai("correct", "--session", "a.fits", "b.fits", "--out=x", "--strength=0.5")
+  assert out.returncode == 2 and "--session does not take --strength" in out.stderr
+
+
+def test_the_classical_sky_flat_takes_the_barely_moving_blob_for_the_flat():
+  """The baseline the session must beat (evaluation/baselines.sky_flat) on the same blob."""
+  from flatai_jax.evaluation import baselines
+  frames, moved, f = blob_session()
+  assert session.rms_pct(baselines.sky_flat(frames), f) < 1.0  # fine on the star field alone
+  assert session.rms_pct(baselines.sky_flat(moved), f) > 5.0  # takes the blob's flanks for F
