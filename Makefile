@@ -14,8 +14,9 @@ export XLA_FLAGS ?= --xla_force_host_platform_device_count=8
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -qq --upgrade pip
-	$(BIN)/python -m pip install -qq -e '.[test,graxpert]'
+	$(BIN)/python -m pip install -qq -e '.[test,graxpert,onnx]'
 	$(BIN)/python -m pip install -qq --no-deps 'graxpert>=3.2.0a3'  # the baseline; see pyproject's graxpert extra
+	$(BIN)/python -m pip install -qq --no-deps 'jax2onnx>=0.17.1'  # ONNX export; see pyproject's onnx extra
 	@touch $(STAMP)
 
 setup: $(STAMP)
