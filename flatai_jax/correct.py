@@ -612,7 +612,7 @@ class Corrector:
 
   def correct_file(self, input_path, output=None, out_dir=None, reference=None, task=None,
                    tile=None, overlap=None, print_fn=print, strength: float = 1.0,
-                   cfa: str = "auto", input_stretch: str = "auto") -> dict:
+                   cfa: str = "auto", input_stretch: str = "auto", progress=None) -> dict:
     """Reads, corrects and writes one frame; returns before/after numbers.
 
     Outputs (atomic, never over the input; see :func:`output_paths`): the
@@ -626,6 +626,8 @@ class Corrector:
     ``input_stretch``: ``auto|linear|srgb|mtf:M`` (:mod:`flatai_jax.stretch`); a stretched
     input is corrected in linear light and the stretch re-applied to the corrected image (F and
     G stay linear); ``auto`` takes 8-bit PNG/JPEG as sRGB and says so in one line.
+    ``progress``: ``callable(done, total)`` fed by the tiles (``flatai gui``'s progress bars);
+    default: a :class:`ProgressBar` printed through ``print_fn``.
     """
     from flatai_jax import cfa as bayer
     from flatai_jax import stretch
@@ -651,7 +653,8 @@ class Corrector:
         raise images.ImageError(p, "refusing to overwrite the input file; choose another --output")
     correct_fn = functools.partial(self.correct, task=task, tile=tile, overlap=overlap,
                                    strength=strength,
-                                   progress=ProgressBar(f"  {Path(input_path).name}", print_fn))
+                                   progress=progress or ProgressBar(f"  {Path(input_path).name}",
+                                                                    print_fn))
     linear = stretch.to_linear(image, kind, midtones)
     try:
       out = bayer.correct_mosaic(correct_fn, linear) if pattern else correct_fn(linear)

@@ -1,0 +1,1 @@
+"""``flatai gui``: the local web app (:mod:`flatai_jax.gui.app`)."""
