@@ -1,4 +1,4 @@
-"""``flatai`` command line: train | evaluate | correct | synth | build_dataset | export.
+"""``flatai`` command line: train | evaluate | correct | synth | build_dataset | export | gui.
 
   flatai train    --config=configs/default.py:flat,quickstart --workdir=runs/x [--config.train.steps=200]
   flatai evaluate --checkpoint=runs/x [--step=N] [--output_dir=runs/x/eval]   (--workdir: same)
@@ -8,6 +8,7 @@
   flatai correct  IMAGE... --task=psf --method=physics [--target=diffraction|centre|FWHM_PX]
   flatai synth    --config=configs/default.py:flat,quickstart --output_dir=synth [--num=8] [--full_frame]
   flatai export   --checkpoint=runs/x --output=models/x   (parameters + config only)
+  flatai gui      [--port=8765] [--checkpoint=runs/x]   (local web page on 127.0.0.1)
   flatai build_dataset --input_dir=my_clean_images --output_dir=data/mine [--min_size=128] [--val_percent=10]
   flatai --help | flatai COMMAND --help | flatai --version
 
@@ -70,6 +71,7 @@ flags.DEFINE_integer("min_size", 128, "Images smaller than this per side (px) ar
 flags.DEFINE_integer("val_percent", 10, "Share of images in the validation split, %.")
 flags.DEFINE_integer("num", 8, "Number of examples.")
 flags.DEFINE_bool("full_frame", False, "Synthesise whole sensor frames instead of crops.")
+flags.DEFINE_integer("port", 8765, "gui: port on 127.0.0.1; 0 = any free port.")
 flags.DEFINE_string("coordinator_address", None, "Multi-host: host:port of process 0.")
 flags.DEFINE_integer("num_processes", None, "Multi-host: number of processes.")
 flags.DEFINE_integer("process_id", None, "Multi-host: index of this process.")
@@ -127,6 +129,12 @@ COMMANDS = {
         {"checkpoint": "Run directory (or, for onnx, exported model) to export.",
          "workdir": "Same as --checkpoint.", "step": None, "format": None,
          "output": "Folder of the exported model (orbax), or the .onnx file (onnx)."}),
+    "gui": Command(
+        "Open a local web page to correct frames and compare before/after (127.0.0.1).",
+        "[--port=N] [--checkpoint=RUN_DIR]",
+        {"port": None,
+         "checkpoint": "The page's default model: a run directory or exported model; default: "
+                       "the shipped whole-frame flat model."}),
 }
 GLOBAL_FLAGS = {
     "--verbosity=N": "Log records of the libraries (Orbax, JAX, TFDS): hidden by default; "
@@ -505,6 +513,24 @@ def _build_dataset():
         f"--config.data.source=images --config.data.tfds_dir={out}")
 
 
+def _gui():
+  try:
+    import fastapi  # noqa: F401
+    import uvicorn  # noqa: F401
+
+    from flatai_jax.gui import app as gui_app
+  except ImportError as e:
+    raise app.UsageError(f"needs the gui extra ({e}); pip install 'flatai-jax[gui]'") from e
+  if not 0 <= FLAGS.port <= 65535:
+    raise app.UsageError(f"--port={FLAGS.port} must be in [0, 65535]")
+  try:
+    gui_app.serve(FLAGS.port, FLAGS.checkpoint)
+  except OSError as e:
+    _fail("gui", f"cannot listen on 127.0.0.1:{FLAGS.port}: {e.strerror or e}")
+  except KeyboardInterrupt:
+    pass
+
+
 def main(argv):
   if len(argv) < 2:  # only flags, e.g. `flatai --workdir x`
     _print_and_exit(overview(), 2, sys.stderr)
@@ -524,7 +550,7 @@ def main(argv):
     if FLAGS.config is not None:
       validate(FLAGS.config)  # before anything is built; train adds the device checks
     {"train": _train, "evaluate": _evaluate, "correct": lambda: _correct(argv),
-     "synth": _synth, "export": _export, "build_dataset": _build_dataset}[command]()
+     "synth": _synth, "export": _export, "build_dataset": _build_dataset, "gui": _gui}[command]()
   except app.UsageError as e:
     _fail(command, f"{e} (flatai {command} --help lists its flags)")
   except (ImageError, ConfigError, FileNotFoundError, DatasetError, WorkdirInUse) as e:

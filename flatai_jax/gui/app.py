@@ -23,6 +23,10 @@ import uuid
 from pathlib import Path
 
 import numpy as np
+from fastapi import FastAPI, File, Form, HTTPException, UploadFile
+from fastapi.responses import FileResponse, JSONResponse, Response
+from fastapi.staticfiles import StaticFiles
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 STATIC = Path(__file__).resolve().parent / "static"
 MAX_SIDE = 1024  # previews and regions are served at most this many px per side
@@ -44,12 +48,14 @@ class Job:
   message: str = ""
   notes: list = dataclasses.field(default_factory=list)
   outputs: dict = dataclasses.field(default_factory=dict)  # key → Path
+  shape: tuple = (0, 0)  # H, W of the frame
   previews: dict = dataclasses.field(default_factory=dict)  # kind → (H', W', C) array
 
   def public(self) -> dict:
     """The job as ``/api/jobs/{id}`` returns it."""
     return {"id": self.id, "name": self.name, "status": self.status, "done": self.done,
             "total": self.total, "message": self.message, "notes": self.notes,
+            "shape": list(self.shape),
             "outputs": {k: {"file": p.name, "url": f"/api/jobs/{self.id}/files/{k}"}
                         for k, p in self.outputs.items()},
             "views": [k for k in KINDS if k == "input" or k in self.outputs]}
@@ -184,6 +190,7 @@ class Worker:
         print_fn=lambda *a, **k: job.notes.append(
             " ".join(map(str, a)).replace(str(job.input), job.name).strip()))
     job.outputs = {k: Path(v) for k, v in report["outputs"].items()}
+    job.shape = _full(str(job.input)).shape[:2]
     job.done = job.total = max(job.total, 1)
 
   def preview(self, job: Job, kind: str) -> np.ndarray:
@@ -206,11 +213,6 @@ def readable(error: Exception, job: Job) -> str:
 
 def create_app(checkpoint: str | None = None, workdir: str | None = None):
   """The FastAPI app; ``checkpoint``: the model the page offers as default (None: shipped)."""
-  from fastapi import FastAPI, File, Form, HTTPException, UploadFile
-  from fastapi.responses import FileResponse, JSONResponse, Response
-  from fastapi.staticfiles import StaticFiles
-  from starlette.exceptions import HTTPException as StarletteHTTPException
-
   from flatai_jax import stretch as stretches
   root = Path(workdir or tempfile.mkdtemp(prefix="flatai_gui_"))
   worker = Worker(root, checkpoint)
