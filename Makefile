@@ -14,7 +14,7 @@ export XLA_FLAGS ?= --xla_force_host_platform_device_count=8
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -qq --upgrade pip
-	$(BIN)/python -m pip install -qq -e '.[test,graxpert,onnx]'
+	$(BIN)/python -m pip install -qq -e '.[test,graxpert,onnx,gui]'
 	$(BIN)/python -m pip install -qq --no-deps 'graxpert>=3.2.0a3'  # the baseline; see pyproject's graxpert extra
 	$(BIN)/python -m pip install -qq --no-deps 'jax2onnx>=0.17.1'  # ONNX export; see pyproject's onnx extra
 	@touch $(STAMP)
@@ -26,6 +26,13 @@ setup: $(STAMP)
 	  [ "$$(id -u)" != 0 ] || { (apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
 	  apt-get install -y -qq --no-install-recommends siril) >/dev/null 2>&1 || \
 	  echo "setup: apt-get could not install siril; tests/test_siril.py will be skipped"; }
+	@# Chromium and its WebDriver for the browser test of `flatai gui` (tests/test_gui.py), the
+	@# same way: quiet, never failing (the test is skipped without them).
+	@{ test -x /usr/bin/chromium && test -x /usr/bin/chromedriver; } || \
+	  ! command -v apt-get >/dev/null 2>&1 || [ "$$(id -u)" != 0 ] || \
+	  { (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+	  --no-install-recommends chromium chromium-driver) >/dev/null 2>&1 || \
+	  echo "setup: apt-get could not install chromium; tests/test_gui.py will be skipped"; }
 	@test -f flatai_jax/assets/lpips_vgg.npz -a -f flatai_jax/assets/lpips_alex.npz || \
 	  $(BIN)/python data_pipelines/convert_lpips_weights.py
 

@@ -71,7 +71,7 @@ flags.DEFINE_integer("min_size", 128, "Images smaller than this per side (px) ar
 flags.DEFINE_integer("val_percent", 10, "Share of images in the validation split, %.")
 flags.DEFINE_integer("num", 8, "Number of examples.")
 flags.DEFINE_bool("full_frame", False, "Synthesise whole sensor frames instead of crops.")
-flags.DEFINE_integer("port", 8765, "gui: port on 127.0.0.1; 0 = any free port.")
+flags.DEFINE_integer("port", 8765, "gui: port of the page on 127.0.0.1; 0 = any free port.")
 flags.DEFINE_string("coordinator_address", None, "Multi-host: host:port of process 0.")
 flags.DEFINE_integer("num_processes", None, "Multi-host: number of processes.")
 flags.DEFINE_integer("process_id", None, "Multi-host: index of this process.")

@@ -206,7 +206,8 @@ def test_help_lists_the_commands_and_each_commands_own_flags():
   own = {"correct": {"checkpoint", "step", "output", "out", "task", "reference", "tile", "overlap",
                      "strength", "cfa", "input_stretch", "method", "target", "config", "session"},
          "train": {"config", "workdir", "coordinator_address", "num_processes", "process_id"},
-         "build_dataset": {"input_dir", "output_dir", "min_size", "val_percent"}}
+         "build_dataset": {"input_dir", "output_dir", "min_size", "val_percent"},
+         "gui": {"port", "checkpoint"}}
   for name, expected in own.items():
     for flag in ("--help", "-h"):
       out = flatai(name, flag)
