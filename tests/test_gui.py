@@ -158,3 +158,21 @@ def test_bad_options_give_a_readable_error(server, browser):
   with pytest.raises(urllib.error.HTTPError) as e:
     urllib.request.urlopen(status, timeout=30)
   assert e.value.code == 404 and b"no job nope" in e.value.read()
+
+
+def test_large_frames_reach_the_browser_downsampled():
+  """A 6000 × 4000 frame is served as ≤ 1024 px PNGs; a region of it keeps the whole frame's
+  display levels."""
+  from PIL import Image
+
+  from flatai_jax.gui import app as gui_app
+  rng = np.random.default_rng(3)
+  frame = (0.1 + 0.01 * rng.standard_normal((4000, 6000, 1))).astype(np.float32)
+  preview = gui_app.downsample(frame)
+  assert max(preview.shape[:2]) <= gui_app.MAX_SIDE and preview.shape[:2] == (666, 1000)
+  for stretch in gui_app.STRETCHES:
+    png = Image.open(io.BytesIO(gui_app.render_png(preview, stretch)))
+    assert png.size == (1000, 666) and png.mode == "L"
+    lv = gui_app.levels(preview, stretch)
+    region = gui_app.render_png(gui_app.downsample(frame[:2500, :3000]), stretch, lv)
+    assert max(Image.open(io.BytesIO(region)).size) <= gui_app.MAX_SIDE
