@@ -1,5 +1,6 @@
 # FlatAI-JAX — the two commands:
 #   make quickstart   set up .venv, train the quickstart config on CPU, correct an example frame
+#                     with it and with the shipped whole-frame model
 #   make test         set up .venv and run the test suite (what .ci/run calls)
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV   ?= .venv
@@ -41,6 +42,8 @@ quickstart: setup
 	XLA_FLAGS= $(BIN)/flatai synth --config=$(CONFIG) --output_dir=$(RUN)/example --num=1 --full_frame
 	XLA_FLAGS= $(BIN)/flatai correct $(RUN)/example/0000_observed.fits --checkpoint=$(RUN) \
 	  --output=$(RUN)/example/0000_corrected.fits --reference=$(RUN)/example/0000_clean.fits
+	XLA_FLAGS= $(BIN)/flatai correct $(RUN)/example/0000_observed.fits \
+	  --out=$(RUN)/example/shipped_model --reference=$(RUN)/example/0000_clean.fits
 	@echo "outputs: $(RUN)/{samples.png,loss_curve.png,metrics.jsonl,tensorboard/,checkpoints/,example/}"
 
 test: setup lint

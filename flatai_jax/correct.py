@@ -504,18 +504,20 @@ def fill_masked(image: np.ndarray, sigma: float = 8.0) -> tuple[np.ndarray, np.n
 
 
 class ProgressBar:
-  """``label [#####     ] 12/40 tiles  3.1 tiles/s  ETA 9s`` on one refreshed line."""
+  """``label [#####     ] 12/40 tiles  3.1 tiles/s  ETA 9s`` on one refreshed line (``unit``:
+  tiles for tile models, planes for whole-frame models)."""
 
-  def __init__(self, label: str, print_fn=print, width: int = 24):
+  def __init__(self, label: str, print_fn=print, width: int = 24, unit: str = "tiles"):
     import time
     self.label, self.print, self.width, self.clock = label, print_fn, width, time.perf_counter
+    self.unit = unit
     self.start = self.clock()
 
   def __call__(self, done: int, total: int) -> None:
     rate = done / max(self.clock() - self.start, 1e-9)
     filled = int(self.width * done / max(total, 1))
     bar = "#" * filled + " " * (self.width - filled)
-    self.print(f"\r{self.label} [{bar}] {done}/{total} tiles  {rate:.1f} tiles/s  "
+    self.print(f"\r{self.label} [{bar}] {done}/{total} {self.unit}  {rate:.1f} {self.unit}/s  "
                f"ETA {(total - done) / max(rate, 1e-9):.0f}s", end="", flush=True)
     if done >= total:
       self.print("")
@@ -653,8 +655,9 @@ class Corrector:
         raise images.ImageError(p, "refusing to overwrite the input file; choose another --output")
     correct_fn = functools.partial(self.correct, task=task, tile=tile, overlap=overlap,
                                    strength=strength,
-                                   progress=progress or ProgressBar(f"  {Path(input_path).name}",
-                                                                    print_fn))
+                                   progress=progress or ProgressBar(
+                                       f"  {Path(input_path).name}", print_fn,
+                                       unit="planes" if self.config.data.whole_frame else "tiles"))
     linear = stretch.to_linear(image, kind, midtones)
     try:
       out = bayer.correct_mosaic(correct_fn, linear) if pattern else correct_fn(linear)
