@@ -179,3 +179,30 @@ def test_large_frames_reach_the_browser_downsampled():
     lv = gui_app.levels(preview, stretch)
     region = gui_app.render_png(gui_app.downsample(frame[:2500, :3000]), stretch, lv)
     assert max(Image.open(io.BytesIO(region)).size) <= gui_app.MAX_SIDE
+
+
+@pytest.mark.slow
+def test_the_physics_psf_correction_and_its_psf_field_tab(server, browser, tmp_path):
+  """The "aberrations" model choice runs ``correct_psf.correct_file`` (the CLI's
+  ``--task=psf --method=physics``) and the page gets a PSF field tab."""
+  from selenium.webdriver.support.ui import Select
+
+  from flatai_jax.config_args import default_config
+  from flatai_jax.physics import psf_fit
+  rng = np.random.default_rng(0)
+  g = np.arange(6) * 40 + 20
+  xy = np.stack(np.meshgrid(g, g), -1).reshape(-1, 2) + rng.uniform(-2, 2, (36, 2))
+  cfg = default_config("psf").degrade.psf
+  field = psf_fit.render_stars((240, 240), xy, np.full(36, 3e4), psf_fit.initial_params(), cfg)
+  path = tmp_path / "stars.fits"
+  fits.PrimaryHDU((field + 10.0 + rng.normal(0, 1.0, field.shape)).astype(np.float32)).writeto(path)
+  browser.get(server + "/")
+  Select(browser.find_element(By.ID, "model")).select_by_value("physics")
+  job, = _upload(browser, path)
+  assert _finished(browser, [job]) == ["done"], job.text
+  job.click()
+  WebDriverWait(browser, 30).until(
+      lambda d: d.find_elements(By.CSS_SELECTOR, '.tab[data-tab="psf_field"]'))
+  job_id = job.get_attribute("data-id")
+  assert _get(f"{server}/api/jobs/{job_id}/image/psf_field.png")[:8] == b"\x89PNG\r\n\x1a\n"
+  assert "PSF field from" in job.text

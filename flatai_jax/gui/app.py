@@ -31,7 +31,8 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 STATIC = Path(__file__).resolve().parent / "static"
 MAX_SIDE = 1024  # previews and regions are served at most this many px per side
 STRETCHES = ("linear", "asinh", "auto")
-KINDS = ("input", "corrected", "F", "G", "confidence")  # views; outputs keys but "input"
+KINDS = ("input", "corrected", "F", "G", "confidence", "psf_field")  # views; output keys but input
+PHYSICS = "physics"  # the model choice of `flatai correct --task=psf --method=physics` (no model)
 MODELS = {"default": None, "tile": "TILE_MODEL"}  # shipped models by name (correct.py)
 
 
@@ -177,6 +178,8 @@ class Worker:
   def _run(self, job: Job):
     from flatai_jax import correct
     o = job.options
+    if o.get("model") == PHYSICS:
+      return self._run_physics(job)
     corrector = self.corrector(o.get("model", "default"))
     task = correct.resolve_task(corrector.config.task, o.get("task") or None)
 
@@ -192,6 +195,20 @@ class Worker:
     job.outputs = {k: Path(v) for k, v in report["outputs"].items()}
     job.shape = _full(str(job.input)).shape[:2]
     job.done = job.total = max(job.total, 1)
+
+  def _run_physics(self, job: Job):
+    """``flatai correct --task=psf --method=physics``: the PSF field from the frame's stars and
+    its deconvolution (``correct_psf.correct_file``, the CLI's own function)."""
+    from flatai_jax import correct_psf
+    from flatai_jax.config_args import default_config
+    job.total = 1
+    report = correct_psf.correct_file(job.input, default_config("psf").degrade.psf,
+                                      out_dir=job.input.parent)
+    job.notes.append(f"PSF field from {report['stars']} stars, residual "
+                     f"{report['residual_rms_sigma']:.2f} σ")
+    job.outputs = {k: Path(v) for k, v in report["outputs"].items()}
+    job.shape = _full(str(job.input)).shape[:2]
+    job.done = 1
 
   def preview(self, job: Job, kind: str) -> np.ndarray:
     """The downsampled whole frame of a view, computed once."""

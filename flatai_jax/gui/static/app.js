@@ -95,8 +95,8 @@ function select(id) {
   state.job = id;
   document.querySelectorAll(".job").forEach((d) => d.classList.toggle("selected", d.dataset.id === id));
   const job = jobs.get(id);
-  const tabs = [["compare", "before / after"], ...["F", "G", "confidence"]
-    .filter((k) => job.views.includes(k)).map((k) => [k, k])];
+  const tabs = [["compare", "before / after"], ...["F", "G", "confidence", "psf_field"]
+    .filter((k) => job.views.includes(k)).map((k) => [k, k === "psf_field" ? "PSF field" : k])];
   if (!tabs.some(([k]) => k === state.tab)) state.tab = "compare";
   $("tabs").innerHTML = "";
   for (const [key, title] of tabs) {
