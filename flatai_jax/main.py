@@ -236,8 +236,11 @@ def parse_flags(argv: list[str]) -> list[str]:
 
   ``flatai`` alone prints the overview to stderr and exits 2; ``--help``/``-h``
   print the overview or the command's help and exit 0; ``--version`` prints
-  the version and exits 0. A bad flag is one line and exit 2.
+  the version and exits 0. A bad flag is one line and exit 2. Flag names may be spelled
+  with dashes (``--input-stretch``, as GraXpert and Siril users write them) or with absl's
+  underscores (``--input_stretch``).
   """
+  argv = [_underscored(a) for a in argv]
   args = argv[1:argv.index("--")] if "--" in argv else argv[1:]
   words = [a for a in args if not a.startswith("-")]
   command = words[0] if words and words[0] in COMMANDS else None
@@ -251,6 +254,14 @@ def parse_flags(argv: list[str]) -> list[str]:
     return FLAGS(argv)
   except flags.Error as e:
     _fail(command, _one_line(e))
+
+
+def _underscored(arg: str) -> str:
+  """``--input-stretch=x`` → ``--input_stretch=x``; anything else as it is."""
+  if not arg.startswith("--") or arg == "--":
+    return arg
+  name, eq, value = arg[2:].partition("=")
+  return "--" + name.replace("-", "_") + eq + value
 
 
 class _FlataiRecordsOnly(std_logging.Filter):

@@ -228,6 +228,11 @@ def test_version_and_a_bad_flag():
   bad = flatai("train", "--bogus=1", check=False)
   assert bad.returncode == 2 and bad.stdout == ""
   assert bad.stderr.splitlines() == ["flatai train: error: Unknown command line flag 'bogus'"]
+  # flag names with dashes are the same flags (--input-stretch as the issue and GraXpert write it)
+  dashed = flatai("correct", "frame.fits", "--input-stretch=gamma", check=False)
+  assert dashed.returncode == 2 and dashed.stderr.splitlines() == [
+      "flatai correct: error: --input_stretch=gamma must be auto, linear, srgb or mtf:M "
+      "(flatai correct --help lists its flags)"]
 
 
 def test_training_prints_progress_and_results_not_library_records(trained):
