@@ -60,7 +60,11 @@ def bin_plane(plane, grid_hw):
 
 
 def keys_weights(n_out, n_cells, block, pad):
-  """``(n_out, n_cells)`` cubic-convolution (Keys, a = −0.5) weights, cell → pixel centres."""
+  """``(n_out, n_cells)`` cubic-convolution (Keys, a = −0.5) weights, cell → pixel centres.
+
+  A copy of ``flatai_jax.working_grid._keys_weights`` on purpose: this example runs where the
+  package (and JAX) is not installed; tests/test_onnx_export.py checks it against the package.
+  """
   u = (np.arange(n_out) + pad + 0.5) / block - 0.5
   base = np.floor(u).astype(int)
   weights = np.zeros((n_out, n_cells))

@@ -101,3 +101,18 @@ def test_bad_format_is_one_line_and_exit_2(tmp_path):
   lines = res.stderr.strip().splitlines()
   assert len(lines) == 1 and lines[0].startswith("flatai export: error:") and "format" in lines[0]
   assert not (tmp_path / "m").exists()
+
+
+def test_the_example_upsamples_like_the_package():
+  """examples/onnx_correct.py carries its own copy of the cubic weights (it runs without the
+  package); they are the package's."""
+  import importlib.util
+
+  from flatai_jax import working_grid
+  spec = importlib.util.spec_from_file_location("onnx_correct", ROOT / "examples" /
+                                                "onnx_correct.py")
+  example = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(example)
+  for args in ((300, 96, 4, 42), (1000, 128, 8, 12), (77, 10, 8, 1)):
+    np.testing.assert_allclose(example.keys_weights(*args), working_grid._keys_weights(*args),
+                               rtol=0, atol=1e-12)
