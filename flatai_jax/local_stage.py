@@ -3,7 +3,8 @@
 The global stage (``correct.correct_frame``) holds F and G on a 96 × 128 grid;
 a dust shadow smaller than about two of its cells (≈ 100 px on a 24-Mpx frame)
 falls between them. This stage looks at what the global stage left, on a grid
-``FINE`` times finer (block medians of ≈ 10 px on a 24-Mpx frame: stars rejected),
+4 times finer (block medians of ≈ 10 px on a 24-Mpx frame; 2 times on frames of about
+600–1150 px: stars rejected),
 for what a dust shadow is and nothing else is:
 
 - a **dip** — dust only ever darkens (F < 1), so bright structure is never
@@ -31,8 +32,10 @@ from scipy import ndimage
 
 from flatai_jax import scores, sky_surface, working_grid
 
-FINE = 4  # the fine grid is this many times the working grid along each side
-MIN_BLOCK = 3  # px per fine cell at least (frames from ≈ 1150 × 1540 px; smaller ones have fine cells already)
+FINES = (4, 2)  # the fine grid is this many times the working grid along each side: the first
+# whose cells are at least MIN_BLOCK px
+POOL = 4  # fine cells pooled for the first sky level
+MIN_BLOCK = 3  # px per fine cell at least (×4 from ≈ 1150 × 1540 px, ×2 from ≈ 390 × 520 px)
 SKY_SIGMA = 6.0  # smoothing of the local sky level, fine cells
 DIP_SIGMA = 1.0  # smoothing of the dip map before detection, fine cells
 KAPPA = 5.0  # a dip is this many σ of the smoothed cell noise below the local sky
@@ -51,9 +54,13 @@ class LocalDust:
 
 
 def fine_geometry(hw, grid_hw) -> working_grid.GridGeometry | None:
-  """The fine grid of a frame, or None when its cells would be under ``MIN_BLOCK`` px."""
-  fine = working_grid.geometry(hw, (grid_hw[0] * FINE, grid_hw[1] * FINE))
-  return fine if min(fine.block) >= MIN_BLOCK else None
+  """The fine grid of a frame: ``FINES`` times the working grid, the finest whose cells are
+  at least ``MIN_BLOCK`` px; None for frames too small for any."""
+  for fine in FINES:
+    geo = working_grid.geometry(hw, (grid_hw[0] * fine, grid_hw[1] * fine))
+    if min(geo.block) >= MIN_BLOCK:
+      return geo
+  return None
 
 
 def dust_dips(plane: np.ndarray, geo: working_grid.GridGeometry) -> LocalDust:
@@ -102,11 +109,13 @@ def _local_sky(fine: np.ndarray, noise: float, shadows: np.ndarray) -> np.ndarra
   """The sky level under each fine cell: normalised Gaussian smoothing over the cells that
   are neither objects (above a first estimate by ``OBJECT_KAPPA`` σ, grown by 2 cells) nor
   ``shadows`` (bool, dips found so far)."""
-  # a first level: running median on the working grid's cells (FINE × FINE fine cells each)
-  gh, gw = fine.shape[0] // FINE, fine.shape[1] // FINE
-  coarse = fine.reshape(gh, FINE, gw, FINE).mean(axis=(1, 3))
-  first = ndimage.median_filter(coarse, size=int(4 * SKY_SIGMA / FINE) | 1, mode="nearest")
-  first = np.repeat(np.repeat(first, FINE, axis=0), FINE, axis=1)
+  # a first level: running median on POOL × POOL means of fine cells (cheap on 24 Mpx)
+  gh, gw = fine.shape[0] // POOL, fine.shape[1] // POOL
+  coarse = fine[:gh * POOL, :gw * POOL].reshape(gh, POOL, gw, POOL).mean(axis=(1, 3))
+  first = ndimage.median_filter(coarse, size=int(4 * SKY_SIGMA / POOL) | 1, mode="nearest")
+  first = np.repeat(np.repeat(first, POOL, axis=0), POOL, axis=1)
+  first = np.pad(first, [(0, fine.shape[0] - first.shape[0]), (0, fine.shape[1] - first.shape[1])],
+                 mode="edge")
   sky = ~ndimage.binary_dilation(fine > first + OBJECT_KAPPA * noise, iterations=2) & ~shadows
   num = ndimage.gaussian_filter(np.where(sky, fine, 0.0), SKY_SIGMA, mode="nearest")
   den = ndimage.gaussian_filter(sky.astype(np.float64), SKY_SIGMA, mode="nearest")

@@ -58,8 +58,17 @@ def test_noise_and_bright_objects_get_no_dust():
     assert (dust.f_local == 1.0).all()
 
 
-def test_small_frames_have_no_fine_grid():
-  assert local_stage.fine_geometry((700, 1000), (96, 128)) is None  # 2-px fine cells
+def test_the_fine_grid_is_as_fine_as_the_frame_allows():
+  assert local_stage.fine_geometry(HW, (96, 128)).grid_hw == (384, 512)  # ×4, 4-px cells
+  assert local_stage.fine_geometry((700, 1000), (96, 128)).grid_hw == (192, 256)  # ×2
+  assert local_stage.fine_geometry((300, 400), (96, 128)) is None  # 2-px cells at ×2
+
+
+def test_noise_gets_no_dust_on_the_coarser_fine_grid():
+  rng = np.random.default_rng(3)
+  plane = (1000.0 + rng.normal(0, 30.0, (700, 1000))).astype(np.float32)
+  dust = local_stage.dust_dips(plane, local_stage.fine_geometry(plane.shape, (96, 128)))
+  assert dust.cells == 0 and (dust.f_local == 1.0).all()
 
 
 @pytest.mark.parametrize("hw", [(1200, 1600)])
