@@ -362,7 +362,8 @@ def choose(flat: SessionFlat, frame_at, single, grid_hw, print_fn=None) -> str:
 
   Up to ``HOLDOUT_FRAMES`` qualifying frames (large-scale weight > 0), alternating between the
   even (A) and the odd (B) frames, are corrected with the F of the other half in each of its
-  ``SCALES`` and by ``single``; the mean flatness (``correct.background_nonuniformity``) decides.
+  ``SCALES`` and by ``single``; the first of ``SCALES`` whose mean flatness
+  (``correct.background_nonuniformity``) is at most single-frame mode's is used.
 
   Args:
     frame_at: ``callable(i) -> (H, W, C) float32``, frame ``i`` read again.
@@ -384,8 +385,9 @@ def choose(flat: SessionFlat, frame_at, single, grid_hw, print_fn=None) -> str:
         out = correct_with(image, flat, grid_hw, flat.field(other, name))
         scores[name].append(_flatness(out.corrected))
     means = {name: float(np.mean(v)) for name, v in scores.items()}
-    best = min(SCALES, key=means.get)
-    flat.mode = best if means[best] <= means["single"] else "single"
+    # The whole F first; a part is dropped only when F with it loses (the flatness number is
+    # blind to large scales that each frame's G absorbs, so the smallest number is no guide).
+    flat.mode = next((name for name in SCALES if means[name] <= means["single"]), "single")
     flat.F = flat.field("all", flat.mode)
     line = (f"session: held-out flatness on {len(picks)} frames: " + ", ".join(
         f"{k} {v:.4f}" for k, v in means.items()) + f" → {flat.mode}"
