@@ -39,6 +39,23 @@ cells) and split at the scale ``SPLIT_FRACTION`` of the long side:
   alone. Where no frame counts, F has no large-scale part (the safe answer, as
   in single-frame mode).
 
+**Which frames count.** Single-frame mode's own decision: a frame whose working-grid
+structure (``sky_surface.structure``) is above ``correct.SKY_STRUCTURE`` — a background it
+cannot tell from objects — adds nothing to F, neither scale. If the frames that count weigh
+less than ``MIN_QUALIFYING`` of the session, the whole session falls back to single-frame mode
+and says so in one line.
+
+**Disjoint halves.** The sums and the medians are kept for the even (A) and the odd (B) frames
+apart as well. The small scales are shrunk by how much of them both halves share (a flat
+feature stays at its sensor cell after dithering, noise and moving sky do not; see
+:func:`_combine_small`).
+
+**Leave-half-out test** (:func:`choose`). Up to ``HOLDOUT_FRAMES`` frames are corrected with the
+F of the half that did not see them — both scales, then the large, then the small only — and by
+single-frame mode; the first whose mean flatness (``correct.background_nonuniformity``) is at
+most single-frame mode's is the session's F, else every frame gets its own single-frame
+correction (``mode`` in the report).
+
 F on the fine grid is large × small scales, median 1, upsampled with
 ``working_grid.upsample`` (smooth, band-limited). Its confidence (0..1) is the
 large-scale support times the small-scale agreement.
@@ -51,8 +68,9 @@ down by the frame's remaining structure, median 0 so the pedestal stays):
 
 What the session cannot tell apart: an additive G that is the same in every
 frame and the large-scale part of F (both are fixed on the sensor); it goes to
-F, as in the classical sky flat. The network is not used: the sequence gives F,
-the sky surface gives each G. Memory: one frame, F at full resolution, the
+F, as in the classical sky flat. The network is not used for F: the sequence gives F,
+the sky surface gives each G (single-frame mode, network included, runs for the test and the
+fallback). Memory: one frame, F at full resolution, the
 accumulators and the memory map of fine grids (e.g. 100 frames of 6000 × 4000:
 ~65 MB on disk). Frames must share size and orientation; CFA mosaics are refused.
 """
