@@ -103,7 +103,6 @@ CHUNK_ROWS = 32  # fine-grid rows per step of the median over frames
 MIN_QUALIFYING = 0.5  # the frames' large-scale weight must reach this share of the frames, else
 #                   the whole session falls back to single-frame mode
 HOLDOUT_FRAMES = 4  # frames (at most) of the leave-half-out test, alternating halves
-SCALES = ("both", "large", "small")  # the parts of the session F tried against single-frame mode
 
 
 @dataclasses.dataclass
@@ -119,6 +118,8 @@ class SessionFlat:
       ``(gh, gw)``): all frames, the even frames (A) and the odd frames (B), for the
       leave-half-out test (:func:`choose`).
     fine: the fine grid's geometry.
+    large_share: the share of the large scales that both halves agree on (:func:`_shared_share`;
+      the large scales are shrunk by it in the log), the worst channel's.
     fallback: None, or one line saying why the whole session falls back to single-frame mode.
     mode: ``both`` / ``large`` / ``small`` (the parts of the session F used) or ``single``
       (each frame its own single-frame correction); set by :func:`choose`.
@@ -130,6 +131,7 @@ class SessionFlat:
   fine: object = None
   fallback: str | None = None
   mode: str = "both"
+  large_share: float = 1.0
 
   def field(self, which: str = "all", scales: str = "both") -> np.ndarray:
     """``(H, W, C) float32`` F of the ``which`` frames (``all``, ``A``, ``B``) from its
@@ -262,7 +264,7 @@ def estimate(frames, grid_hw, progress=None, workdir=None) -> tuple[SessionFlat,
     n = len(frames)
     halves = {"A": np.arange(0, n, 2), "B": np.arange(1, n, 2)}
     parts = {"all": [], "A": [], "B": []}
-    conf_fine = []
+    conf_fine, large_shares = [], []
     for k in range(c):
       small_half = {}
       for j, (name, idx) in enumerate(halves.items()):
@@ -273,8 +275,13 @@ def estimate(frames, grid_hw, progress=None, workdir=None) -> tuple[SessionFlat,
                                     small_half["B"])
       large, support = _combine_large(num_sum[:, k].sum(0), den_sum[:, k].sum(0),
                                       weight_sum[:, k].sum(), n)
-      parts["all"].append((large, small))
-      conf_fine.append(support * agree)
+      share = _shared_share(parts["A"][k][0], parts["B"][k][0], fine)
+      shrink = lambda f: np.exp(share * np.log(f / np.median(f)))
+      for name in ("A", "B"):
+        parts[name][k] = (shrink(parts[name][k][0]), parts[name][k][1])
+      parts["all"].append((shrink(large), small))
+      conf_fine.append(support * agree * share)
+      large_shares.append(share)
     del stack
   qualifying = float(np.sum([f["large_scale_weight"] for f in numbers]))
   fallback = None
@@ -284,6 +291,7 @@ def estimate(frames, grid_hw, progress=None, workdir=None) -> tuple[SessionFlat,
                 f"{FRAME_STRUCTURE[1]}); every frame gets its own single-frame correction")
   flat = SessionFlat(F=np.ones((1, 1, 1), np.float32), confidence=np.ones((1, 1, 1), np.float32),
                      frames=numbers, parts=parts, fine=fine, fallback=fallback,
+                     large_share=float(min(large_shares)),
                      mode="single" if fallback else "both")
   flat.F = flat.field("all", flat.mode)
   conf = np.stack([working_grid.upsample(p, fine) for p in conf_fine], -1)
@@ -339,6 +347,20 @@ def _combine_small(stack, k, idx, noise, half_a=None, half_b=None):
   return 1.0 + agree * (np.minimum(median, SMALL_MAX) - 1.0), agree
 
 
+def _shared_share(large_a, large_b, fine) -> float:
+  """The share of the large scales of F that disjoint halves of the frames agree on, in [0, 1]
+  (Wiener: ``c / (c + d)``, ``c`` the covariance of the halves' log F over the frame's cells —
+  the flat's power, their errors being independent — and ``d`` the mean of
+  ``((log a − log b) / 2)²``, the error power of the mean of both). What is not shared is the
+  frames' G that the mean over frames did not average out, not the flat."""
+  inner = working_grid.inner_cells(fine)
+  a, b = np.log(large_a[inner]), np.log(large_b[inner])
+  a, b = a - a.mean(), b - b.mean()
+  c = max(float(np.mean(a * b)), 0.0)
+  d = float(np.mean(((a - b) / 2.0) ** 2))
+  return c / (c + d) if c + d > 0.0 else 0.0
+
+
 def _combine_large(num, den, weight_total, frames):
   """Large scales of F and their support, ``(gh, gw)`` each, from the running sums of
   ``frames`` frames: the weighted mean, raised to the power ``trust`` (the frames' total weight
@@ -373,15 +395,34 @@ def _flatness(image: np.ndarray) -> float:
   return correct.background_nonuniformity(correct._nan_to_median(image))
 
 
+def _fine_flatness(image: np.ndarray, flat: SessionFlat, grid_hw) -> float:
+  """Small-scale flatness of a corrected frame (lower is flatter): the robust σ of its
+  small-scale ratio ``h`` (:func:`_frame_evidence`, objects masked) over the fine grid, the
+  worst channel's — what dust left in it or noise brought into it by F raise."""
+  from flatai_jax import scores
+  hw = image.shape[:2]
+  work = working_grid.geometry(hw, grid_hw)
+  sigma = SPLIT_FRACTION * max(hw) / max(flat.fine.block)
+  out = 0.0
+  for k in range(image.shape[2]):
+    h = _frame_evidence(correct._nan_to_median(image[..., k]), flat.fine, work, sigma)[0]
+    out = max(out, float(scores.robust_sigma(h[np.isfinite(h)])))
+  return out
+
+
 def choose(flat: SessionFlat, frame_at, single, grid_hw, print_fn=None) -> str:
-  """Leave-half-out test: which parts of the session F (``SCALES``), if any, flatten frames they
-  did not see at least as well as each frame's own single-frame correction. Sets ``flat.mode``,
-  ``flat.F`` (all ones for ``single``) and returns one line saying what was chosen.
+  """Leave-half-out test, per scale: which parts of the session F flatten frames they did not
+  see at least as well as each frame's own single-frame correction. Sets ``flat.mode``
+  (``both``, ``large``, ``small`` or ``single``), ``flat.F`` (all ones for ``single``) and
+  returns one line saying what was chosen.
 
   Up to ``HOLDOUT_FRAMES`` qualifying frames (large-scale weight > 0), alternating between the
-  even (A) and the odd (B) frames, are corrected with the F of the other half in each of its
-  ``SCALES`` and by ``single``; the first of ``SCALES`` whose mean flatness
-  (``correct.background_nonuniformity``) is at most single-frame mode's is used.
+  even (A) and the odd (B) frames, are corrected by ``single`` and with the other half's F —
+  both scales, the large, the small scales only. The first of these whose mean flatness
+  (``correct.background_nonuniformity``) *and* mean small-scale flatness
+  (:func:`_fine_flatness`, less the noise the half's F has beyond all frames') are both at
+  most single-frame mode's is used (the large scales only
+  if the halves share any, ``large_share`` > 0); none: single-frame mode.
 
   Args:
     frame_at: ``callable(i) -> (H, W, C) float32``, frame ``i`` read again.
@@ -394,22 +435,32 @@ def choose(flat: SessionFlat, frame_at, single, grid_hw, print_fn=None) -> str:
     ok = [i for i, f in enumerate(flat.frames) if f["large_scale_weight"] > 0.0]
     evens, odds = [i for i in ok if i % 2 == 0], [i for i in ok if i % 2 == 1]
     picks = [i for pair in zip(evens, odds) for i in pair][:HOLDOUT_FRAMES] or ok[:1]
-    scores = {name: [] for name in SCALES + ("single",)}
+    candidates = ("both", "large", "small") if flat.large_share > 0.0 else ("small",)
+    rows = {name: [] for name in ("single",) + candidates}
     for i in picks:
       image = frame_at(i)
       other = "B" if i % 2 == 0 else "A"
-      scores["single"].append(_flatness(single(image).corrected))
-      for name in SCALES:
-        out = correct_with(image, flat, grid_hw, flat.field(other, name))
-        scores[name].append(_flatness(out.corrected))
-    means = {name: float(np.mean(v)) for name, v in scores.items()}
-    # The whole F first; a part is dropped only when F with it loses (the flatness number is
-    # blind to large scales that each frame's G absorbs, so the smallest number is no guide).
-    flat.mode = next((name for name in SCALES if means[name] <= means["single"]), "single")
+      out = single(image).corrected
+      rows["single"].append((_flatness(out), _fine_flatness(out, flat, grid_hw)))
+      for name in candidates:
+        out = correct_with(image, flat, grid_hw, flat.field(other, name)).corrected
+        rows[name].append((_flatness(out), _fine_flatness(out, flat, grid_hw)))
+    means = {name: np.mean(v, 0) for name, v in rows.items()}
+    # A half's small scales carry twice the noise variance of all frames' (e² per cell, from
+    # the halves' difference: var(a − b) = 2 e²); the full F adds e²/2 less to h than the half.
+    from flatai_jax import scores
+    inner = working_grid.inner_cells(flat.fine)
+    e2 = max(float(scores.robust_sigma((flat.parts["A"][k][1] - flat.parts["B"][k][1])[inner]))
+             ** 2 / 2.0 for k in range(len(flat.parts["A"])))
+    for name in candidates:
+      means[name][1] = np.sqrt(max(means[name][1] ** 2 - e2 / 2.0, 0.0))
+    flat.mode = next((name for name in candidates
+                      if (means[name] <= means["single"]).all()), "single")
     flat.F = flat.field("all", flat.mode)
-    line = (f"session: held-out flatness on {len(picks)} frames: " + ", ".join(
-        f"{k} {v:.4f}" for k, v in means.items()) + f" → {flat.mode}"
-        + (" (each frame its own single-frame correction)" if flat.mode == "single" else ""))
+    line = (f"session: held-out on {len(picks)} frames (flatness / small-scale flatness): "
+            + ", ".join(f"{k} {v[0]:.4f} / {v[1]:.5f}" for k, v in means.items())
+            + f", large-scale share {flat.large_share:.2f} → {flat.mode}"
+            + (" (each frame its own single-frame correction)" if flat.mode == "single" else ""))
   if flat.mode == "single":
     flat.confidence = np.zeros_like(flat.F)
   if print_fn:
