@@ -34,7 +34,8 @@ def run_eval(args) -> None:
   methods = {
       "uncorrected": lambda frames: frames,
       "single-frame": lambda frames: [corrector.correct(x).corrected for x in frames],
-      "session": lambda frames: [o.corrected for o in session.correct_arrays(frames, grid)[1]],
+      "session": lambda frames: [o.corrected for o in session.correct_arrays(
+          frames, grid, single=corrector.correct)[1]],
       **baselines.sequence_methods(),
   }
   cases = sequences.sequence_cases(args.real_dir, (args.height, args.width), args.frames)

@@ -598,8 +598,8 @@ class Corrector:
     if all(isinstance(f, (str, Path)) for f in frames):
       if out_dir is None:
         raise ValueError("a session of files needs out_dir")
-      return session.correct_files(frames, out_dir, grid, print_fn)
-    return session.correct_arrays(frames, grid)
+      return session.correct_files(frames, out_dir, grid, print_fn, single=self.correct)
+    return session.correct_arrays(frames, grid, single=self.correct)
 
   def history(self, input_path, task, tile, overlap) -> str:
     """The FITS/XISF HISTORY line naming the model and settings."""

@@ -417,7 +417,7 @@ SESSION_EXCLUDES = ("output", "reference", "task", "tile", "overlap", "strength"
 
 def _correct_session(inputs):
   """``--session``: one shared F for all inputs (``session.correct_files``), streaming."""
-  from flatai_jax import checkpointing, session
+  from flatai_jax import checkpointing, correct, session
   given = [f"--{name}" for name in SESSION_EXCLUDES if FLAGS[name].present]
   if given:
     raise app.UsageError(f"--session does not take {', '.join(given)}")
@@ -431,9 +431,10 @@ def _correct_session(inputs):
       raise app.UsageError(f"--checkpoint={FLAGS.checkpoint} is a tile model; --session uses a "
                            "whole-frame model's working grid")
     grid = tuple(config.data.sensor_hw)
+    single = correct.load(FLAGS.checkpoint, FLAGS.step).correct
   else:
-    grid = session.working_grid_hw()
-  report = session.correct_files(inputs, FLAGS.out, grid)
+    grid, single = session.working_grid_hw(), None
+  report = session.correct_files(inputs, FLAGS.out, grid, single=single)
   for k, v in report["outputs"].items():
     print(f"wrote {k}: {v}")
   print(f"wrote corrected and G of {len(report['frames'])} frames to {FLAGS.out}")

@@ -39,6 +39,23 @@ cells) and split at the scale ``SPLIT_FRACTION`` of the long side:
   alone. Where no frame counts, F has no large-scale part (the safe answer, as
   in single-frame mode).
 
+**Which frames count.** Single-frame mode's own decision: a frame whose working-grid
+structure (``sky_surface.structure``) is above ``correct.SKY_STRUCTURE`` — a background it
+cannot tell from objects — adds nothing to F, neither scale. If the frames that count weigh
+less than ``MIN_QUALIFYING`` of the session, the whole session falls back to single-frame mode
+and says so in one line.
+
+**Disjoint halves.** The sums and the medians are kept for the even (A) and the odd (B) frames
+apart as well. The small scales are shrunk by how much of them both halves share (a flat
+feature stays at its sensor cell after dithering, noise and moving sky do not; see
+:func:`_combine_small`).
+
+**Leave-half-out test** (:func:`choose`). Up to ``HOLDOUT_FRAMES`` frames are corrected with the
+F of the half that did not see them — both scales, then the large, then the small only — and by
+single-frame mode; the first whose mean flatness (``correct.background_nonuniformity``) is at
+most single-frame mode's is the session's F, else every frame gets its own single-frame
+correction (``mode`` in the report).
+
 F on the fine grid is large × small scales, median 1, upsampled with
 ``working_grid.upsample`` (smooth, band-limited). Its confidence (0..1) is the
 large-scale support times the small-scale agreement.
@@ -51,8 +68,9 @@ down by the frame's remaining structure, median 0 so the pedestal stays):
 
 What the session cannot tell apart: an additive G that is the same in every
 frame and the large-scale part of F (both are fixed on the sensor); it goes to
-F, as in the classical sky flat. The network is not used: the sequence gives F,
-the sky surface gives each G. Memory: one frame, F at full resolution, the
+F, as in the classical sky flat. The network is not used for F: the sequence gives F,
+the sky surface gives each G (single-frame mode, network included, runs for the test and the
+fallback). Memory: one frame, F at full resolution, the
 accumulators and the memory map of fine grids (e.g. 100 frames of 6000 × 4000:
 ~65 MB on disk). Frames must share size and orientation; CFA mosaics are refused.
 """
@@ -82,6 +100,9 @@ CONSISTENCY = 1.5  # spread across frames over this × the cell noise shrinks sm
 SMALL_MAX = 1.01  # the small scales of F never brighten by more (dust only darkens; 1 % for the
 #                   split's own overshoot around a shadow)
 CHUNK_ROWS = 32  # fine-grid rows per step of the median over frames
+MIN_QUALIFYING = 0.5  # the frames' large-scale weight must reach this share of the frames, else
+#                   the whole session falls back to single-frame mode
+HOLDOUT_FRAMES = 4  # frames (at most) of the leave-half-out test, alternating halves
 
 
 @dataclasses.dataclass
@@ -93,10 +114,34 @@ class SessionFlat:
     confidence: ``(H, W, C) float32`` in [0, 1].
     frames: per-frame numbers of pass 1 (``sky``, ``structure``, ``large_scale_weight``,
       ``object_fraction``), one dict per frame in input order.
+    parts: fine-grid parts of F, ``{"all" | "A" | "B": (large, small)}`` per channel (lists of
+      ``(gh, gw)``): all frames, the even frames (A) and the odd frames (B), for the
+      leave-half-out test (:func:`choose`).
+    fine: the fine grid's geometry.
+    large_share: the share of the large scales that both halves agree on (:func:`_shared_share`;
+      the large scales are shrunk by it in the log), the worst channel's.
+    fallback: None, or one line saying why the whole session falls back to single-frame mode.
+    mode: ``both`` / ``large`` / ``small`` (the parts of the session F used) or ``single``
+      (each frame its own single-frame correction); set by :func:`choose`.
   """
   F: np.ndarray
   confidence: np.ndarray
   frames: list
+  parts: dict = dataclasses.field(default_factory=dict)
+  fine: object = None
+  fallback: str | None = None
+  mode: str = "both"
+  large_share: float = 1.0
+
+  def field(self, which: str = "all", scales: str = "both") -> np.ndarray:
+    """``(H, W, C) float32`` F of the ``which`` frames (``all``, ``A``, ``B``) from its
+    ``scales`` (``both``, ``large``, ``small``), median 1; ``single``: all ones."""
+    planes = []
+    for large, small in self.parts[which]:
+      f = {"both": large * small, "large": large, "small": small}.get(scales, np.ones_like(large))
+      f = f / np.median(f[working_grid.inner_cells(self.fine)])
+      planes.append(working_grid.upsample(f, self.fine))
+    return np.stack(planes, -1).astype(np.float32)
 
 
 def working_grid_hw() -> tuple[int, int]:
@@ -194,18 +239,19 @@ def estimate(frames, grid_hw, progress=None, workdir=None) -> tuple[SessionFlat,
         c = shape[2]
         stack = np.lib.format.open_memmap(Path(tmp) / "h.npy", "w+", np.float32,
                                           (len(frames), c) + fine.grid_hw)
-        num_sum = np.zeros((c,) + fine.grid_hw)
-        den_sum = np.zeros((c,) + fine.grid_hw)
-        weight_sum = np.zeros(c)
+        num_sum = np.zeros((2, c) + fine.grid_hw)  # per half: even frames (A), odd frames (B)
+        den_sum = np.zeros((2, c) + fine.grid_hw)
+        weight_sum = np.zeros((2, c))
       _check_shape(image, name, shape)
       frame_numbers = []
       for k in range(c):
         h, num, den, nums = _frame_evidence(image[..., k], fine, work, sigma)
         w = sky_surface.ramp_down(nums["structure"], *FRAME_STRUCTURE)
-        stack[i, k] = h
-        num_sum[k] += w * num
-        den_sum[k] += w * den
-        weight_sum[k] += w
+        # a frame whose background single-frame mode cannot tell from objects adds nothing
+        stack[i, k] = h if w > 0.0 else np.nan
+        num_sum[i % 2, k] += w * num
+        den_sum[i % 2, k] += w * den
+        weight_sum[i % 2, k] += w
         frame_numbers.append({**nums, "large_scale_weight": w})
       metas.append(meta)
       numbers.append({"frame": name, **_merge_channels(frame_numbers)})
@@ -215,18 +261,42 @@ def estimate(frames, grid_hw, progress=None, workdir=None) -> tuple[SessionFlat,
                  f"{n['structure']:.2f}, objects {n['object_fraction']:.0%}, large-scale weight "
                  f"{n['large_scale_weight']:.2f}")
     noise = float(np.median([f["noise"] for f in numbers]))
-    f_fine, conf_fine = [], []
+    n = len(frames)
+    halves = {"A": np.arange(0, n, 2), "B": np.arange(1, n, 2)}
+    parts = {"all": [], "A": [], "B": []}
+    conf_fine, large_shares = [], []
     for k in range(c):
-      small, agree = _combine_small(stack[:, k], noise)
-      large, support = _combine_large(num_sum[k], den_sum[k], weight_sum[k], len(frames))
-      f = large * small
-      f_fine.append(f / np.median(f[working_grid.inner_cells(fine)]))
-      conf_fine.append(support * agree)
+      small_half = {}
+      for j, (name, idx) in enumerate(halves.items()):
+        small_half[name], _ = _combine_small(stack, k, idx, noise)
+        large, _ = _combine_large(num_sum[j, k], den_sum[j, k], weight_sum[j, k], idx.size)
+        parts[name].append((large, small_half[name]))
+      small, agree = _combine_small(stack, k, np.arange(n), noise, small_half["A"],
+                                    small_half["B"])
+      large, support = _combine_large(num_sum[:, k].sum(0), den_sum[:, k].sum(0),
+                                      weight_sum[:, k].sum(), n)
+      share = _shared_share(parts["A"][k][0], parts["B"][k][0], fine)
+      shrink = lambda f: np.exp(share * np.log(f / np.median(f)))
+      for name in ("A", "B"):
+        parts[name][k] = (shrink(parts[name][k][0]), parts[name][k][1])
+      parts["all"].append((shrink(large), small))
+      conf_fine.append(support * agree * share)
+      large_shares.append(share)
     del stack
-  up = lambda planes: np.stack([working_grid.upsample(p, fine) for p in planes], -1)
-  return SessionFlat(F=up(f_fine).astype(np.float32),
-                     confidence=np.clip(up(conf_fine), 0.0, 1.0).astype(np.float32),
-                     frames=numbers), metas
+  qualifying = float(np.sum([f["large_scale_weight"] for f in numbers]))
+  fallback = None
+  if qualifying < MIN_QUALIFYING * n:
+    fallback = (f"session: only {qualifying:.1f} of {n} frames have a background single-frame "
+                "mode can tell from objects (structure below "
+                f"{FRAME_STRUCTURE[1]}); every frame gets its own single-frame correction")
+  flat = SessionFlat(F=np.ones((1, 1, 1), np.float32), confidence=np.ones((1, 1, 1), np.float32),
+                     frames=numbers, parts=parts, fine=fine, fallback=fallback,
+                     large_share=float(min(large_shares)),
+                     mode="single" if fallback else "both")
+  flat.F = flat.field("all", flat.mode)
+  conf = np.stack([working_grid.upsample(p, fine) for p in conf_fine], -1)
+  flat.confidence = np.clip(conf if not fallback else 0.0 * conf, 0.0, 1.0).astype(np.float32)
+  return flat, metas
 
 
 def _merge_channels(per_channel: list) -> dict:
@@ -238,17 +308,25 @@ def _merge_channels(per_channel: list) -> dict:
   return out
 
 
-def _combine_small(stack, noise):
-  """Small scales of F and their agreement, ``(gh, gw)`` each, from ``(N, gh, gw)`` ``h``
-  (NaN where masked): per-cell median over frames, shrunk towards 1 where too few frames are
-  object-free or where the frames disagree beyond ``CONSISTENCY`` × the cell noise."""
-  n, gh, gw = stack.shape
+def _combine_small(stack, k, idx, noise, half_a=None, half_b=None):
+  """Small scales of F and their agreement, ``(gh, gw)`` each, from the frames ``idx`` of the
+  ``(N, C, gh, gw)`` stack of ``h`` (NaN where masked), channel ``k``: per-cell median over
+  frames, shrunk towards 1 where too few frames are object-free or where the frames disagree
+  beyond ``CONSISTENCY`` × the cell noise.
+
+  With the small scales of disjoint halves of the frames (``half_a``, ``half_b``), also shrunk
+  by how much of them the halves share (Wiener: ``c / (c + d)``, ``c`` the local mean of
+  ``(a − 1)(b − 1)`` — the feature's power, the halves' noise being independent — and ``d``
+  of ``((a − b) / 2)²`` — the noise of the mean of both): a flat feature sits at the same
+  sensor cell in both halves, noise does not."""
+  import warnings
+  n = idx.size
+  gh, gw = stack.shape[2:]
   median = np.ones((gh, gw))
   spread = np.full((gh, gw), np.inf)
   count = np.zeros((gh, gw))
-  import warnings
   for r in range(0, gh, CHUNK_ROWS):
-    block = np.asarray(stack[:, r:r + CHUNK_ROWS], np.float64)
+    block = np.asarray(stack[idx, k, r:r + CHUNK_ROWS], np.float64)
     with warnings.catch_warnings():
       warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN cells: handled below
       m = np.nanmedian(block, 0)
@@ -260,8 +338,27 @@ def _combine_small(stack, noise):
   agree = np.clip((CONSISTENCY * noise / np.maximum(spread, 1e-12)) ** 2, 0.0, 1.0)
   agree *= np.clip(count / max(MIN_FRACTION * n, 1.0), 0.0, 1.0)
   agree = ndimage.gaussian_filter(agree, 1.0, mode="nearest")
+  if half_a is not None and half_b is not None:
+    blur = lambda a: ndimage.gaussian_filter(a, 2.0 * SMALL_SMOOTH_CELLS, mode="nearest")
+    shared = np.maximum(blur((half_a - 1.0) * (half_b - 1.0)), 0.0)
+    apart = blur(((half_a - half_b) / 2.0) ** 2)
+    agree *= shared / np.maximum(shared + apart, 1e-12)
   median = ndimage.gaussian_filter(median, SMALL_SMOOTH_CELLS, mode="nearest")
   return 1.0 + agree * (np.minimum(median, SMALL_MAX) - 1.0), agree
+
+
+def _shared_share(large_a, large_b, fine) -> float:
+  """The share of the large scales of F that disjoint halves of the frames agree on, in [0, 1]
+  (Wiener: ``c / (c + d)``, ``c`` the covariance of the halves' log F over the frame's cells —
+  the flat's power, their errors being independent — and ``d`` the mean of
+  ``((log a − log b) / 2)²``, the error power of the mean of both). What is not shared is the
+  frames' G that the mean over frames did not average out, not the flat."""
+  inner = working_grid.inner_cells(fine)
+  a, b = np.log(large_a[inner]), np.log(large_b[inner])
+  a, b = a - a.mean(), b - b.mean()
+  c = max(float(np.mean(a * b)), 0.0)
+  d = float(np.mean(((a - b) / 2.0) ** 2))
+  return c / (c + d) if c + d > 0.0 else 0.0
 
 
 def _combine_large(num, den, weight_total, frames):
@@ -281,13 +378,104 @@ def _combine_large(num, den, weight_total, frames):
   return large, support
 
 
-def correct_with(image: np.ndarray, flat: SessionFlat, grid_hw) -> correct.Correction:
+def single_frame():
+  """The shipped model's single-frame correction, ``callable(image) -> correct.Correction``
+  (loaded once)."""
+  global _SINGLE
+  if _SINGLE is None:
+    _SINGLE = correct.load().correct
+  return _SINGLE
+
+
+_SINGLE = None
+
+
+def _flatness(image: np.ndarray) -> float:
+  """The single-frame pipeline's flatness number of a corrected frame (lower is flatter)."""
+  return correct.background_nonuniformity(correct._nan_to_median(image))
+
+
+def _fine_flatness(image: np.ndarray, flat: SessionFlat, grid_hw) -> float:
+  """Small-scale flatness of a corrected frame (lower is flatter): the robust σ of its
+  small-scale ratio ``h`` (:func:`_frame_evidence`, objects masked) over the fine grid, the
+  worst channel's — what dust left in it or noise brought into it by F raise."""
+  from flatai_jax import scores
+  hw = image.shape[:2]
+  work = working_grid.geometry(hw, grid_hw)
+  sigma = SPLIT_FRACTION * max(hw) / max(flat.fine.block)
+  out = 0.0
+  for k in range(image.shape[2]):
+    h = _frame_evidence(correct._nan_to_median(image[..., k]), flat.fine, work, sigma)[0]
+    out = max(out, float(scores.robust_sigma(h[np.isfinite(h)])))
+  return out
+
+
+def choose(flat: SessionFlat, frame_at, single, grid_hw, print_fn=None) -> str:
+  """Leave-half-out test, per scale: which parts of the session F flatten frames they did not
+  see at least as well as each frame's own single-frame correction. Sets ``flat.mode``
+  (``both``, ``large``, ``small`` or ``single``), ``flat.F`` (all ones for ``single``) and
+  returns one line saying what was chosen.
+
+  Up to ``HOLDOUT_FRAMES`` qualifying frames (large-scale weight > 0), alternating between the
+  even (A) and the odd (B) frames, are corrected by ``single`` and with the other half's F —
+  both scales, the large, the small scales only. The first of these whose mean flatness
+  (``correct.background_nonuniformity``) *and* mean small-scale flatness
+  (:func:`_fine_flatness`, less the noise the half's F has beyond all frames') are both at
+  most single-frame mode's is used (the large scales only
+  if the halves share any, ``large_share`` > 0); none: single-frame mode.
+
+  Args:
+    frame_at: ``callable(i) -> (H, W, C) float32``, frame ``i`` read again.
+    single: ``callable(image) -> correct.Correction``, single-frame mode.
+  """
+  if flat.fallback:
+    flat.mode, flat.F = "single", flat.field("all", "single")
+    line = flat.fallback
+  else:
+    ok = [i for i, f in enumerate(flat.frames) if f["large_scale_weight"] > 0.0]
+    evens, odds = [i for i in ok if i % 2 == 0], [i for i in ok if i % 2 == 1]
+    picks = [i for pair in zip(evens, odds) for i in pair][:HOLDOUT_FRAMES] or ok[:1]
+    candidates = ("both", "large", "small") if flat.large_share > 0.0 else ("small",)
+    rows = {name: [] for name in ("single",) + candidates}
+    for i in picks:
+      image = frame_at(i)
+      other = "B" if i % 2 == 0 else "A"
+      out = single(image).corrected
+      rows["single"].append((_flatness(out), _fine_flatness(out, flat, grid_hw)))
+      for name in candidates:
+        out = correct_with(image, flat, grid_hw, flat.field(other, name)).corrected
+        rows[name].append((_flatness(out), _fine_flatness(out, flat, grid_hw)))
+    means = {name: np.mean(v, 0) for name, v in rows.items()}
+    # A half's small scales carry twice the noise variance of all frames' (e² per cell, from
+    # the halves' difference: var(a − b) = 2 e²); the full F adds e²/2 less to h than the half.
+    from flatai_jax import scores
+    inner = working_grid.inner_cells(flat.fine)
+    e2 = max(float(scores.robust_sigma((flat.parts["A"][k][1] - flat.parts["B"][k][1])[inner]))
+             ** 2 / 2.0 for k in range(len(flat.parts["A"])))
+    for name in candidates:
+      means[name][1] = np.sqrt(max(means[name][1] ** 2 - e2 / 2.0, 0.0))
+    flat.mode = next((name for name in candidates
+                      if (means[name] <= means["single"]).all()), "single")
+    flat.F = flat.field("all", flat.mode)
+    line = (f"session: held-out on {len(picks)} frames (flatness / small-scale flatness): "
+            + ", ".join(f"{k} {v[0]:.4f} / {v[1]:.5f}" for k, v in means.items())
+            + f", large-scale share {flat.large_share:.2f} → {flat.mode}"
+            + (" (each frame its own single-frame correction)" if flat.mode == "single" else ""))
+  if flat.mode == "single":
+    flat.confidence = np.zeros_like(flat.F)
+  if print_fn:
+    print_fn(line)
+  return line
+
+
+def correct_with(image: np.ndarray, flat: SessionFlat, grid_hw, F=None) -> correct.Correction:
   """Pass 2 for one frame: the shared F and the frame's own G (``correct.sky_background``).
 
   Args:
     image: ``(H, W, C) float32`` linear, the session's size.
     flat: from :func:`estimate`.
     grid_hw: the working grid ``(gh, gw)``.
+    F: another F to use instead of ``flat.F`` (the leave-half-out test).
   Returns:
     :class:`correct.Correction` (``F`` is the shared one, ``confidence`` F's times the sky's).
   """
@@ -296,38 +484,53 @@ def correct_with(image: np.ndarray, flat: SessionFlat, grid_hw) -> correct.Corre
   inner = working_grid.inner_cells(work)
   gh, gw = work.grid_hw
   pad = [(inner[0].start, gh - inner[0].stop), (inner[1].start, gw - inner[1].stop)]
-  remaining = image / flat.F
+  F = flat.F if F is None else F
+  remaining = image / F
   g_full = np.empty_like(image)
   sky_conf = np.empty_like(image)
   notes = []
   for k in range(c):
     grid = working_grid.bin_frame(remaining[..., k], work).astype(np.float64)
     surface, weight, support = correct.sky_background(grid[inner], pad)
-    g_full[..., k] = working_grid.upsample(weight * surface, work) * flat.F[..., k]
+    g_full[..., k] = working_grid.upsample(weight * surface, work) * F[..., k]
     sky_conf[..., k] = working_grid.upsample(weight * support, work)
     if weight < 1.0:
       notes.append(f"remaining structure too high for a smooth sky: sky surface at {weight:.0%}")
-  corrected = (image - g_full) / flat.F
-  return correct.Correction(corrected=corrected.astype(np.float32), F=flat.F,
+  corrected = (image - g_full) / F
+  return correct.Correction(corrected=corrected.astype(np.float32), F=F,
                             G=g_full.astype(np.float32),
                             confidence=(flat.confidence * np.clip(sky_conf, 0, 1)
                                         ).astype(np.float32), notes=tuple(notes))
 
 
-def correct_arrays(frames, grid_hw, progress=None) -> tuple[SessionFlat, list]:
+def _correct_one(image, flat, grid_hw, single) -> correct.Correction:
+  """Pass 2 for one frame in the mode :func:`choose` set."""
+  return single(image) if flat.mode == "single" else correct_with(image, flat, grid_hw)
+
+
+def correct_arrays(frames, grid_hw, progress=None, single=None) -> tuple[SessionFlat, list]:
   """The session of in-memory ``(H, W[, C])`` frames: the shared flat and every frame's
-  :class:`correct.Correction` (all kept in memory; :func:`correct_files` streams)."""
+  :class:`correct.Correction` (all kept in memory; :func:`correct_files` streams).
+
+  Args:
+    single: single-frame mode, ``callable(image) -> correct.Correction`` (default: the shipped
+      model's, :func:`single_frame`), for the leave-half-out test and the fallback.
+  """
+  single = single or single_frame()
   flat, _ = estimate(frames, grid_hw, progress)
-  return flat, [correct_with(_as_frame(f)[0], flat, grid_hw) for f in frames]
+  choose(flat, lambda i: _as_frame(frames[i])[0], single, grid_hw, progress)
+  return flat, [_correct_one(_as_frame(f)[0], flat, grid_hw, single) for f in frames]
 
 
-def correct_files(paths, out_dir, grid_hw, print_fn=print, history="flatai correct --session"
-                  ) -> dict:
+def correct_files(paths, out_dir, grid_hw, print_fn=print, history="flatai correct --session",
+                  single=None) -> dict:
   """Corrects a session of files; writes (atomically, never over an input) each frame's
   corrected image and G as in single-frame mode (``correct.output_paths``), the shared F once
   as ``session_F.fits`` with ``session_F_confidence.fits``, and ``session_report.json``.
 
-  Nothing is written until every frame has been read and checked (pass 1).
+  Nothing is written until every frame has been read and checked (pass 1) and the
+  leave-half-out test (:func:`choose`, up to ``HOLDOUT_FRAMES`` frames read again) has chosen
+  the session F's parts or single-frame mode (``single``, default :func:`single_frame`).
   Returns:
     the report: ``frames`` (per-frame numbers and outputs), ``outputs`` (the session's files).
   """
@@ -342,6 +545,9 @@ def correct_files(paths, out_dir, grid_hw, print_fn=print, history="flatai corre
         raise images.ImageError(p, "refusing to overwrite the input file; choose another --out")
   print_fn(f"session: {len(paths)} frames, pass 1 (one shared flat)")
   flat, metas = estimate(paths, grid_hw, print_fn)
+  single = single or single_frame()
+  chosen = choose(flat, lambda i: images.read_image(paths[i], allow_nan=True)[0], single,
+                  grid_hw, print_fn)
   out_dir.mkdir(parents=True, exist_ok=True)
   outputs = {"F": out_dir / "session_F.fits", "confidence": out_dir / "session_F_confidence.fits",
              "report": out_dir / "session_report.json"}
@@ -350,12 +556,14 @@ def correct_files(paths, out_dir, grid_hw, print_fn=print, history="flatai corre
                      f"{len(paths)} frames ({names})", protect=paths)
   images.write_image(outputs["confidence"], flat.confidence, None,
                      history=f"{history}: confidence of F, 0..1", protect=paths)
-  print_fn("session: pass 2 (each frame with the shared F and its own G)")
+  print_fn("session: pass 2 (" + ("each frame its own single-frame correction)"
+                                   if flat.mode == "single" else
+                                   f"each frame with the shared F ({flat.mode}) and its own G)"))
   rows = []
   for i, (path, meta, numbers) in enumerate(zip(paths, metas, flat.frames)):
     image, _ = images.read_image(path, allow_nan=True)
     _check_shape(image, path, flat.F.shape)
-    out = correct_with(image, flat, grid_hw)
+    out = _correct_one(image, flat, grid_hw, single)
     targets = correct.output_paths(path, None, out_dir)
     line = f"{history} input={Path(path).name} (shared F: session_F.fits)"
     images.write_image(targets["corrected"], out.corrected, meta, history=line, protect=paths)
@@ -368,7 +576,7 @@ def correct_files(paths, out_dir, grid_hw, print_fn=print, history="flatai corre
                  "outputs": {"corrected": str(targets["corrected"]), "G": str(targets["G"])}})
     print_fn(f"  [{i + 1}/{len(paths)}] {Path(path).name}: background non-uniformity "
              f"{before:.4f} → {after:.4f}" + "".join(f"; {n}" for n in out.notes))
-  report = {"frames": rows, "flat": {"median": float(np.median(flat.F)),
+  report = {"mode": flat.mode, "chosen": chosen, "frames": rows, "flat": {"median": float(np.median(flat.F)),
                                      "min": float(flat.F.min()), "max": float(flat.F.max()),
                                      "mean_confidence": float(flat.confidence.mean())},
             "outputs": {k: str(v) for k, v in outputs.items()}}
