@@ -49,7 +49,8 @@ def one(side: int) -> dict:
   total = time.perf_counter() - t
   return {"side": side, "stars": len(xy), "stars_fitted": len(out.field.stars), "io_s": io_s,
           "correct_s": total,
-          "fit_s": out.seconds["fit"], "deconvolve_s": out.seconds["deconvolve"], "rl_iterations_max": out.iterations,
+          "fit_s": out.seconds["fit"], "deconvolve_s": out.seconds["deconvolve"],
+          "rl_iterations_max": out.iterations,
           "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
 
 
