@@ -4,6 +4,8 @@ size, against reading + writing the same frame as FITS, measured in the same run
 
   PYTHONPATH=. python benchmarks/psf_speed.py 512 1024 2048   # sides, px (default 512 1024)
 
+Results and the machine: BENCHMARKS.md "Physics PSF correction at scale".
+
 Each size runs in its own process (its peak RSS is its own): a square frame with stars every 32 px
 (jittered ±2 px, fluxes 1e4–5e4, σ = 1 noise on a sky of 10) seen through the test's PSF field
 (``tests/test_psf_fit.TRUTH``, scaled to the frame: corners at ~3× the centre's FWHM), 11 × 11
