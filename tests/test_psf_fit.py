@@ -155,6 +155,31 @@ def test_tiled_deconvolution_matches_the_whole_frame(frame, corrected):
   assert ringing > -4.5, ringing
 
 
+@pytest.mark.parametrize("n", [129, 300, 1000, 4000, 6000])
+def test_tile_weights_are_a_partition_of_unity(n):
+  origins, length, weights = deconvolve.tile_plan(n, tile=128 if n < 1000 else deconvolve.TILE)
+  total = np.zeros(n + 2 * length)
+  for o, w in zip(origins, weights):
+    total[o + length:o + 2 * length] += w  # shifted by `length`: origins may be negative
+  np.testing.assert_allclose(total[length:length + n], 1.0, atol=1e-6)
+  assert len(origins) == -(-n // (128 if n < 1000 else deconvolve.TILE))
+
+
+def test_tiled_deconvolution_keeps_a_flat_frame_flat():
+  """A starless non-square frame in 2 × 3 tiles: the sky level kept, no seams at the tiles'
+  boundaries (rows 100, columns 100 and 200)."""
+  rng = np.random.default_rng(3)
+  image = (10.0 + rng.normal(0.0, 1.0, (200, 300, 1))).astype(np.float32)
+  psfs = np.broadcast_to(deconvolve.gaussian_psf(3.0, 15), (3, 3, 15, 15))
+  out, _, _ = deconvolve.sharpen(image, psfs, deconvolve.gaussian_psf(1.5, 15), max_iter=20,
+                                 tile=100)
+  assert out.shape == image.shape
+  assert abs(out.mean() - image.mean()) < 0.02 and out.std() < image.std(), (out.mean(), out.std())
+  rows, cols = out[..., 0].mean(1), out[..., 0].mean(0)
+  print("row / column means: σ", rows.std(), cols.std())
+  assert np.abs(rows - rows.mean()).max() < 0.5 and np.abs(cols - cols.mean()).max() < 0.5
+
+
 def test_too_few_stars_is_one_line(tmp_path):
   from flatai_jax import correct_psf
   rng = np.random.default_rng(1)
