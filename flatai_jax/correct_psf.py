@@ -8,6 +8,7 @@ varying Richardson–Lucy, early-stopped, then the target). Imports only what
 from __future__ import annotations
 
 import dataclasses
+import time
 from pathlib import Path
 
 import jax.numpy as jnp
@@ -30,12 +31,14 @@ class PhysicsCorrection:
     target: ``(k, k)`` the target PSF.
     iterations: Richardson–Lucy iterations run (the early stop).
     chi2: the last χ² per signal pixel of the RL model, in noise σ² (≫ 1: PSF-model error).
+    seconds: wall-clock seconds of the steps, ``{"fit": …, "deconvolve": …}`` (JIT included).
   """
   corrected: np.ndarray
   field: psf_fit.PSFField
   target: np.ndarray
   iterations: int
   chi2: float
+  seconds: dict
 
 
 def correct_physics(image: np.ndarray, cfg, target="diffraction", grid=DEFAULT_GRID,
@@ -58,14 +61,17 @@ def correct_physics(image: np.ndarray, cfg, target="diffraction", grid=DEFAULT_G
   if image.ndim == 2:
     image = image[:, :, None]
   filled, mask = correct.fill_masked(image)
+  start = time.perf_counter()
   field = psf_fit.fit_psf_field(filled.mean(-1), cfg, grid, **fit_kw)
   spec_modes = field.coeffs.shape[-1]
   centre = psf_fit.field_model(psf_fit.params_from_dict(field.params), jnp.zeros(2), spec_modes)
   t = deconvolve.target_psf(target, cfg, centre_coeffs=centre)
+  fitted = time.perf_counter()
   out, iterations, chi2 = deconvolve.sharpen(filled, field.psfs, t, max_iter)
+  seconds = {"fit": fitted - start, "deconvolve": time.perf_counter() - fitted}
   if mask is not None:
     out[mask] = np.nan
-  return PhysicsCorrection(out, field, t, iterations, chi2)
+  return PhysicsCorrection(out, field, t, iterations, chi2, seconds)
 
 
 def output_paths(input_path, output=None, out_dir=None) -> dict[str, Path]:
@@ -103,7 +109,7 @@ def correct_file(input_path, cfg, output=None, out_dir=None, target="diffraction
 
   Writes ``<name>_corrected.<ext>`` (the input's format, header and HDUs kept, a HISTORY
   line added), the PSF field (:func:`output_paths`) and a preview PNG. Returns a report:
-  stars used, residual, RL iterations and the output paths.
+  stars used, residual, RL iterations, seconds per step and the output paths.
 
   Raises:
     images.ImageError: one line naming the file (unreadable, too few stars, …).
@@ -130,4 +136,5 @@ def correct_file(input_path, cfg, output=None, out_dir=None, target="diffraction
   correct.save_preview(paths["preview"], image, correct.Correction(out.corrected, None, None))
   return {"input": str(input_path), "stars": len(out.field.stars),
           "residual_rms_sigma": out.field.rms, "rl_iterations": out.iterations,
+          "seconds": {k: round(v, 2) for k, v in out.seconds.items()},
           "outputs": {k: str(v) for k, v in paths.items()}}

@@ -20,6 +20,15 @@ PSF-model error): RL stops when χ² per signal pixel of ``y − H x`` reaches t
 stops falling (by less than ``STALL`` over ``STALL_WINDOW`` iterations: what is left is model
 error, more iterations would only amplify noise), or after ``max_iter``.
 
+Large frames are deconvolved tile by tile (:func:`tile_plan`): cores of at most ``TILE`` px
+with ``TILE_HALO`` px of the frame around them (reflected beyond its border), each tile with its
+own node grid (the field's PSFs bilinearly interpolated at the tile's nodes, no farther apart
+than the field's), its own RL and early stop, and its own target convolution; the tiles are
+blended with a partition of unity (linear ramps ``TILE_RAMP`` px wide across the core
+boundaries). The FFTs are sized by the tile, a tile without stars stops at once, and one
+compiled RL (``lax.map``, static shapes) serves every tile. A frame of at most ``TILE`` px per
+side is one tile: the whole-frame RL, unchanged.
+
 :func:`wiener_kernels` + :func:`deconvolve` is the linear reference (one Wiener/Tikhonov kernel
 ``T · conj(P_n) / (|P_n|² + λ)`` per node, blended like the forward blur): it keeps flux, but
 where ``P_n`` is much wider than ``T`` the restored frequencies amplify white noise many times
@@ -28,6 +37,7 @@ and each MTF notch rings (``benchmarks/psf_field.py``).
 from __future__ import annotations
 
 import functools
+import itertools
 import math
 
 import jax
@@ -40,6 +50,9 @@ PEDESTAL_SIGMA = 10.0  # RL runs on the frame minus its sky plus this many noise
 SIGNAL_SIGMA = 5.0  # χ² of the early stop counts pixels this far above the sky
 STALL, STALL_WINDOW = 0.005, 10  # stop when χ² falls by < 0.5 % over 10 iterations
 MAX_ITER = 200
+TILE = 512  # tile core side, px (a frame larger than this on a side is tiled)
+TILE_HALO = 64  # frame px around each core, ≥ 2 PSF kernels (31 px): RL's edge effects stay out
+TILE_RAMP = 32  # width of the blending ramps across core boundaries, px (inside the halo)
 
 
 def gaussian_psf(fwhm_px: float, size: int) -> np.ndarray:
@@ -167,8 +180,68 @@ def richardson_lucy(y, psfs, sigma, signal, max_iter: int = MAX_ITER):
   return x, i, hist[i % STALL_WINDOW]
 
 
+def tile_plan(n: int, tile: int = TILE, halo: int = TILE_HALO, ramp: int = TILE_RAMP):
+  """Tiles along one axis of ``n`` px.
+
+  Returns:
+    ``origins (count,)`` int, each tile's first pixel in frame coordinates (negative or past
+    the frame: reflected pixels); ``length`` the tile side, px (core + 2·halo, the same for
+    every tile); ``weights (count, length) float32`` the blending weights at the tiles'
+    pixels: ramps ``r(p − b) = clip((p − b)/ramp + ½, 0, 1)`` across each core boundary ``b``,
+    ``w_i = r(p − b_i) − r(p − b_{i+1})``, so that they sum to 1 on every frame pixel.
+  """
+  if ramp > 2 * halo:
+    raise ValueError(f"ramp {ramp} px must lie inside the halo ({halo} px each side)")
+  count = max(1, math.ceil(n / tile))
+  core = math.ceil(n / count)
+  starts = np.arange(count) * core
+  length = core + 2 * halo
+  ramp_at = lambda p, b: np.clip((p - b) / ramp + 0.5, 0.0, 1.0)  # 0 → 1 across b
+  w = np.empty((count, length))
+  for i, s in enumerate(starts):
+    p = s - halo + np.arange(length)  # frame coordinates of the tile's pixels
+    w[i] = ((ramp_at(p, s) if i > 0 else 1.0)
+            - (ramp_at(p, starts[i + 1]) if i < count - 1 else 0.0))
+  return starts - halo, length, w.astype(np.float32)
+
+
+def _tile_psfs(psfs: np.ndarray, n: tuple[int, int], origins, length: tuple[int, int]):
+  """``(ty, tx, gty, gtx, k, k) float32`` each tile's node PSFs: the field's ``(gy, gx, k, k)``
+  PSFs (nodes ``convolve.node_positions`` over the ``n = (H, W)`` frame) bilinearly
+  interpolated (clamped outside the frame) at the tile's nodes, no farther apart than the
+  field's."""
+  mats = []
+  for axis in (0, 1):
+    g = psfs.shape[axis]
+    nodes = convolve.node_positions(n[axis], g)
+    if g == 1:
+      mats.append(np.ones((len(origins[axis]), 1, 1)))
+      continue
+    gt = max(2, math.ceil((length[axis] - 1) / (nodes[1] - nodes[0])) + 1)
+    pos = origins[axis][:, None] + convolve.node_positions(length[axis], gt)[None, :]
+    eye = np.eye(g)
+    mats.append(np.stack([np.interp(pos, nodes, eye[j]) for j in range(g)], -1))  # (t, gt, g)
+  return np.einsum("yab,xcd,bdkl->yxackl", mats[0], mats[1],
+                   np.asarray(psfs, np.float64)).astype(np.float32)
+
+
+@functools.partial(jax.jit, static_argnames=("max_iter",))
+def _tiled_richardson_lucy(y, psfs, sigma, signal, target, max_iter: int):
+  """:func:`richardson_lucy` then the target on each tile, one after the other.
+
+  Args: ``y (T, L, L', C)``, ``psfs (T, gty, gtx, k, k)``, ``signal (T, L, L', C)`` per tile;
+  ``sigma (C,)``; ``target (kt, kt)``. Returns ``(T, L, L', C)`` ``T ⊛ x`` per tile, the
+  iterations ``(T,)`` and χ² ``(T,)``.
+  """
+  def one(args):
+    yt, pt, st = args
+    x, i, c = richardson_lucy(yt, pt, sigma, st, max_iter=max_iter)
+    return optics.blur(x, target[None, None]), i, c
+  return jax.lax.map(one, (y, psfs, signal))
+
+
 def sharpen(image: np.ndarray, psfs: np.ndarray, target: np.ndarray,
-            max_iter: int = MAX_ITER) -> tuple[np.ndarray, int, float]:
+            max_iter: int = MAX_ITER, tile: int = TILE) -> tuple[np.ndarray, int, float]:
   """Deconvolves a frame with its PSF field to a round target (module docstring).
 
   Args:
@@ -177,10 +250,12 @@ def sharpen(image: np.ndarray, psfs: np.ndarray, target: np.ndarray,
     psfs: ``(gy, gx, k, k)`` each summing to 1 (e.g. ``psf_fit.PSFField.psfs``).
     target: ``(kt, kt)`` the target PSF, summing to 1 (:func:`target_psf`).
     max_iter: cap on the RL iterations.
+    tile: tile core side, px (module docstring); a frame no larger is one whole-frame RL.
   Returns:
     ``(H, W, C) float32`` the frame with PSF ``target`` everywhere (the sky and its level
     kept; the sum kept up to the light the reflect-padded border exchanges with the
-    outside); the RL iterations run; the last χ² per signal pixel (σ²).
+    outside); the RL iterations run (tiled: the most of any tile); the last χ² per signal
+    pixel (σ²; tiled: the largest of any tile).
   """
   image = np.asarray(image, np.float32)
   sky = np.empty(image.shape[-1], np.float32)
@@ -193,7 +268,26 @@ def sharpen(image: np.ndarray, psfs: np.ndarray, target: np.ndarray,
   pedestal = PEDESTAL_SIGMA * sigma
   y = np.maximum(image - sky + pedestal, 1e-3 * sigma)
   signal = y > pedestal + SIGNAL_SIGMA * sigma
-  x, iters, chi2 = richardson_lucy(jnp.asarray(y), jnp.asarray(psfs, jnp.float32),
-                                   jnp.asarray(sigma), jnp.asarray(signal), max_iter=int(max_iter))
-  out = optics.blur(x, jnp.asarray(target, jnp.float32)[None, None])
-  return np.asarray(out) + (sky - pedestal), int(iters), float(chi2)
+  h, w, c = image.shape
+  target = jnp.asarray(target, jnp.float32)
+  if max(h, w) <= tile:
+    x, iters, chi2 = richardson_lucy(jnp.asarray(y), jnp.asarray(psfs, jnp.float32),
+                                     jnp.asarray(sigma), jnp.asarray(signal),
+                                     max_iter=int(max_iter))
+    out = np.asarray(optics.blur(x, target[None, None]))
+    return out + (sky - pedestal), int(iters), float(chi2)
+  (oy, ly, wy), (ox, lx, wx) = tile_plan(h, tile), tile_plan(w, tile)
+  pad = lambda a: np.pad(a, ((-oy[0], oy[-1] + ly - h), (-ox[0], ox[-1] + lx - w), (0, 0)),
+                         mode="reflect")
+  crops = lambda a: np.stack([a[i - oy[0]:i - oy[0] + ly, j - ox[0]:j - ox[0] + lx]
+                              for i in oy for j in ox])  # (ty·tx, ly, lx, C)
+  tile_psfs = _tile_psfs(psfs, (h, w), (oy, ox), (ly, lx))
+  tiles, iters, chi2 = jax.device_get(_tiled_richardson_lucy(
+      jnp.asarray(crops(pad(y))), jnp.asarray(tile_psfs.reshape(-1, *tile_psfs.shape[2:])),
+      jnp.asarray(sigma), jnp.asarray(crops(pad(signal))), target, max_iter=int(max_iter)))
+  out = np.zeros((oy[-1] - oy[0] + ly, ox[-1] - ox[0] + lx, c), np.float32)
+  for t, (a, b) in enumerate(itertools.product(range(len(oy)), range(len(ox)))):
+    sy, sx = oy[a] - oy[0], ox[b] - ox[0]
+    out[sy:sy + ly, sx:sx + lx] += tiles[t] * (wy[a][:, None, None] * wx[b][None, :, None])
+  out = out[-oy[0]:-oy[0] + h, -ox[0]:-ox[0] + w]
+  return out + (sky - pedestal), int(iters.max()), float(chi2.max())
