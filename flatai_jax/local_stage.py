@@ -72,10 +72,12 @@ def dust_dips(plane: np.ndarray, geo: working_grid.GridGeometry) -> LocalDust:
     geo: its fine grid (:func:`fine_geometry`).
   """
   fine = working_grid.bin_frame(plane, geo).astype(np.float64)
-  noise = sky_surface.cell_noise(fine)
+  first = _first_level(fine)
+  objects = ndimage.binary_dilation(fine > first + OBJECT_KAPPA * sky_surface.cell_noise(fine),
+                                    iterations=2)
   found = np.zeros(fine.shape, bool)
   for _ in range(2):  # the second pass leaves the shadows found out of the sky level
-    level = _local_sky(fine, noise, ndimage.binary_dilation(found, iterations=GROW))
+    level = _local_sky(fine, first, objects | ndimage.binary_dilation(found, iterations=GROW))
     ratio = fine / level - 1.0
     dip = ndimage.gaussian_filter(ratio, DIP_SIGMA, mode="nearest")
     found = _closed(dip < -KAPPA * max(float(scores.robust_sigma(dip)), 1e-12), geo)
@@ -94,9 +96,9 @@ def dust_dips(plane: np.ndarray, geo: working_grid.GridGeometry) -> LocalDust:
 
 def _closed(found: np.ndarray, geo: working_grid.GridGeometry) -> np.ndarray:
   """``found`` without dips of under ``MIN_CELLS`` cells and those that touch the frame's edge
-  (within ``EDGE`` fine cells): a
-  shadow is a closed dip in the sky, while the edges and corners are where a global correction
-  leaves its residuals (and a shadow cut by the edge cannot be told from them)."""
+  (within ``EDGE`` fine cells): a shadow is a closed dip in the sky, while the edges and corners
+  are where a global correction leaves its residuals (and a shadow cut by the edge cannot be
+  told from them)."""
   rows, cols = working_grid.inner_cells(geo)
   edge = np.ones(found.shape, bool)
   edge[rows.start + EDGE:rows.stop - EDGE, cols.start + EDGE:cols.stop - EDGE] = False
@@ -105,18 +107,22 @@ def _closed(found: np.ndarray, geo: working_grid.GridGeometry) -> np.ndarray:
   return found & ~np.isin(labels, np.union1d(np.unique(labels[edge & found]), small))
 
 
-def _local_sky(fine: np.ndarray, noise: float, shadows: np.ndarray) -> np.ndarray:
-  """The sky level under each fine cell: normalised Gaussian smoothing over the cells that
-  are neither objects (above a first estimate by ``OBJECT_KAPPA`` σ, grown by 2 cells) nor
-  ``shadows`` (bool, dips found so far)."""
-  # a first level: running median on POOL × POOL means of fine cells (cheap on 24 Mpx)
+def _first_level(fine: np.ndarray) -> np.ndarray:
+  """A first sky level under each fine cell: running median on ``POOL × POOL`` means of fine
+  cells (cheap on 24 Mpx), ``fine``'s shape."""
   gh, gw = fine.shape[0] // POOL, fine.shape[1] // POOL
   coarse = fine[:gh * POOL, :gw * POOL].reshape(gh, POOL, gw, POOL).mean(axis=(1, 3))
   first = ndimage.median_filter(coarse, size=int(4 * SKY_SIGMA / POOL) | 1, mode="nearest")
   first = np.repeat(np.repeat(first, POOL, axis=0), POOL, axis=1)
-  first = np.pad(first, [(0, fine.shape[0] - first.shape[0]), (0, fine.shape[1] - first.shape[1])],
-                 mode="edge")
-  sky = ~ndimage.binary_dilation(fine > first + OBJECT_KAPPA * noise, iterations=2) & ~shadows
+  return np.pad(first, [(0, fine.shape[0] - first.shape[0]), (0, fine.shape[1] - first.shape[1])],
+                mode="edge")
+
+
+def _local_sky(fine: np.ndarray, first: np.ndarray, excluded: np.ndarray) -> np.ndarray:
+  """The sky level under each fine cell: normalised Gaussian smoothing over the cells not
+  ``excluded`` (bool: objects — above ``first`` by ``OBJECT_KAPPA`` σ, grown by 2 cells — and
+  the dips found so far); ``first`` where too few cells are left nearby."""
+  sky = ~excluded
   num = ndimage.gaussian_filter(np.where(sky, fine, 0.0), SKY_SIGMA, mode="nearest")
   den = ndimage.gaussian_filter(sky.astype(np.float64), SKY_SIGMA, mode="nearest")
   return np.where(den > 0.05, num / np.maximum(den, 1e-6), first)
