@@ -171,7 +171,8 @@ def correct_frame(graphdef, params, config, image: np.ndarray, progress=None) ->
   geo = working_grid.geometry((h, w), tuple(config.data.sensor_hw))
   grid = np.stack([working_grid.bin_frame(image[..., k], geo) for k in range(c)], -1)
   inner = working_grid.inner_cells(geo)  # cells of the frame itself, not of its padding
-  structure = max(sky_surface.structure(grid[inner][..., k]) for k in range(c))
+  structures = [sky_surface.structure(grid[inner][..., k]) for k in range(c)]
+  structure = max(structures)
   use_network = (sky_surface.ramp_down(structure, *NETWORK_STRUCTURE)
                  * (1.0 - sky_surface.ramp_down(structure, *SKY_STRUCTURE)))
   if use_network > 0.0:
@@ -186,7 +187,9 @@ def correct_frame(graphdef, params, config, image: np.ndarray, progress=None) ->
          (inner[1].start, grid.shape[1] - inner[1].stop)]
   notes, sky_weights = [], []
   for k in range(c):
-    surface, weight, support = sky_background(remaining[..., k], pad)
+    # without the network, what is left is the binned frame itself: its structure is known
+    surface, weight, support = sky_background(
+        remaining[..., k], pad, structures[k] if use_network == 0.0 else None)
     sky_weights.append(weight)
     g_field[..., k] += weight * surface * np.exp(log_f[..., k])
     g_field[..., k] -= np.median(g_field[inner][..., k])
@@ -218,13 +221,15 @@ def correct_frame(graphdef, params, config, image: np.ndarray, progress=None) ->
                     notes=tuple(notes))
 
 
-def sky_background(remaining: np.ndarray, pad) -> tuple[np.ndarray, float, np.ndarray]:
+def sky_background(remaining: np.ndarray, pad, structure: float | None = None
+                   ) -> tuple[np.ndarray, float, np.ndarray]:
   """The sky-surface part of G for one plane of a frame already divided by its F.
 
   Args:
     remaining: ``(gh', gw')`` inner cells of the working grid (``working_grid.inner_cells``),
       linear, the frame's units.
     pad: ``((top, bottom), (left, right))`` cells that bring it back to the whole grid.
+    structure: ``sky_surface.structure(remaining)`` when the caller has it already.
   Returns:
     surface: ``(gh, gw) float64``, the sky fit with its median removed (edge-padded);
     weight: in [0, 1], how much of it to apply (1 below ``SKY_STRUCTURE[0]`` of the
@@ -232,7 +237,9 @@ def sky_background(remaining: np.ndarray, pad) -> tuple[np.ndarray, float, np.nd
     support: ``(gh, gw) float64`` in [0, 1], sky cells backing the surface nearby.
   """
   fit = sky_surface.fit_sky(remaining)
-  weight = sky_surface.ramp_down(sky_surface.structure(remaining), *SKY_STRUCTURE)
+  if structure is None:
+    structure = sky_surface.structure(remaining)
+  weight = sky_surface.ramp_down(structure, *SKY_STRUCTURE)
   surface = np.pad(fit.surface - np.median(fit.surface), pad, mode="edge")
   return surface, weight, np.pad(fit.support, pad, mode="edge")
 
