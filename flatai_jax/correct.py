@@ -634,7 +634,8 @@ class Corrector:
     mono; ``RGGB|BGGR|GRBG|GBRG`` forces that pattern at pixel (0, 0).
     ``input_stretch``: ``auto|linear|srgb|mtf:M`` (:mod:`flatai_jax.stretch`); a stretched
     input is corrected in linear light and the stretch re-applied to the corrected image (F and
-    G stay linear); ``auto`` takes 8-bit PNG/JPEG as sRGB and says so in one line.
+    G stay linear); ``auto`` takes 8-bit PNG/JPEG as sRGB, measures a midtones stretch on the
+    stars of a float frame in [0, 1] at a display level, and says what it decided in one line.
     ``progress``: ``callable(done, total)`` fed by the tiles (``flatai gui``'s progress bars);
     default: a :class:`ProgressBar` printed through ``print_fn``.
     """
@@ -644,7 +645,7 @@ class Corrector:
     try:
       pattern, cfa_note = bayer.resolve(cfa, meta.cfa, image.shape)
       kind, midtones, stretch_note = stretch.resolve(input_stretch, meta.format,
-                                                     meta.source_dtype)
+                                                     meta.source_dtype, image)
     except ValueError as e:
       raise images.ImageError(input_path, str(e)) from None
     for note in (cfa_note, stretch_note):

@@ -92,3 +92,56 @@ def test_mtf_stretched_frame_equals_the_linear_correction_restretched(corrector,
   assert np.abs(out - expected).max() <= 0.01, np.abs(out - expected).max()
   flat_before = correct.background_nonuniformity(stretch.mtf(m, linear))
   assert correct.background_nonuniformity(out) < 0.5 * flat_before
+
+
+def _starry_linear_frame(seed=0):
+  """``(300, 300, 1)`` linear sky 0.05, 30 % vignetting, 60 stars of FWHM 3 px with peaks from
+  0.02 to 0.8 (a real field's brightness range), in [0, 1]."""
+  rng = np.random.default_rng(seed)
+  yy, xx = np.mgrid[0:H, 0:W]
+  f_true = 1.0 - 0.3 * (((xx - W / 2) / (W / 2)) ** 2 + ((yy - H / 2) / (W / 2)) ** 2)
+  sky = 0.05 + rng.normal(0, 0.0015, (H, W))
+  for (x, y), peak in zip(rng.uniform(10, 290, (60, 2)), 10 ** rng.uniform(-1.7, -0.1, 60)):
+    sky += peak * np.exp(-0.5 * ((xx - x) ** 2 + (yy - y) ** 2) / (3.0 / 2.355) ** 2)
+  return (sky * f_true)[..., None].astype(np.float32)
+
+
+@pytest.mark.parametrize("m", [0.2, 0.05, 0.01])
+def test_midtones_measured_on_the_stars(m):
+  """The balance of a known MTF stretch is recovered from the stars within 30 % (the
+  correction needs far less, next test); the linear frame itself reads as ≈ 0.5 (identity)."""
+  linear = _starry_linear_frame(seed=3)
+  estimated, n = stretch.estimate_midtones(stretch.mtf(m, linear[..., 0]))
+  assert n >= stretch.MIN_STARS and abs(estimated / m - 1) <= 0.3, (estimated, n)
+  identity, _ = stretch.estimate_midtones(linear[..., 0])
+  assert abs(identity - 0.5) <= 0.1, identity
+
+
+def test_auto_keeps_linear_frames_linear():
+  """Integer frames, float frames outside [0, 1] or with a dark median, and float frames whose
+  stars show no stretch all stay linear without a note."""
+  linear = _starry_linear_frame(seed=4)
+  assert stretch.resolve("auto", "fits", ">f4", linear) == ("linear", None, None)
+  assert stretch.resolve("auto", "fits", ">f4", 1000 * linear) == ("linear", None, None)
+  assert stretch.resolve("auto", "fits", "uint16", stretch.mtf(0.05, linear)) == (
+      "linear", None, None)
+  lifted = (linear + 0.2) / 1.2   # bright linear sky: display level, but stars unstretched
+  assert stretch.resolve("auto", "fits", ">f4", lifted)[:2] == ("linear", None)
+
+
+def test_auto_mtf_frame_equals_the_linear_correction_restretched(corrector, tmp_path):
+  """Done-when of the workflow issue: a float TIFF stretched with MTF (midtones 0.05),
+  corrected with --input_stretch=auto, equals mtf(0.05, linear correction) within 1 % of the
+  range, and one line names the measured balance."""
+  m = 0.05
+  linear = _starry_linear_frame(seed=5)
+  images.write_image(tmp_path / "stretched.tif", stretch.mtf(m, linear))
+  lines = []
+  report = corrector.correct_file(tmp_path / "stretched.tif", out_dir=tmp_path,
+                                  input_stretch="auto",
+                                  print_fn=lambda *a, **k: lines.append(" ".join(a)))
+  assert any("input stretch: mtf:" in line and "(auto: bright stars are wider" in line
+             for line in lines), lines
+  out, _ = images.read_image(report["outputs"]["corrected"])
+  expected = stretch.mtf(m, corrector.correct(linear).corrected)
+  assert np.abs(out - expected).max() <= 0.01, np.abs(out - expected).max()
