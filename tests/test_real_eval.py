@@ -45,9 +45,26 @@ def test_background_flatness_sees_a_gradient_and_ignores_stars():
   stars = flat.copy()
   stars[ys, xs] += 5000.0
   sloped = stars + 0.2 * np.arange(w)[None, :]  # 96 ADU across = 9.6 σ
-  f_flat = real.background_flatness(flat[..., None])
-  f_stars = real.background_flatness(stars[..., None])
-  f_slope = real.background_flatness(sloped[..., None])
+  score = lambda a: real.background_flatness(a[..., None], real.source_mask(a))
+  f_flat, f_stars, f_slope = score(flat), score(stars), score(sloped)
   # box medians of ~600 px: noise 1.25·σ/√600 ≈ 0.05 σ
   assert f_flat["bg_rms_sigma"] < 0.1 and f_stars["bg_rms_sigma"] < 0.12
   assert 7.0 < f_slope["bg_range_sigma"] < 9.6
+
+
+def test_source_mask_covers_a_faint_halo_but_not_a_gradient():
+  """A galaxy halo peaking at 0.3 σ per pixel is masked (a method that subtracts it is not scored
+  flatter for it); a frame-wide gradient and vignetting are not."""
+  rng = np.random.default_rng(5)
+  h, w = 400, 600
+  yy, xx = np.mgrid[0:h, 0:w]
+  halo = 3.0 * np.exp(-0.5 * ((yy - 150) ** 2 + (xx - 200) ** 2) / 40.0 ** 2)
+  vignetting = 1.0 - 0.2 * ((xx - w / 2) ** 2 + (yy - h / 2) ** 2) / (w / 2) ** 2
+  frame = (1000.0 + 0.05 * xx) * vignetting + halo + rng.normal(0, 10.0, (h, w))
+  mask = real.source_mask(frame)
+  assert mask[halo > 2.0].mean() > 0.95            # down to 0.2 σ per pixel
+  assert mask[halo < 0.01].mean() < 0.08           # the sky, its gradient and vignetting
+  eaten = frame - halo
+  kept = real.background_flatness(frame[..., None], mask)["bg_rms_sigma"]
+  assert real.background_flatness(eaten[..., None], mask)["bg_rms_sigma"] == pytest.approx(
+      kept, rel=0.1)

@@ -127,9 +127,7 @@ def score_frames(frames: dict, methods: dict, config, lpips=None) -> dict:
   radius = np.concatenate(radii) if psf else None
   for name, p in per.items():
     m = {k: _mean_or_none([r[k] for r in p["rows"]]) for k in p["rows"][0]}
-    depths = np.asarray(p["dust"]).reshape(-1, 2)
-    m["dust_residual"] = (float(depths[:, 0].sum() / depths[:, 1].sum())
-                          if depths.size and depths[:, 1].sum() > 0 else None)
+    m["dust_residual"] = quality.dust_residual(p["dust"])
     if psf:
       s = stars.summarize(pool(p["stars"]), pool(ref_stars), radius)
       m.update({k: (v if np.isfinite(v) else None) for k, v in s.items()})

@@ -15,8 +15,13 @@ recorded. It is for evaluation only — never training data. Two parts:
   ``dust_residual`` (rendered dust), ``psnr`` and ``scale`` (the gain of the
   output against the truth: below 1 where a method removed part of an object).
 - **truth-free**: raw (not flat-fielded) frames; background flatness with
-  sources masked: robust RMS and 5–95 % range of ``BOXES``² box medians, in
-  units of the pixel noise σ (``bg_rms_sigma``, ``bg_range_sigma``).
+  sources masked: robust RMS and 5–95 % range of box medians, in units of the
+  pixel noise σ (``bg_rms_sigma``, ``bg_range_sigma``). The mask
+  (:func:`source_mask`) is made once from the raw frame and used for every
+  method (stars *and* faint extended light: a method that removes a galaxy's
+  halo must not be scored flatter for it), and the boxes sit halfway between
+  the ``BOXES``² sample nodes of the polynomial/RBF baselines (a method is not
+  scored at its own fit nodes).
 """
 from __future__ import annotations
 
@@ -33,7 +38,11 @@ SKY_PEDESTAL = 0.1  # sky level given to a light frame's faint end, sky units (1
 EVAL_SEED = 20261201  # rendered F/G of the real-data cases (never a training key)
 RENDERED_PER_LIGHT = 2  # rendered F/G cases per light frame (besides the real flat)
 SMOOTH_FRACTION = 0.02  # smoothing σ of the flat error, fraction of the frame's long side
-BOXES = 16  # background boxes along each side (truth-free part)
+BOXES = 16  # the baselines' sample grid; flatness boxes are offset from it by half a box
+MASK_SMOOTH_PX = 8.0  # source mask: faint extended light found on the frame smoothed by this σ
+MASK_KAPPA = 3.0  # … above this many σ of the smoothed frame's noise
+MASK_GROW_PX = 8  # … grown by this many px
+MASK_POLY_DEGREE = 4  # … against the frame's robust polynomial background of this degree
 DEFAULT_DIR = Path("evaluation_data/real")
 
 
@@ -86,14 +95,17 @@ RENDER_HW = (768, 768)  # rendered fields are drawn on this sensor, then resampl
 
 
 def rendered_fields(hw, index: int) -> dict:
-  """Physically rendered ``F``, ``G`` and ``dust`` (the shadows alone) for a frame of ``hw``,
-  from ``configs/default.py:flat`` distributions (real pixel scale) and ``EVAL_SEED``: drawn
-  on a ``RENDER_HW`` sensor (one compilation for every frame) and resampled to ``hw``."""
+  """Physically rendered ``F`` (median 1), ``G`` and ``dust`` (the shadows alone) for a frame
+  of ``hw``, from ``configs/default.py:flat`` distributions (real pixel scale) and
+  ``EVAL_SEED``: drawn on a ``RENDER_HW`` sensor (one compilation for every frame) and
+  resampled to ``hw``."""
   import jax
   fields = jax.device_get(_render_fn(RENDER_HW)(jax.random.fold_in(jax.random.key(EVAL_SEED),
                                                                    index)))
   f_field, g_field, f_bare = (resample(np.asarray(a), hw) for a in fields)
-  return {"F": f_field, "G": g_field, "dust": f_field / f_bare}
+  # median 1, as the real flat: F's overall level is not identifiable from a frame (every
+  # method keeps the frame's level), so it must not enter the scale corrected/truth
+  return {"F": f_field / np.median(f_field), "G": g_field, "dust": f_field / f_bare}
 
 
 @functools.lru_cache(maxsize=16)
@@ -179,10 +191,8 @@ def score_truth(cases: list[dict], methods: dict, progress=print) -> dict:
              "scale": affine_scale(out["corrected"], case["clean"], valid),
              "dust_residual": None}
       if case["dust"] is not None:
-        depths = np.asarray(quality.dust_depths(aligned, case["clean"], case["dust"],
-                                                valid)).reshape(-1, 2)
-        if depths.size and depths[:, 1].sum() > 0:
-          row["dust_residual"] = float(depths[:, 0].sum() / depths[:, 1].sum())
+        row["dust_residual"] = quality.dust_residual(
+            quality.dust_depths(aligned, case["clean"], case["dust"], valid))
       rows[name].append(row)
     if progress:
       progress(f"  real-data case {i + 1}/{len(cases)}: {case['name']}")
@@ -198,33 +208,52 @@ def _means(rows: list[dict]) -> dict:
   return out
 
 
-def background_flatness(image: np.ndarray) -> dict:
+def source_mask(plane: np.ndarray) -> np.ndarray:
+  """``(H, W) bool`` sources of a raw frame's plane, found on the frame minus its robust
+  polynomial background (``baselines.poly_background`` of degree ``MASK_POLY_DEGREE``: so
+  vignetting and gradients are not sources, and a galaxy's halo is not absorbed): pixels above 3 robust σ grown by 3 px, and faint extended light —
+  smoothed by ``MASK_SMOOTH_PX``, above ``MASK_KAPPA`` of its robust σ, grown by
+  ``MASK_GROW_PX``; non-finite pixels too."""
+  from flatai_jax.evaluation import baselines
+  plane = plane.astype(np.float64)
+  finite = np.isfinite(plane)
+  filled = np.where(finite, plane, np.nanmedian(plane))
+  above = filled - baselines.poly_background(filled, MASK_POLY_DEGREE, BOXES)
+  bright = ndimage.binary_dilation(above > 3.0 * quality.robust_sigma(above), iterations=3)
+  smooth = ndimage.gaussian_filter(above, MASK_SMOOTH_PX)
+  extended = ndimage.binary_dilation(smooth > MASK_KAPPA * quality.robust_sigma(smooth),
+                                     iterations=MASK_GROW_PX)
+  return bright | extended | ~finite
+
+
+def background_flatness(image: np.ndarray, mask: np.ndarray) -> dict:
   """Flatness of a frame's background with sources masked, in units of the pixel noise σ.
 
-  Sources are pixels above the frame's median by 3 robust σ, grown by 3 px;
-  the background of each of ``BOXES`` × ``BOXES`` boxes is the median of its
-  unmasked pixels. Returns ``bg_rms_sigma`` (robust RMS of the box medians / σ)
-  and ``bg_range_sigma`` (their 5–95 % range / σ).
+  Args:
+    image: ``(H, W, C)``, the first plane is scored.
+    mask: ``(H, W) bool`` sources (:func:`source_mask` of the raw frame).
+  Returns:
+    ``bg_rms_sigma`` (robust RMS of the box medians / σ) and ``bg_range_sigma`` (their
+    5–95 % range / σ); a box is ``1/BOXES`` of each side, centred on the corners between the
+    ``BOXES``² baseline sample boxes (``(BOXES − 1)``² boxes), its median over unmasked pixels.
   """
-  robust_sigma = quality.robust_sigma
   plane = image[..., 0].astype(np.float64)
   finite = np.isfinite(plane)
   sigma = quality.noise_sigma(np.where(finite, plane, np.nanmedian(plane)))
-  level = np.nanmedian(plane)
-  spread = robust_sigma(plane[finite] - level)
-  mask = ndimage.binary_dilation(plane > level + 3.0 * spread, iterations=3) | ~finite
+  mask = mask | ~finite
   h, w = plane.shape
-  ys = np.linspace(0, h, BOXES + 1).astype(int)
-  xs = np.linspace(0, w, BOXES + 1).astype(int)
+  ys = ((np.arange(BOXES) + 0.5) * h / BOXES).astype(int)
+  xs = ((np.arange(BOXES) + 0.5) * w / BOXES).astype(int)
   med = []
-  for i in range(BOXES):
-    for j in range(BOXES):
-      box = plane[ys[i]:ys[i + 1], xs[j]:xs[j + 1]][~mask[ys[i]:ys[i + 1], xs[j]:xs[j + 1]]]
+  for i in range(BOXES - 1):
+    for j in range(BOXES - 1):
+      sel = (slice(ys[i], ys[i + 1]), slice(xs[j], xs[j + 1]))
+      box = plane[sel][~mask[sel]]
       if box.size > 16:
         med.append(np.median(box))
   med = np.asarray(med)
   p5, p95 = np.percentile(med, [5, 95])
-  return {"bg_rms_sigma": float(robust_sigma(med - np.median(med)) / max(sigma, 1e-12)),
+  return {"bg_rms_sigma": float(quality.robust_sigma(med - np.median(med)) / max(sigma, 1e-12)),
           "bg_range_sigma": float((p95 - p5) / max(sigma, 1e-12))}
 
 
@@ -234,9 +263,10 @@ def score_raw(root, manifest, methods: dict, progress=print) -> dict:
   raws = [f for f in manifest["files"] if f["kind"] == "raw"]
   for i, f in enumerate(raws):
     observed = read_plane(Path(root) / f["name"])
+    mask = source_mask(observed[..., 0])
     for name, fn in methods.items():
       rows[name].append({"case": f["name"], "content": f["content"],
-                         **background_flatness(fn(observed)["corrected"])})
+                         **background_flatness(fn(observed)["corrected"], mask)})
     if progress:
       progress(f"  raw frame {i + 1}/{len(raws)}: {f['name']}")
   return {"methods": {name: _means(r) for name, r in rows.items()}, "cases": rows}
