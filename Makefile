@@ -10,7 +10,7 @@ CONFIG ?= configs/default.py:flat,quickstart
 STAMP  := $(VENV)/.stamp-install
 export XLA_FLAGS ?= --xla_force_host_platform_device_count=8
 
-.PHONY: setup quickstart test test-fast lint clean-run
+.PHONY: setup quickstart test test-all lint clean-run
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -47,13 +47,13 @@ quickstart: setup
 	@echo "outputs: $(RUN)/{samples.png,loss_curve.png,metrics.jsonl,tensorboard/,checkpoints/,example/}"
 
 test: setup lint
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -m "not slow"
 
 lint: setup
 	$(BIN)/ruff check .
 
-test-fast: setup
-	$(BIN)/python -m pytest -m "not slow"
+test-all: setup lint
+	$(BIN)/python -m pytest
 
 clean-run:
 	rm -rf $(RUN)
