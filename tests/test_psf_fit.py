@@ -16,7 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from flatai_jax.evaluation import stars
+from flatai_jax.evaluation import quality, stars
 from flatai_jax.io import images
 from flatai_jax.physics import deconvolve, optics, psf_fit
 
@@ -50,15 +50,16 @@ MODERATE = _params(coma=0.3, astig=0.2, curvature=0.15, spherical=0.03, trefoil=
                    tilt=(0.03, -0.02))  # corners at ~1.5× the centre's FWHM
 
 
-def _star_field(n_side=8, seed=0, truth=TRUTH):
+def _star_field(n_side=8, seed=0, truth=TRUTH, light=False):
+  """``(xy, observed, ideal)``; with ``light`` also the observed stars without sky and noise."""
   rng = np.random.default_rng(seed)
   g = np.arange(n_side) * (HW[0] // n_side) + HW[0] // (2 * n_side)
   xy = np.stack(np.meshgrid(g, g), -1).reshape(-1, 2) + rng.uniform(-2, 2, (n_side ** 2, 2))
   flux = np.exp(rng.uniform(np.log(1e4), np.log(5e4), len(xy)))
-  observed = psf_fit.render_stars(HW, xy, flux, truth, _cfg()) + SKY
-  observed += rng.normal(0.0, NOISE, HW)
+  stars_only = psf_fit.render_stars(HW, xy, flux, truth, _cfg())
+  observed = stars_only + SKY + rng.normal(0.0, NOISE, HW)
   ideal = psf_fit.render_stars(HW, xy, flux, _params(), _cfg()) + SKY  # through the target
-  return xy, observed, ideal
+  return (xy, observed, ideal, stars_only) if light else (xy, observed, ideal)
 
 
 @pytest.fixture(scope="module")
@@ -112,8 +113,9 @@ def _star_metrics(frame, out):
 
 
 def test_deconvolution_sharpens_corners_keeps_centre_and_flux_and_does_not_ring(frame, corrected):
-  """Measured (``benchmarks/psf_field.py``, fitted field): FWHM centre 2.10 → 2.23 px, corner
-  6.84 → 2.37 px, ratio 3.26 → 1.06, corner ellipticity 0.49 → 0.055, flux 1.00, ringing −2 σ."""
+  """Measured (``benchmarks/psf_field.py``, fitted field, damped RL): FWHM centre 2.10 → 2.23 px,
+  corner 6.84 → 2.37 px, ratio 3.26 → 1.06, corner ellipticity 0.49 → 0.053, flux 0.997,
+  ringing −2.0 σ."""
   _, observed, _ = frame
   out = corrected.corrected[..., 0]
   inner = (slice(32, -32),) * 2  # the outer ~K/2 px exchange light with the reflected margin
@@ -128,16 +130,36 @@ def test_deconvolution_sharpens_corners_keeps_centre_and_flux_and_does_not_ring(
   assert k_out < 0.4 * k_in, fwhm  # corners sharpened (6.84 → 2.37 px)
   assert k_out / c_out < 1.15, fwhm  # issue 15: ≤ 1.3 (measured 1.06)
   assert c_out < 1.07 * c_in, fwhm  # the centre barely broadened (2.10 → 2.23 px, +6 %)
-  assert ell_corner < 0.06, ell_corner  # issue 15 (0.49 → 0.055)
-  assert 0.98 < flux_ratio < 1.02, flux_ratio  # measured 1.00
+  assert ell_corner < 0.06, ell_corner  # issue 15 (0.49 → 0.053)
+  assert 0.98 < flux_ratio < 1.02, flux_ratio  # measured 0.997
   assert ringing > -3.0, ringing  # no dark halos (measured −2.0 σ)
+
+
+def test_deconvolution_does_not_amplify_empty_sky_noise(corrected):
+  """Issue 15: empty-sky noise amplified ≤ 1.5× (``quality.noise_gain`` over
+  ``quality.empty_sky``, as ``benchmarks/psf_field.py``: the frame again with a second noise
+  draw, deconvolved with the same field). Measured: 0.90 (1.40 before the damped RL), with the
+  stars 2.74 (2.70)."""
+  _, observed, ideal, light = _star_field(light=True)
+  second = observed + np.random.default_rng(99).normal(0.0, NOISE, observed.shape)
+  again, _, _ = deconvolve.sharpen(second[..., None], corrected.field.psfs, corrected.target)
+  inner = np.zeros(HW, bool)
+  inner[32:-32, 32:-32] = True
+  sky = inner & quality.empty_sky([light, ideal - SKY], NOISE)
+  gain = lambda m: quality.noise_gain(corrected.corrected[..., 0], again[..., 0], observed,
+                                      second, m)
+  print(f"noise gain: empty sky {gain(sky):.2f} over {sky.sum()} px, inner {gain(inner):.2f}")
+  assert sky.sum() > 5000, sky.sum()  # enough empty sky for a σ to 1 %
+  assert gain(sky) < 1.2, gain(sky)  # issue 15: ≤ 1.5 (measured 0.90; undamped RL 1.40)
+  assert gain(inner) < 3.0, gain(inner)  # RL amplifies noise where it restores: at the stars
 
 
 def test_tiled_deconvolution_matches_the_whole_frame(frame, corrected):
   """Frames larger than ``deconvolve.TILE`` are deconvolved in tiles; here 128-px cores (4 tiles
-  of 256² with their halos) on the test frame, with the fitted field. Measured: corner/centre
-  FWHM 1.09 (whole frame 1.06), corner ellipticity 0.064 (0.055), flux 1.014 (1.00), ringing
-  −3.6 σ (−2.0 σ; with the true field the same tiles give −2.2 σ)."""
+  of 256² with their halos) on the test frame, with the fitted field. Measured (damped RL):
+  corner/centre FWHM 1.09 (whole frame 1.06), corner ellipticity 0.064 (0.053), flux 1.006
+  (0.997), ringing −3.3 σ (−2.0 σ); undamped it was 1.09, 0.064, 1.014, −3.6 σ (with the true
+  field −2.2 σ)."""
   _, observed, _ = frame
   out, iterations, _ = deconvolve.sharpen(observed[..., None], corrected.field.psfs,
                                           corrected.target, tile=128)
