@@ -76,6 +76,29 @@ def test_field_scores_on_known_fields():
   assert remaining == pytest.approx(0.04, rel=0.05)
 
 
+def test_noise_gain_and_empty_sky_on_known_filters():
+  """Identity 1, a gain of 2 gives 2, a 3 × 3 box mean 1/3 (white noise); the empty sky is
+  where every light frame is below 0.5 σ."""
+  from scipy import ndimage
+  rng = np.random.default_rng(4)
+  image = 10.0 + rng.normal(size=(128, 128))
+  again = image + rng.normal(size=image.shape)
+  box = lambda a: ndimage.uniform_filter(a, 3, mode="reflect")
+  assert quality.noise_gain(image, again, image, again) == pytest.approx(1.0)
+  assert quality.noise_gain(2 * image + 5, 2 * again + 5, image, again) == pytest.approx(2.0)
+  assert abs(quality.noise_gain(box(image), box(again), image, again) - 1 / 3) < 0.01
+  light = np.zeros(image.shape)
+  light[40:60, 40:60] = 0.6
+  other = np.zeros(image.shape)
+  other[:, :10] = 0.4
+  sky = quality.empty_sky([light, other], noise=1.0)
+  assert sky.sum() == 128 * 128 - 400 and not sky[50, 50] and sky[50, 5]
+  mask = np.zeros(image.shape, bool)
+  mask[:, :64] = True  # the box mean only where the mask is
+  half = np.where(mask, box(image), 3 * image), np.where(mask, box(again), 3 * again)
+  assert abs(quality.noise_gain(*half, image, again, mask) - 1 / 3) < 0.01
+
+
 def test_baselines_recover_a_polynomial_vignetting_and_gradient():
   rng = np.random.default_rng(2)
   clean = _sky()

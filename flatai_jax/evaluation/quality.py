@@ -17,7 +17,9 @@ model and for the classical baselines alike, so they are scored the same way:
 - :func:`f_rms_pct`, :func:`g_rms_pct`: errors of the estimated fields;
 - :func:`dust_depths`, :func:`dust_residual`: the dip of each dust shadow left in
   corrected/truth, and their one summary (over-correction counts as much as a dip left);
-- :func:`corner_centre_pct`: flatness residual between the frame corners and its centre.
+- :func:`corner_centre_pct`: flatness residual between the frame corners and its centre;
+- :func:`empty_sky`, :func:`noise_gain`: where a frame holds no source light, and how much a
+  method amplifies white noise there (issue 15: ≤ 1.5× in empty sky).
 """
 from __future__ import annotations
 
@@ -222,3 +224,32 @@ def corner_centre_pct(corrected: np.ndarray, reference: np.ndarray, mask=None,
   corners = [ratio(ys, xs) for ys in (slice(0, bh), slice(h - bh, h))
              for xs in (slice(0, bw), slice(w - bw, w))]
   return float(100.0 * (np.mean(corners) / centre - 1.0))
+
+
+EMPTY_SKY_LEVEL = 0.5  # empty sky: every noise-free source frame below this many noise σ
+
+
+def empty_sky(light, noise: float, level: float = EMPTY_SKY_LEVEL) -> np.ndarray:
+  """``(H, W) bool``: the empty sky, where no source puts light above ``level`` noise σ.
+
+  Args:
+    light: sequence of ``(H, W)`` noise-free source light frames, sky level excluded, e.g.
+      the stars through the aberrated PSF field and through the target PSF (an aberrated
+      star's flares reach far beyond a few FWHM of its position, so a mask of grown star
+      positions is not empty).
+    noise: pixel noise σ, the frames' unit.
+    level: threshold in σ.
+  """
+  return np.all([np.asarray(f) < level * noise for f in light], axis=0)
+
+
+def noise_gain(out: np.ndarray, out_again: np.ndarray, image: np.ndarray,
+               image_again: np.ndarray, mask=None) -> float:
+  """White-noise gain of a method: ``σ(out_again − out) / σ(image_again − image)`` over
+  ``mask`` (default all pixels), ``out`` the method's output for ``image`` and ``out_again``
+  for ``image_again`` = ``image`` plus an independent noise draw. 1 = noise passed as it
+  is; it holds for a non-linear method (RL) too, and counts nothing of the sources that both
+  frames share."""
+  d_out = _masked(np.asarray(out_again) - np.asarray(out), mask)
+  d_in = _masked(np.asarray(image_again) - np.asarray(image), mask)
+  return float(np.std(d_out) / np.std(d_in))

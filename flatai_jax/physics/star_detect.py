@@ -22,12 +22,16 @@ def background(plane: np.ndarray) -> tuple[np.ndarray, float]:
 
 def sky_noise(plane: np.ndarray) -> float:
   """Pixel noise σ of a plane with white noise: 1.4826 × the median absolute second
-  difference along rows, / √6, over the fainter half of the pixels (below the median of the
-  plane minus its ``sep`` background). Unlike ``sep``'s global RMS it is not inflated by the
-  wide halos of aberrated stars, which can cover half of a crowded frame."""
+  difference ``a − 2b + c`` along rows, / √6, over the fainter half of the pixel triples (their
+  sum ``a + b + c`` below its median, the plane minus its ``sep`` background). Unlike ``sep``'s
+  global RMS it is not inflated by the wide halos of aberrated stars, which can cover half of
+  a crowded frame. The triple's sum is uncorrelated with its second difference (independent
+  for Gaussian noise), so the selection does not bias σ; selecting on the centre pixel ``b``
+  alone did: 0.74 σ on pure white noise."""
   p = np.asarray(plane, np.float64)
   data, _ = background(p)
-  d = (p[:, :-2] - 2.0 * p[:, 1:-1] + p[:, 2:])[data[:, 1:-1] < np.median(data)]
+  triple = data[:, :-2] + data[:, 1:-1] + data[:, 2:]
+  d = (p[:, :-2] - 2.0 * p[:, 1:-1] + p[:, 2:])[triple < np.median(triple)]
   d = d[np.isfinite(d)]
   return float(1.4826 * np.median(np.abs(d - np.median(d))) / np.sqrt(6.0))
 
