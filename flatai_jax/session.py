@@ -122,7 +122,10 @@ class SessionFlat:
       the large scales are shrunk by it in the log), the worst channel's.
     fallback: None, or one line saying why the whole session falls back to single-frame mode.
     mode: ``both`` / ``large`` / ``small`` (the parts of the session F used) or ``single``
-      (each frame its own single-frame correction); set by :func:`choose`.
+      (each frame its own single-frame correction); set by :func:`choose`; ``joint``: F from
+      the joint self-calibration (:func:`joint_estimate`).
+    joint: for ``joint``: ``G`` ``(n, h', w')`` each frame's G and ``S`` ``(n, h', w')`` its part
+      of the sky surface of T, on the fitted (binned by ``bin``) grid.
   """
   F: np.ndarray
   confidence: np.ndarray
@@ -132,6 +135,7 @@ class SessionFlat:
   fallback: str | None = None
   mode: str = "both"
   large_share: float = 1.0
+  joint: dict | None = None
 
   def field(self, which: str = "all", scales: str = "both") -> np.ndarray:
     """``(H, W, C) float32`` F of the ``which`` frames (``all``, ``A``, ``B``) from its
@@ -378,6 +382,130 @@ def _combine_large(num, den, weight_total, frames):
   return large, support
 
 
+JOINT_BYTES = 1 << 30  # the joint fit holds the frames binned to at most this (float64, ×3)
+JOINT_MIN_DITHER = 4.0  # … and needs frames spread by this × selfcal.SMOOTH_PX (fitted px)
+
+
+def _joint_bin(n: int, hw) -> int:
+  """The integer binning that keeps ``n`` frames of ``hw`` within ``JOINT_BYTES``."""
+  b = 1
+  while 3 * 8 * n * (-(-hw[0] // b)) * (-(-hw[1] // b)) > JOINT_BYTES:
+    b += 1
+  return b
+
+
+def _bin_mean(plane: np.ndarray, b: int) -> np.ndarray:
+  """``(⌈H/b⌉, ⌈W/b⌉) float64`` block means (the last blocks edge-padded)."""
+  plane = np.asarray(plane, np.float64)
+  if b == 1:
+    return plane
+  h, w = plane.shape
+  padded = np.pad(plane, ((0, -h % b), (0, -w % b)), mode="edge")
+  return padded.reshape(padded.shape[0] // b, b, padded.shape[1] // b, b).mean((1, 3))
+
+
+def _unbin(a: np.ndarray, b: int, hw) -> np.ndarray:
+  """Inverse of :func:`_bin_mean` for smooth fields: bilinear at the pixel centres, ``hw``."""
+  if b == 1:
+    return a
+  ys = (np.arange(hw[0]) + 0.5) / b - 0.5
+  xs = (np.arange(hw[1]) + 0.5) / b - 0.5
+  return ndimage.map_coordinates(a, np.meshgrid(ys, xs, indexing="ij"), order=1, mode="nearest")
+
+
+def joint_estimate(frames, grid_hw, progress=None) -> SessionFlat | None:
+  """Pass 1 by joint self-calibration (:mod:`flatai_jax.selfcal`): F, every frame's G and the
+  sky, fitted together on the frames binned to ``JOINT_BYTES``; then the sky surface of the
+  fitted sky (``correct.sky_background``, ramped down by its structure) decides the G common to
+  all frames, which the sequence cannot tell from the sky.
+
+  Returns None — the scale-split path (:func:`estimate`, :func:`choose`) then runs — for
+  colour frames, for frames dithered by less than ``JOINT_MIN_DITHER × selfcal.SMOOTH_PX``
+  fitted px (each round passes F's information over one dither: below the smoothing of F
+  there is none), and where the fitted sky is smooth (its working-grid structure below
+  ``correct.SKY_STRUCTURE[0]``: sparse star fields, whose frames single-frame mode's sky
+  surface already flattens and where the ratio of frames carries little of F).
+
+  Args:
+    frames: paths or ``(H, W[, C])`` arrays, linear, one sensor.
+    grid_hw: the working grid ``(gh, gw)``.
+    progress: optional ``callable(line)``.
+  """
+  from flatai_jax import selfcal
+  if len(frames) < 2:
+    raise ValueError(f"a session needs at least 2 frames, got {len(frames)}")
+  planes, metas, names, shape = [], [], [], None
+  for item in frames:
+    image, meta, name = _as_frame(item)
+    if shape is None:
+      shape = image.shape
+      b = _joint_bin(len(frames), shape[:2])
+    _check_shape(image, name, shape)
+    if shape[2] != 1:
+      return None
+    plane = image[..., 0]
+    planes.append(_bin_mean(np.where(np.isfinite(plane), plane, np.nanmedian(plane)), b))
+    metas.append(meta)
+    names.append(name)
+  report = (lambda done, total: progress(f"  joint fit: round {done}/{total}")
+            if progress and done % 20 == 0 else None)
+  planes = np.stack(planes)
+  frame_offsets = selfcal.offsets(planes)
+  spread = int(np.ptp(frame_offsets, 0).max())
+  if spread < JOINT_MIN_DITHER * selfcal.SMOOTH_PX:
+    if progress:
+      progress(f"session: the frames are dithered by {spread * b} px at most: too little for "
+               "the joint fit; the scale-split flat")
+    return None
+  fit = selfcal.fit(planes, frame_offsets=frame_offsets, progress=report)
+  sky = np.where(np.isfinite(fit.T), fit.T, np.nanmedian(fit.T))
+  work = working_grid.geometry(sky.shape, grid_hw)
+  inner = working_grid.inner_cells(work)
+  gh, gw = work.grid_hw
+  grid = working_grid.bin_frame(sky.astype(np.float32), work).astype(np.float64)
+  structure = sky_surface.structure(grid[inner])
+  if structure < correct.SKY_STRUCTURE[0]:
+    if progress:
+      progress(f"session: the sky is smooth (structure {structure:.2f} < "
+               f"{correct.SKY_STRUCTURE[0]}): per-frame sky surfaces and the scale-split flat")
+    return None
+  pad = [(inner[0].start, gh - inner[0].stop), (inner[1].start, gw - inner[1].stop)]
+  surface, weight, _ = correct.sky_background(grid[inner], pad, structure)
+  s_sky = working_grid.upsample(weight * surface, work)
+  h, w = fit.F.shape
+  s_frames = np.stack([s_sky[dy:dy + h, dx:dx + w] for dy, dx in fit.offsets])
+  f_full = _unbin(fit.F, b, shape[:2])
+  f_full = f_full / np.median(f_full)
+  info = ndimage.gaussian_filter(sum(fit.sky_of(i) ** 2 for i in range(len(planes))),
+                                 selfcal.SMOOTH_PX)
+  confidence = np.clip(_unbin(info / np.median(info), b, shape[:2]), 0.0, 1.0)
+  numbers = [{"frame": name, "offset_px": [int(dy * b), int(dx * b)],
+              "g_range": float(np.ptp(fit.G[i])), "sky_structure": structure}
+             for i, (name, (dy, dx)) in enumerate(zip(names, fit.offsets))]
+  line = (f"session: joint self-calibration of {len(planes)} frames (binned {b}×{b}, offsets up "
+          f"to {int(np.ptp(fit.offsets, 0).max()) * b} px, sky structure {structure:.1f}, sky "
+          f"surface at {weight:.0%})")
+  if progress:
+    progress(line)
+  return SessionFlat(F=f_full[..., None].astype(np.float32),
+                     confidence=confidence[..., None].astype(np.float32), frames=numbers,
+                     mode="joint", joint={"G": fit.G, "S": s_frames, "bin": b, "metas": metas,
+                                          "line": line})
+
+
+def _correct_joint(image: np.ndarray, flat: SessionFlat, index: int) -> correct.Correction:
+  """Pass 2 of frame ``index`` after :func:`joint_estimate`: its G is its fitted G plus its
+  part of the sky surface times F, and ``corrected = (observed − G) / F`` exactly."""
+  b, hw = flat.joint["bin"], image.shape[:2]
+  f_plane = flat.F[..., 0].astype(np.float64)
+  g_full = (_unbin(flat.joint["G"][index], b, hw)
+            + _unbin(flat.joint["S"][index], b, hw) * f_plane)
+  corrected = (image[..., 0] - g_full) / f_plane
+  return correct.Correction(corrected=corrected[..., None].astype(np.float32), F=flat.F,
+                            G=g_full[..., None].astype(np.float32),
+                            confidence=flat.confidence, notes=())
+
+
 def single_frame():
   """The shipped model's single-frame correction, ``callable(image) -> correct.Correction``
   (loaded once)."""
@@ -503,8 +631,10 @@ def correct_with(image: np.ndarray, flat: SessionFlat, grid_hw, F=None) -> corre
                                         ).astype(np.float32), notes=tuple(notes))
 
 
-def _correct_one(image, flat, grid_hw, single) -> correct.Correction:
-  """Pass 2 for one frame in the mode :func:`choose` set."""
+def _correct_one(image, flat, grid_hw, single, index: int) -> correct.Correction:
+  """Pass 2 for frame ``index`` in the mode :func:`choose` or :func:`joint_estimate` set."""
+  if flat.mode == "joint":
+    return _correct_joint(image, flat, index)
   return single(image) if flat.mode == "single" else correct_with(image, flat, grid_hw)
 
 
@@ -517,9 +647,12 @@ def correct_arrays(frames, grid_hw, progress=None, single=None) -> tuple[Session
       model's, :func:`single_frame`), for the leave-half-out test and the fallback.
   """
   single = single or single_frame()
-  flat, _ = estimate(frames, grid_hw, progress)
-  choose(flat, lambda i: _as_frame(frames[i])[0], single, grid_hw, progress)
-  return flat, [_correct_one(_as_frame(f)[0], flat, grid_hw, single) for f in frames]
+  flat = joint_estimate(frames, grid_hw, progress)
+  if flat is None:
+    flat, _ = estimate(frames, grid_hw, progress)
+    choose(flat, lambda i: _as_frame(frames[i])[0], single, grid_hw, progress)
+  return flat, [_correct_one(_as_frame(f)[0], flat, grid_hw, single, i)
+                for i, f in enumerate(frames)]
 
 
 def correct_files(paths, out_dir, grid_hw, print_fn=print, history="flatai correct --session",
@@ -544,10 +677,14 @@ def correct_files(paths, out_dir, grid_hw, print_fn=print, history="flatai corre
       if target.resolve() == Path(p).resolve():
         raise images.ImageError(p, "refusing to overwrite the input file; choose another --out")
   print_fn(f"session: {len(paths)} frames, pass 1 (one shared flat)")
-  flat, metas = estimate(paths, grid_hw, print_fn)
   single = single or single_frame()
-  chosen = choose(flat, lambda i: images.read_image(paths[i], allow_nan=True)[0], single,
-                  grid_hw, print_fn)
+  flat = joint_estimate(paths, grid_hw, print_fn)
+  if flat is None:
+    flat, metas = estimate(paths, grid_hw, print_fn)
+    chosen = choose(flat, lambda i: images.read_image(paths[i], allow_nan=True)[0], single,
+                    grid_hw, print_fn)
+  else:
+    metas, chosen = flat.joint["metas"], flat.joint["line"]
   out_dir.mkdir(parents=True, exist_ok=True)
   outputs = {"F": out_dir / "session_F.fits", "confidence": out_dir / "session_F_confidence.fits",
              "report": out_dir / "session_report.json"}
@@ -559,11 +696,12 @@ def correct_files(paths, out_dir, grid_hw, print_fn=print, history="flatai corre
   print_fn("session: pass 2 (" + ("each frame its own single-frame correction)"
                                    if flat.mode == "single" else
                                    f"each frame with the shared F ({flat.mode}) and its own G)"))
+  flat.joint = flat.joint and {k: v for k, v in flat.joint.items() if k != "metas"}
   rows = []
   for i, (path, meta, numbers) in enumerate(zip(paths, metas, flat.frames)):
     image, _ = images.read_image(path, allow_nan=True)
     _check_shape(image, path, flat.F.shape)
-    out = _correct_one(image, flat, grid_hw, single)
+    out = _correct_one(image, flat, grid_hw, single, i)
     targets = correct.output_paths(path, None, out_dir)
     line = f"{history} input={Path(path).name} (shared F: session_F.fits)"
     images.write_image(targets["corrected"], out.corrected, meta, history=line, protect=paths)
