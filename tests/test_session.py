@@ -195,25 +195,28 @@ def nebula_session(n=8, seed=7, dither=4):
   return clean, observed, f[..., None]
 
 
+def _truth_scores(images, clean):
+  """Means over frames of (residual flat error %, PSNR dB) against the truth, as the sequence
+  evaluation scores them."""
+  from flatai_jax.evaluation import quality, real
+  rows = []
+  for out, truth in zip(images, clean):
+    aligned = quality.affine_align(out, truth)
+    rows.append((real.flat_error_pct(aligned, truth), quality.psnr(aligned, truth)))
+  return np.mean(rows, 0)
+
+
 def test_a_frame_filling_nebula_that_barely_moves_is_no_worse_than_single_frame_mode():
   """Issue 18's done-when, on a nebula that fills every frame and moves ±4 px: session mode's
   outputs score at least as well as single-frame mode's against the truth (residual flat error
   and PSNR, means over the frames), because its frames carry no weight for F and the session
   falls back (whole or per scale) rather than taking the nebula for the flat."""
-  from flatai_jax.evaluation import quality, real
   clean, observed, _ = nebula_session()
   single = session.single_frame()
   flat, outs = session.correct_arrays(observed, GRID, single=single)
 
-  def scores(images):
-    rows = []
-    for out, truth in zip(images, clean):
-      aligned = quality.affine_align(out, truth)
-      rows.append((real.flat_error_pct(aligned, truth), quality.psnr(aligned, truth)))
-    return np.mean(rows, 0)
-
-  err_session, psnr_session = scores([o.corrected for o in outs])
-  err_single, psnr_single = scores([single(x).corrected for x in observed])
+  err_session, psnr_session = _truth_scores([o.corrected for o in outs], clean)
+  err_single, psnr_single = _truth_scores([single(x).corrected for x in observed], clean)
   assert err_session <= err_single + 0.02, (flat.mode, err_session, err_single)
   assert psnr_session >= psnr_single - 0.05, (flat.mode, psnr_session, psnr_single)
 
@@ -244,21 +247,13 @@ def test_a_dithered_nebula_session_takes_the_joint_fit_and_beats_single_frame_mo
   """Issue 18: where the scene fills the frame but the dithers are ±30 px, the session uses the
   joint fit (mode ``joint``) and its outputs beat single-frame mode's against the truth on
   residual flat error (5.0 % against 5.6 %) and PSNR; corrected = (observed − G) / F exactly."""
-  from flatai_jax.evaluation import quality, real
   clean, observed, _ = nebula_session(n=10, dither=30)
   single = session.single_frame()
   flat, outs = session.correct_arrays(observed, GRID, single=single)
   assert flat.mode == "joint"
 
-  def scores(images):
-    rows = []
-    for out, truth in zip(images, clean):
-      aligned = quality.affine_align(out, truth)
-      rows.append((real.flat_error_pct(aligned, truth), quality.psnr(aligned, truth)))
-    return np.mean(rows, 0)
-
-  err_session, psnr_session = scores([o.corrected for o in outs])
-  err_single, psnr_single = scores([single(x).corrected for x in observed])
+  err_session, psnr_session = _truth_scores([o.corrected for o in outs], clean)
+  err_single, psnr_single = _truth_scores([single(x).corrected for x in observed], clean)
   assert err_session < 0.95 * err_single, (err_session, err_single)
   assert psnr_session > psnr_single, (psnr_session, psnr_single)
   np.testing.assert_allclose(outs[0].corrected, (observed[0] - outs[0].G) / outs[0].F,
