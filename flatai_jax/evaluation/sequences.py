@@ -27,7 +27,8 @@ G_INDEX = 10_000  # rendered G of the sequences are drawn from real.EVAL_SEED at
 def sequence_cases(root=real.DEFAULT_DIR, crop_hw=CROP_HW, frames: int = FRAMES,
                    manifest=None) -> list[dict]:
   """Every sequence case: ``name``, ``content``, ``clean`` and ``observed`` (lists of ``frames``
-  ``(h, w, 1) float32``), ``F`` ``(h, w, 1)``; two per light frame (real flat, rendered flat)."""
+  ``(h, w, 1) float32``), ``F`` ``(h, w, 1)`` and ``dust`` (its dust shadows alone, None for the
+  real flat); two per light frame (real flat, rendered flat)."""
   manifest = manifest or real.load_manifest(root)
   files = manifest["files"]
   flat_file = next(f for f in files if f["kind"] == "flat")
@@ -41,9 +42,10 @@ def sequence_cases(root=real.DEFAULT_DIR, crop_hw=CROP_HW, frames: int = FRAMES,
       raise ValueError(f"{light['name']}: {big_h} × {big_w} px is too small for {h} × {w} crops "
                        f"dithered by ±{DITHER} px")
     real_f = real.resample(real.read_plane(Path(root) / flat_file["name"]), crop_hw)
-    fields = {"real flat": real_f / np.median(real_f),
-              "rendered flat": real.rendered_fields(crop_hw, index)["F"]}
-    for label, f_field in fields.items():
+    rendered = real.rendered_fields(crop_hw, index)
+    fields = {"real flat": (real_f / np.median(real_f), None),
+              "rendered flat": (rendered["F"], rendered["dust"])}
+    for label, (f_field, dust) in fields.items():
       y0, x0 = (big_h - h) // 2, (big_w - w) // 2
       clean, observed = [], []
       for _ in range(frames):
@@ -54,13 +56,14 @@ def sequence_cases(root=real.DEFAULT_DIR, crop_hw=CROP_HW, frames: int = FRAMES,
         clean.append(crop)
         observed.append((crop * f_field + g_field).astype(np.float32))
       cases.append({"name": f"{Path(light['name']).stem} × {label}", "content": light["content"],
-                    "clean": clean, "observed": observed, "F": f_field})
+                    "clean": clean, "observed": observed, "F": f_field, "dust": dust})
   return cases
 
 
 def score_sequences(cases: list[dict], methods: dict, progress=print) -> dict:
   """``{"cases": {method: [row per case]}}``; a row holds the means over the sequence's frames of
-  ``flat_err_pct``, ``psnr`` (dB) and ``scale``, and the method's time per frame (s)."""
+  ``flat_err_pct``, ``psnr`` (dB) and ``scale``, the dust residual over all its frames' shadows
+  (``quality.dust_residual``; rendered flats only) and the method's time per frame (s)."""
   import time
   rows = {name: [] for name in methods}
   for i, case in enumerate(cases):
@@ -68,14 +71,17 @@ def score_sequences(cases: list[dict], methods: dict, progress=print) -> dict:
       start = time.perf_counter()
       outs = fn(case["observed"])
       seconds = (time.perf_counter() - start) / len(outs)
-      scores = []
+      scores, depths = [], []
       for out, clean in zip(outs, case["clean"]):
         aligned = quality.affine_align(out, clean)
         scores.append((real.flat_error_pct(aligned, clean), quality.psnr(aligned, clean),
                        real.affine_scale(out, clean)))
+        if case.get("dust") is not None:
+          depths += quality.dust_depths(aligned, clean, case["dust"])
       err, psnr, scale = np.mean(scores, 0)
       rows[name].append({"case": case["name"], "content": case["content"],
                          "flat_err_pct": float(err), "psnr": float(psnr), "scale": float(scale),
+                         "dust_residual": quality.dust_residual(depths) if depths else None,
                          "seconds_per_frame": seconds})
     if progress:
       progress(f"  sequence {i + 1}/{len(cases)}: {case['name']}")
@@ -83,15 +89,23 @@ def score_sequences(cases: list[dict], methods: dict, progress=print) -> dict:
 
 
 def markdown(result: dict) -> str:
-  """A row per case, a column per method: ``flat error % / PSNR dB / scale``."""
+  """A row per case, a column per method: ``flat error % / PSNR dB / scale`` (``/ dust`` where
+  the flat has rendered dust); the means, and the mean dust residual over those cases."""
   names = list(result["cases"])
   lines = ["| case | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
+  dust = lambda c: "" if c.get("dust_residual") is None else f" / {c['dust_residual']:.2f}"
   for i, row in enumerate(result["cases"][names[0]]):
     cells = [result["cases"][n][i] for n in names]
     lines.append(f"| {row['case']} ({row['content']}) | " + " | ".join(
-        f"{c['flat_err_pct']:.2f} / {c['psnr']:.1f} / {c['scale']:.3f}" for c in cells) + " |")
+        f"{c['flat_err_pct']:.2f} / {c['psnr']:.1f} / {c['scale']:.3f}{dust(c)}" for c in cells)
+        + " |")
   means = [np.mean([[r["flat_err_pct"], r["psnr"], r["scale"]] for r in result["cases"][n]], 0)
            for n in names]
   lines.append("| **mean** | " + " | ".join(f"{m[0]:.2f} / {m[1]:.1f} / {m[2]:.3f}"
                                            for m in means) + " |")
+  dusts = [[r["dust_residual"] for r in result["cases"][n] if r.get("dust_residual") is not None]
+           for n in names]
+  if any(dusts):
+    lines.append("| **mean dust dip left (rendered flats)** | " + " | ".join(
+        f"{np.mean(d):.2f}" if d else "—" for d in dusts) + " |")
   return "\n".join(lines)
