@@ -106,16 +106,30 @@ def fft_size(n: int) -> int:
 
 
 @functools.lru_cache(maxsize=64)
-def _axis_plan(length: int, count: int, margin: int):
-  """Window starts ``(count,)``, window length, and window weights ``(count, L)``."""
+def _cell_plan(length: int, count: int, margin: int):
+  """The cells between consecutive nodes along one axis: ``(starts, stops, nodes, t)`` and the
+  longest cell. Cell ``c`` holds the pixels from node ``c`` to node ``c + 1`` (the first also
+  those before node 0, the last those after the last node); ``t (cells, L) float32`` is
+  ``(p − node_c) / spacing`` on its pixels (0 past its end), so that node ``c`` weighs
+  ``1 − t`` there and node ``c + 1`` weighs ``t`` — :func:`tent_weights`, margins included."""
   nodes = node_positions(length - 2 * margin, count, margin)
-  w = tent_weights(length, nodes)
-  first = np.array([np.flatnonzero(row != 0)[0] for row in w])
-  last = np.array([np.flatnonzero(row != 0)[-1] for row in w])
-  win = int(np.max(last - first + 1))
-  padded = np.pad(w, ((0, 0), (0, win)))
-  win_w = np.stack([padded[i, s:s + win] for i, s in enumerate(first)])
-  return tuple(int(s) for s in first), win, win_w.astype(np.float32)
+  if count == 1:
+    return (0,), (length,), (0,), np.zeros((1, length), np.float32), length
+  spacing = nodes[1] - nodes[0]
+  bounds = [0] + [int(np.ceil(n)) for n in nodes[1:-1]] + [length]
+  starts, stops = tuple(bounds[:-1]), tuple(bounds[1:])
+  cell = max(b - a for a, b in zip(starts, stops))
+  t = np.zeros((count - 1, cell), np.float32)
+  for c, (a, b) in enumerate(zip(starts, stops)):
+    t[c, :b - a] = (np.arange(a, b) - nodes[c]) / spacing
+  return starts, stops, tuple(range(count - 1)), t, cell
+
+
+def _psf_spectra(psfs, fy: int, fx: int):
+  """``rfft2`` of ``(..., k, k)`` kernels zero-padded to ``(fy, fx)``: the last axis first, on
+  the k rows alone, then the columns (a padded 2-D FFT would transform ``fy − k`` zero rows)."""
+  rows = jnp.fft.rfft(psfs.astype(jnp.float32), n=fx, axis=-1)
+  return jnp.fft.fft(rows, n=fy, axis=-2)
 
 
 def spatially_varying_convolve(image, psfs, margin: int = 0):
@@ -131,27 +145,43 @@ def spatially_varying_convolve(image, psfs, margin: int = 0):
   Returns:
     ``(H, W, C) float32``; light pushed beyond the array is dropped (pad the
     input, e.g. by ``k // 2``, to keep it).
+
+  Per cell between four nodes the tent weights are bilinear, ``(1 − t_y, t_y) ⊗ (1 − t_x,
+  t_x)``, so ``Σ_n (w_n · image) ⊛ PSF_n`` over the cell is ``Σ_m (M_m · image) ⊛ K_m`` with the
+  moments ``M = (1, t_y, t_x, t_y·t_x)`` and the kernels ``K = (P00, P10 − P00, P01 − P00,
+  P00 − P10 − P01 + P11)``: four FFTs of one cell and one inverse, instead of an FFT of each
+  node's window (twice a cell per axis) forward and back. The same sum, exactly.
   """
   h, w, c = image.shape
   gy, gx, k, _ = psfs.shape
   half = k // 2
-  ys, ly, wy = _axis_plan(h, gy, margin)
-  xs, lx, wx = _axis_plan(w, gx, margin)
+  ys, ye, ny, ty, ly = _cell_plan(h, gy, margin)
+  xs, xe, nx, tx, lx = _cell_plan(w, gx, margin)
   fy, fx = fft_size(ly + k - 1), fft_size(lx + k - 1)
 
   src = jnp.pad(image.astype(jnp.float32), ((0, ly), (0, lx), (0, 0)))
-  rows = jnp.stack([src[s:s + ly] * wy[i][:, None, None] for i, s in enumerate(ys)])
-  patches = jnp.stack([rows[:, :, s:s + lx] * wx[j][None, None, :, None]
-                       for j, s in enumerate(xs)], axis=1)  # (gy, gx, ly, lx, C)
-  patches = jnp.moveaxis(patches, -1, 2)  # (gy, gx, C, ly, lx)
-  spec_img = jnp.fft.rfft2(patches, s=(fy, fx))
-  spec_psf = jnp.fft.rfft2(psfs.astype(jnp.float32), s=(fy, fx))[:, :, None]
-  full = jnp.fft.irfft2(spec_img * spec_psf, s=(fy, fx))[..., :ly + k - 1, :lx + k - 1]
-  full = jnp.moveaxis(full, 2, -1)  # (gy, gx, ly + k − 1, lx + k − 1, C)
+  inside_y = (np.arange(ly)[None] < (np.array(ye) - np.array(ys))[:, None]).astype(np.float32)
+  inside_x = (np.arange(lx)[None] < (np.array(xe) - np.array(xs))[:, None]).astype(np.float32)
+  blocks = jnp.stack([jnp.stack([src[a:a + ly, b:b + lx] for b in xs]) for a in ys])
+  blocks = jnp.moveaxis(blocks, -1, 2)  # (cy, cx, C, ly, lx)
+  blocks = blocks * inside_y[:, None, None, :, None] * inside_x[None, :, None, None, :]
+  t_y, t_x = ty[:, None, None, :, None], tx[None, :, None, None, :]
+  moments = jnp.stack([blocks, blocks * t_y, blocks * t_x, blocks * (t_y * t_x)])
+  spec = jnp.fft.rfft2(moments, s=(fy, fx))  # (4, cy, cx, C, fy, fx')
+
+  p = _psf_spectra(psfs, fy, fx)  # (gy, gx, fy, fx')
+  iy, ix = np.array(ny), np.array(nx)
+  jy, jx = np.minimum(iy + 1, gy - 1), np.minimum(ix + 1, gx - 1)
+  p00, p10 = p[iy][:, ix], p[jy][:, ix]
+  p01, p11 = p[iy][:, jx], p[jy][:, jx]
+  kernels = (p00, p10 - p00, p01 - p00, p00 - p10 - p01 + p11)
+  total = sum(spec[m] * kernels[m][:, :, None] for m in range(4))
+  full = jnp.fft.irfft2(total, s=(fy, fx))[..., :ly + k - 1, :lx + k - 1]
+  full = jnp.moveaxis(full, 2, -1)  # (cy, cx, ly + k − 1, lx + k − 1, C)
 
   # full[..., o, :] lands on image row s + o − half; buffer row = image row + half
   buf = jnp.zeros((h + ly + k, w + lx + k, c), jnp.float32)
-  for i, sy in enumerate(ys):
-    for j, sx in enumerate(xs):
-      buf = buf.at[sy:sy + ly + k - 1, sx:sx + lx + k - 1].add(full[i, j])
+  for i, a in enumerate(ys):
+    for j, b in enumerate(xs):
+      buf = buf.at[a:a + ly + k - 1, b:b + lx + k - 1].add(full[i, j])
   return buf[half:half + h, half:half + w]
