@@ -1,4 +1,4 @@
-"""Spatially varying convolution of an image by a grid of PSFs (windowed overlap-add, FFT).
+"""Spatially varying convolution of an image by a grid of PSFs (per-cell FFTs, overlap-add).
 
 A PSF field is sampled on a regular ``gy × gx`` grid of nodes whose outer
 nodes sit on the corner pixels of the (inner) frame. Each node has a bilinear
@@ -13,11 +13,13 @@ the PSFs of the nodes around it: the total flux is conserved exactly (each
 PSF sums to 1) and the PSF varies smoothly across the frame. A flat image
 stays flat up to the second difference of the PSFs' widths between nodes
 (~1e-4 for the default optics) when their centroids are centred
-(``psf.recenter``); a drift of the centroids would act as a distortion. Each weighted
-window is non-zero only between a node's neighbours, so each product is a
-small FFT convolution, added back at the window's place (overlap-add).
+(``psf.recenter``); a drift of the centroids would act as a distortion. Between
+four nodes (a cell) the weights are bilinear, so the cell's share of the sum is
+four small FFT convolutions of the cell's moments with differences of the four
+PSFs (:func:`spatially_varying_convolve`), added back at the cell's place
+(overlap-add).
 
-Everything static (node positions, windows, weights, FFT sizes) is computed
+Everything static (node positions, cells, moments, FFT sizes) is computed
 with numpy from the shapes; the computation is jittable and differentiable in
 the PSFs (hence in the Zernike coefficients that made them).
 """
