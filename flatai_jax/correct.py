@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from flatai_jax import checkpointing, local_stage, metrics, scores, sky_surface
+from flatai_jax import checkpointing, local_stage, metrics, scores, sky_surface, working_grid
 from flatai_jax.io import images
 from flatai_jax.models import abstract_params, forward, model_inputs
 from flatai_jax.physics import geometry, normalize
@@ -166,7 +166,6 @@ def correct_frame(graphdef, params, config, image: np.ndarray, progress=None) ->
   Returns:
     :class:`Correction` with ``confidence`` and ``notes``.
   """
-  from flatai_jax import working_grid
   h, w, c = image.shape
   geo = working_grid.geometry((h, w), tuple(config.data.sensor_hw))
   grid = np.stack([working_grid.bin_frame(image[..., k], geo) for k in range(c)], -1)
@@ -183,13 +182,11 @@ def correct_frame(graphdef, params, config, image: np.ndarray, progress=None) ->
     log_f, g_field = np.zeros(grid.shape), np.zeros(grid.shape)
     confidence_grid = np.zeros(grid.shape)
   remaining = ((grid - g_field) / np.exp(log_f))[inner]
-  pad = [(inner[0].start, grid.shape[0] - inner[0].stop),
-         (inner[1].start, grid.shape[1] - inner[1].stop)]
   notes, sky_weights = [], []
   for k in range(c):
     # without the network, what is left is the binned frame itself: its structure is known
     surface, weight, support = sky_background(
-        remaining[..., k], pad, structures[k] if use_network == 0.0 else None)
+        remaining[..., k], geo, structures[k] if use_network == 0.0 else None)
     sky_weights.append(weight)
     g_field[..., k] += weight * surface * np.exp(log_f[..., k])
     g_field[..., k] -= np.median(g_field[inner][..., k])
@@ -221,14 +218,15 @@ def correct_frame(graphdef, params, config, image: np.ndarray, progress=None) ->
                     notes=tuple(notes))
 
 
-def sky_background(remaining: np.ndarray, pad, structure: float | None = None
+def sky_background(remaining: np.ndarray, geo, structure: float | None = None
                    ) -> tuple[np.ndarray, float, np.ndarray]:
   """The sky-surface part of G for one plane of a frame already divided by its F.
 
   Args:
     remaining: ``(gh', gw')`` inner cells of the working grid (``working_grid.inner_cells``),
       linear, the frame's units.
-    pad: ``((top, bottom), (left, right))`` cells that bring it back to the whole grid.
+    geo: the working grid's ``working_grid.GridGeometry`` (its padding cells are filled by
+      edge padding).
     structure: ``sky_surface.structure(remaining)`` when the caller has it already.
   Returns:
     surface: ``(gh, gw) float64``, the sky fit with its median removed (edge-padded);
@@ -240,6 +238,8 @@ def sky_background(remaining: np.ndarray, pad, structure: float | None = None
   if structure is None:
     structure = sky_surface.structure(remaining)
   weight = sky_surface.ramp_down(structure, *SKY_STRUCTURE)
+  rows, cols = working_grid.inner_cells(geo)
+  pad = ((rows.start, geo.grid_hw[0] - rows.stop), (cols.start, geo.grid_hw[1] - cols.stop))
   surface = np.pad(fit.surface - np.median(fit.surface), pad, mode="edge")
   return surface, weight, np.pad(fit.support, pad, mode="edge")
 

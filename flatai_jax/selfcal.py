@@ -32,6 +32,8 @@ import warnings
 import numpy as np
 from scipy import ndimage
 
+from flatai_jax import sky_surface
+
 ITERATIONS = 60  # alternating rounds
 SMOOTH_PX = 4.0  # Gaussian σ of F's normalised convolution, px of the fitted planes
 G_DEGREE = 2  # Legendre degree of each frame's G
@@ -77,19 +79,9 @@ def offsets(planes: np.ndarray) -> np.ndarray:
   return out - out.min(0)
 
 
-def legendre_basis(hw, degree: int = G_DEGREE) -> np.ndarray:
-  """``(h·w, k)`` products ``P_a(y)·P_b(x)``, ``a + b ≤ degree``, on [−1, 1] (pixel centres)."""
-  h, w = hw
-  y = np.polynomial.legendre.legvander(np.linspace(-1, 1, h), degree)
-  x = np.polynomial.legendre.legvander(np.linspace(-1, 1, w), degree)
-  cols = [np.outer(y[:, a], x[:, b]).ravel() for a in range(degree + 1)
-          for b in range(degree + 1 - a)]
-  return np.stack(cols, -1)
-
-
 def fit(planes: np.ndarray, iterations: int = ITERATIONS, smooth_px: float = SMOOTH_PX,
         g_degree: int = G_DEGREE, frame_offsets: np.ndarray | None = None,
-        progress=None, initial_f: np.ndarray | None = None) -> JointFit:
+        progress=None) -> JointFit:
   """Joint F, T and G_i of a dithered sequence (module docstring).
 
   Args:
@@ -103,9 +95,8 @@ def fit(planes: np.ndarray, iterations: int = ITERATIONS, smooth_px: float = SMO
   n, h, w = obs.shape
   d = offsets(obs) if frame_offsets is None else np.asarray(frame_offsets, int)
   sky_hw = (h + int(d[:, 0].max()), w + int(d[:, 1].max()))
-  basis = legendre_basis((h, w), g_degree)
-  F = np.ones((h, w)) if initial_f is None else np.asarray(initial_f, np.float64)
-  G = np.zeros_like(obs)
+  basis = sky_surface.legendre_basis((h, w), g_degree)
+  F, G = np.ones((h, w)), np.zeros_like(obs)
   stack = np.empty((n,) + sky_hw)
   for it in range(iterations):
     stack.fill(np.nan)

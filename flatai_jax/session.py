@@ -461,7 +461,6 @@ def joint_estimate(frames, grid_hw, progress=None) -> SessionFlat | None:
   sky = np.where(np.isfinite(fit.T), fit.T, np.nanmedian(fit.T))
   work = working_grid.geometry(sky.shape, grid_hw)
   inner = working_grid.inner_cells(work)
-  gh, gw = work.grid_hw
   grid = working_grid.bin_frame(sky.astype(np.float32), work).astype(np.float64)
   structure = sky_surface.structure(grid[inner])
   if structure < correct.SKY_STRUCTURE[0]:
@@ -469,8 +468,7 @@ def joint_estimate(frames, grid_hw, progress=None) -> SessionFlat | None:
       progress(f"session: the sky is smooth (structure {structure:.2f} < "
                f"{correct.SKY_STRUCTURE[0]}): per-frame sky surfaces and the scale-split flat")
     return None
-  pad = [(inner[0].start, gh - inner[0].stop), (inner[1].start, gw - inner[1].stop)]
-  surface, weight, _ = correct.sky_background(grid[inner], pad, structure)
+  surface, weight, _ = correct.sky_background(grid[inner], work, structure)
   s_sky = working_grid.upsample(weight * surface, work)
   h, w = fit.F.shape
   s_frames = np.stack([s_sky[dy:dy + h, dx:dx + w] for dy, dx in fit.offsets])
@@ -483,7 +481,7 @@ def joint_estimate(frames, grid_hw, progress=None) -> SessionFlat | None:
               "g_range": float(np.ptp(fit.G[i])), "sky_structure": structure}
              for i, (name, (dy, dx)) in enumerate(zip(names, fit.offsets))]
   line = (f"session: joint self-calibration of {len(planes)} frames (binned {b}×{b}, offsets up "
-          f"to {int(np.ptp(fit.offsets, 0).max()) * b} px, sky structure {structure:.1f}, sky "
+          f"to {spread * b} px, sky structure {structure:.1f}, sky "
           f"surface at {weight:.0%})")
   if progress:
     progress(line)
@@ -610,8 +608,6 @@ def correct_with(image: np.ndarray, flat: SessionFlat, grid_hw, F=None) -> corre
   h, w, c = image.shape
   work = working_grid.geometry((h, w), grid_hw)
   inner = working_grid.inner_cells(work)
-  gh, gw = work.grid_hw
-  pad = [(inner[0].start, gh - inner[0].stop), (inner[1].start, gw - inner[1].stop)]
   F = flat.F if F is None else F
   remaining = image / F
   g_full = np.empty_like(image)
@@ -619,7 +615,7 @@ def correct_with(image: np.ndarray, flat: SessionFlat, grid_hw, F=None) -> corre
   notes = []
   for k in range(c):
     grid = working_grid.bin_frame(remaining[..., k], work).astype(np.float64)
-    surface, weight, support = correct.sky_background(grid[inner], pad)
+    surface, weight, support = correct.sky_background(grid[inner], work)
     g_full[..., k] = working_grid.upsample(weight * surface, work) * F[..., k]
     sky_conf[..., k] = working_grid.upsample(weight * support, work)
     if weight < 1.0:

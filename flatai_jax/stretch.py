@@ -105,20 +105,20 @@ def estimate_midtones(plane: np.ndarray) -> tuple[float | None, int]:
   if len(stamps) < MIN_STARS:
     return None, len(stamps)
   stamps = np.stack(stamps)
+  from scipy.special import expit
   lo, hi = -9.0, 0.0     # logit M: from a very strong stretch to none (M = 0.5)
-  f_lo, f_hi = _star_size_trend(stamps, 1 / (1 + np.exp(-lo))), _star_size_trend(
-      stamps, 1 / (1 + np.exp(-hi)))
+  f_lo, f_hi = _star_size_trend(stamps, expit(lo)), _star_size_trend(stamps, expit(hi))
   if f_hi <= 0:          # the stars are already alike: no stretch
     return 0.5, len(stamps)
   if f_lo >= 0:          # bright stars stay wider under any inverse: not a midtones stretch
     return None, len(stamps)
   for _ in range(40):
     mid = 0.5 * (lo + hi)
-    if _star_size_trend(stamps, 1 / (1 + np.exp(-mid))) < 0:
+    if _star_size_trend(stamps, expit(mid)) < 0:
       lo = mid
     else:
       hi = mid
-  return float(1 / (1 + np.exp(-0.5 * (lo + hi)))), len(stamps)
+  return float(expit(0.5 * (lo + hi))), len(stamps)
 
 
 def parse(mode: str) -> tuple[str, float | None]:

@@ -211,9 +211,9 @@ def _means(rows: list[dict]) -> dict:
 def source_mask(plane: np.ndarray) -> np.ndarray:
   """``(H, W) bool`` sources of a raw frame's plane, found on the frame minus its robust
   polynomial background (``baselines.poly_background`` of degree ``MASK_POLY_DEGREE``: so
-  vignetting and gradients are not sources, and a galaxy's halo is not absorbed): pixels above 3 robust σ grown by 3 px, and faint extended light —
-  smoothed by ``MASK_SMOOTH_PX``, above ``MASK_KAPPA`` of its robust σ, grown by
-  ``MASK_GROW_PX``; non-finite pixels too."""
+  vignetting and gradients are not sources, and a galaxy's halo is not absorbed): pixels above
+  3 robust σ grown by 3 px, and faint extended light — smoothed by ``MASK_SMOOTH_PX``, above
+  ``MASK_KAPPA`` of its robust σ, grown by ``MASK_GROW_PX``; non-finite pixels too."""
   from flatai_jax.evaluation import baselines
   plane = plane.astype(np.float64)
   finite = np.isfinite(plane)
