@@ -8,8 +8,9 @@ the four sub-planes of a 2 × 2 Bayer mosaic share one F. They are corrected tog
    which keeps every pixel's colour);
 2. each sub-plane is divided by its median (the per-colour gain) and the four are averaged into
    one plane, which the model corrects as a mono frame: F and G of that plane;
-3. per colour k, ``plane_k ≈ a_k · F + b_k · G`` is fitted on block medians (least squares), so
-   G gets a colour (b_k) while F stays shared; ``corrected_k = (plane_k − b_k · G) / F``;
+3. per colour k, ``plane_k ≈ a_k · (plane − G) + b_k · G`` is fitted on block medians (least
+   squares; ``plane − G`` is sky and objects times F), so G gets a colour (b_k) while F stays
+   shared; ``corrected_k = (plane_k − b_k · G) / F``;
 4. the sub-planes go back into the mosaic, F and the confidence are the shared fields at every
    site of a 2 × 2 cell (half a pixel apart between colours; F changes by < 0.1 % over that).
 
@@ -88,16 +89,71 @@ def merge(planes: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
   return out[:hw[0], :hw[1]]
 
 
-def colour_fit(plane: np.ndarray, f_field: np.ndarray, g_field: np.ndarray) -> tuple[float, float]:
-  """``(a, b)`` of ``plane ≈ a · F + b · G`` by least squares on block medians (stars and NaN
-  rejected); ``b = 0`` when G is zero."""
+def colour_fit(plane: np.ndarray, signal: np.ndarray, g_field: np.ndarray) -> tuple[float, float]:
+  """``(a, b)`` of ``plane ≈ a · signal + b · G`` by least squares on block medians (stars and
+  NaN rejected); ``signal`` is the mono plane less its G (sky and objects times F: a nebula
+  that fills the frame is in it, so it does not pull ``b``); ``b = 0`` when G is zero."""
   h, w = plane.shape
   geo = working_grid.geometry((h, w), (min(FIT_GRID[0], min(h, w)), min(FIT_GRID[1], max(h, w))))
   y, f, g = (working_grid.bin_frame(a, geo).ravel().astype(np.float64)
-             for a in (plane, f_field, g_field))
+             for a in (plane, signal, g_field))
   design = np.stack([f, g], -1)
   (a, b), *_ = np.linalg.lstsq(design, y, rcond=1e-6)
   return float(a), float(b)
+
+
+def luminance(mosaic: np.ndarray, gains=None) -> tuple[np.ndarray, np.ndarray]:
+  """Steps 1–2 of the module docstring: the four sub-planes and the gain-normalised mean plane
+  the model corrects.
+
+  Args:
+    mosaic: ``(H, W, 1) float32`` linear raw frame; NaN allowed.
+    gains: the four sub-planes' gains (default: their medians, :func:`gains`); a session
+      passes its first frame's to every frame, so that its frames keep their relative levels.
+  Returns:
+    planes ``(4, ⌈H/2⌉, ⌈W/2⌉)`` and the mono plane ``(⌈H/2⌉, ⌈W/2⌉, 1)``.
+  Raises:
+    ValueError: a sub-plane's median is not positive (not a raw mosaic).
+  """
+  planes = split(mosaic[..., 0])
+  gains = colour_gains(planes) if gains is None else np.asarray(gains)
+  return planes, (planes / gains[:, None, None]).mean(0)[..., None]
+
+
+def colour_gains(planes: np.ndarray) -> np.ndarray:
+  """The ``(4,)`` medians of :func:`split` sub-planes, the colours' gains.
+
+  Raises:
+    ValueError: one is not positive (not a raw mosaic).
+  """
+  gains = np.nanmedian(planes, axis=(1, 2))
+  if not np.all(np.isfinite(gains)) or np.any(gains <= 0):
+    raise ValueError(f"CFA sub-plane medians {np.round(gains, 6).tolist()} must be positive: "
+                     "is this a raw mosaic?")
+  return gains
+
+
+def from_luminance(planes: np.ndarray, lum, hw, correct_fn=None):
+  """Steps 3–4 of the module docstring: the mosaic's correction from its mono plane's.
+
+  Args:
+    planes: ``(4, h, w)`` from :func:`luminance`; hw: the mosaic's ``(H, W)``.
+    lum: the ``Correction`` of the mono plane (``F`` None for a psf-only model, which then
+      corrects each colour with ``correct_fn`` on its own).
+  Returns:
+    ``lum``'s type, every field an ``(H, W, 1)`` mosaic.
+  """
+  to_mosaic = lambda stack: merge(np.asarray(stack, np.float32), hw)[..., None]
+  if lum.F is None:  # psf-only model: each colour on its own
+    parts = [correct_fn(p[..., None]).corrected[..., 0] for p in planes]
+    return dataclasses.replace(lum, corrected=to_mosaic(parts))
+  f_field, g_field = lum.F[..., 0], lum.G[..., 0]
+  signal = np.nan_to_num(lum.corrected[..., 0] * f_field)  # the mono plane less its G
+  g_colour = [colour_fit(p, signal, g_field)[1] * g_field for p in planes]
+  corrected = [(p - g) / f_field for p, g in zip(planes, g_colour)]
+  confidence = None if lum.confidence is None else to_mosaic([lum.confidence[..., 0]] * 4)
+  return dataclasses.replace(lum, corrected=to_mosaic(corrected), F=to_mosaic([f_field] * 4),
+                             G=to_mosaic(g_colour), confidence=confidence)
 
 
 def correct_mosaic(correct_fn, mosaic: np.ndarray):
@@ -109,20 +165,5 @@ def correct_mosaic(correct_fn, mosaic: np.ndarray):
   Returns:
     the ``Correction`` of ``correct_fn``'s type, every field an ``(H, W, 1)`` mosaic.
   """
-  hw = mosaic.shape[:2]
-  planes = split(mosaic[..., 0])
-  gains = np.nanmedian(planes, axis=(1, 2))
-  if not np.all(np.isfinite(gains)) or np.any(gains <= 0):
-    raise ValueError(f"CFA sub-plane medians {np.round(gains, 6).tolist()} must be positive: "
-                     "is this a raw mosaic?")
-  lum = correct_fn((planes / gains[:, None, None]).mean(0)[..., None])
-  to_mosaic = lambda stack: merge(np.asarray(stack, np.float32), hw)[..., None]
-  if lum.F is None:  # psf-only model: each colour on its own
-    parts = [correct_fn(p[..., None]).corrected[..., 0] for p in planes]
-    return dataclasses.replace(lum, corrected=to_mosaic(parts))
-  f_field, g_field = lum.F[..., 0], lum.G[..., 0]
-  g_colour = [colour_fit(p, f_field, g_field)[1] * g_field for p in planes]
-  corrected = [(p - g) / f_field for p, g in zip(planes, g_colour)]
-  confidence = None if lum.confidence is None else to_mosaic([lum.confidence[..., 0]] * 4)
-  return dataclasses.replace(lum, corrected=to_mosaic(corrected), F=to_mosaic([f_field] * 4),
-                             G=to_mosaic(g_colour), confidence=confidence)
+  planes, mono = luminance(mosaic)
+  return from_luminance(planes, correct_fn(mono), mosaic.shape[:2], correct_fn)

@@ -588,7 +588,7 @@ class Corrector:
       out.corrected[mask] = np.nan
     return out
 
-  def correct_session(self, frames, out_dir=None, print_fn=print):
+  def correct_session(self, frames, out_dir=None, print_fn=print, cfa: str = "auto"):
     """Session mode (:mod:`flatai_jax.session`): one flat F for a dithered sequence of one
     sensor, each frame with its own G, on this model's working grid.
 
@@ -598,6 +598,7 @@ class Corrector:
     Returns:
       for paths: the session report (``session_report.json``); for arrays:
       ``(session.SessionFlat, [Correction per frame])``.
+    ``cfa`` (files only): as ``flatai correct --cfa``; Bayer mosaics are corrected in CFA space.
     """
     from flatai_jax import session
     grid = tuple(self.config.data.sensor_hw) if self.config.data.whole_frame else None
@@ -605,7 +606,8 @@ class Corrector:
     if all(isinstance(f, (str, Path)) for f in frames):
       if out_dir is None:
         raise ValueError("a session of files needs out_dir")
-      return session.correct_files(frames, out_dir, grid, print_fn, single=self.correct)
+      return session.correct_files(frames, out_dir, grid, print_fn, single=self.correct,
+                                   cfa=cfa)
     return session.correct_arrays(frames, grid, single=self.correct)
 
   def history(self, input_path, task, tile, overlap) -> str:

@@ -434,7 +434,7 @@ def _correct_session(inputs):
     single = correct.load(FLAGS.checkpoint, FLAGS.step).correct
   else:
     grid, single = session.working_grid_hw(), None
-  report = session.correct_files(inputs, FLAGS.out, grid, single=single)
+  report = session.correct_files(inputs, FLAGS.out, grid, single=single, cfa=FLAGS.cfa)
   for k, v in report["outputs"].items():
     print(f"wrote {k}: {v}")
   print(f"wrote corrected and G of {len(report['frames'])} frames to {FLAGS.out}")

@@ -72,7 +72,9 @@ F, as in the classical sky flat. The network is not used for F: the sequence giv
 the sky surface gives each G (single-frame mode, network included, runs for the test and the
 fallback). Memory: one frame, F at full resolution, the
 accumulators and the memory map of fine grids (e.g. 100 frames of 6000 × 4000:
-~65 MB on disk). Frames must share size and orientation; CFA mosaics are refused.
+~65 MB on disk). Frames must share size and orientation; Bayer mosaics (one pattern per session) are corrected in
+CFA space: the session runs on each frame's mono plane and goes back to the colours as
+`cfa.correct_mosaic` does (see `correct_files`).
 """
 from __future__ import annotations
 
@@ -155,13 +157,67 @@ def working_grid_hw() -> tuple[int, int]:
   return tuple(int(v) for v in checkpointing.load_config(correct.DEFAULT_MODEL).data.sensor_hw)
 
 
+@dataclasses.dataclass(frozen=True)
+class SessionFile:
+  """A session's frame on disk as the session sees it: the image itself, or for a Bayer mosaic
+  its mono plane (``cfa.luminance``: the four sub-planes, gain-normalised, averaged).
+
+  Attributes:
+    path: the file.
+    cfa: ``--cfa`` (``cfa.MODES``).
+    pattern: the session's pattern at pixel (0, 0) (from its first frame), None for mono.
+  """
+  path: str
+  cfa: str = "auto"
+  pattern: str | None = None
+  gains: tuple | None = None  # the colours' gains of the session's first frame (CFA)
+
+  def read(self) -> tuple[np.ndarray, object]:
+    """``(image (H, W, C) float32 linear, meta)``, the mosaic itself for a CFA frame.
+
+    Raises:
+      images.ImageError: the frame's CFA pattern is not the session's.
+    """
+    from flatai_jax import cfa as bayer
+    image, meta = images.read_image(self.path, allow_nan=True)
+    try:
+      pattern, _ = bayer.resolve(self.cfa, meta.cfa, image.shape)
+    except ValueError as e:
+      raise images.ImageError(self.path, str(e)) from None
+    if pattern != self.pattern:
+      raise images.ImageError(self.path, f"CFA {pattern or 'none (mono)'}; the session's first "
+                              f"frame is {self.pattern or 'mono'} (one session = one sensor)")
+    return image, meta
+
+
+def session_files(paths, cfa: str = "auto", print_fn=None) -> list[SessionFile]:
+  """The session's :class:`SessionFile` s; the first frame decides mono or the CFA pattern (one
+  line says so)."""
+  from flatai_jax import cfa as bayer
+  paths = [str(p) for p in paths]
+  image, meta = images.read_image(paths[0], allow_nan=True)
+  try:
+    pattern, note = bayer.resolve(cfa, meta.cfa, image.shape)
+  except ValueError as e:
+    raise images.ImageError(paths[0], str(e)) from None
+  if note and print_fn:
+    print_fn(f"session: {note}")
+  gains = tuple(bayer.colour_gains(bayer.split(image[..., 0])).tolist()) if pattern else None
+  return [SessionFile(p, cfa, pattern, gains) for p in paths]
+
+
 def _as_frame(item) -> tuple[np.ndarray, object, str]:
-  """``(image (H, W, C) float32 linear, meta or None, name)`` of a path or an array."""
+  """``(image (H, W, C) float32 linear, meta or None, name)`` of a :class:`SessionFile` (a
+  mosaic's mono plane), a path or an array."""
+  if isinstance(item, SessionFile):
+    from flatai_jax import cfa as bayer
+    image, meta = item.read()
+    return (bayer.luminance(image, item.gains)[1] if item.pattern else image), meta, item.path
   if isinstance(item, (str, Path)):
     image, meta = images.read_image(item, allow_nan=True)
     if meta.cfa is not None:
-      raise images.ImageError(item, f"a CFA mosaic ({meta.cfa[0]}): session mode does not "
-                              "handle raw colour frames yet; debayer first")
+      raise images.ImageError(item, f"a CFA mosaic ({meta.cfa[0]}): pass the session's files "
+                              "through session_files() (flatai correct --session does)")
     return image, meta, str(item)
   image = np.asarray(item, np.float32)
   if image.ndim == 2:
@@ -383,6 +439,7 @@ def _combine_large(num, den, weight_total, frames):
 
 
 JOINT_BYTES = 1 << 30  # the joint fit holds the frames binned to at most this (float64, ×3)
+JOINT_SKY_SURFACE = 1.0
 JOINT_MIN_DITHER = 4.0  # … and needs frames spread by this × selfcal.SMOOTH_PX (fitted px)
 
 
@@ -450,8 +507,8 @@ def joint_estimate(frames, grid_hw, progress=None) -> SessionFlat | None:
   report = (lambda done, total: progress(f"  joint fit: round {done}/{total}")
             if progress and done % 20 == 0 else None)
   planes = np.stack(planes)
-  frame_offsets = selfcal.offsets(planes)
-  spread = int(np.ptp(frame_offsets, 0).max())
+  frame_offsets = selfcal.offsets(planes, subpixel=True)
+  spread = int(round(float(np.ptp(frame_offsets, 0).max())))
   if spread < JOINT_MIN_DITHER * selfcal.SMOOTH_PX:
     if progress:
       progress(f"session: the frames are dithered by {spread * b} px at most: too little for "
@@ -469,6 +526,7 @@ def joint_estimate(frames, grid_hw, progress=None) -> SessionFlat | None:
                f"{correct.SKY_STRUCTURE[0]}): per-frame sky surfaces and the scale-split flat")
     return None
   surface, weight, _ = correct.sky_background(grid[inner], work, structure)
+  weight *= JOINT_SKY_SURFACE
   s_sky = working_grid.upsample(weight * surface, work)
   h, w = fit.F.shape
   s_frames = np.stack([s_sky[dy:dy + h, dx:dx + w] for dy, dx in fit.offsets])
@@ -478,6 +536,7 @@ def joint_estimate(frames, grid_hw, progress=None) -> SessionFlat | None:
                                  selfcal.SMOOTH_PX)
   confidence = np.clip(_unbin(info / np.median(info), b, shape[:2]), 0.0, 1.0)
   numbers = [{"frame": name, "offset_px": [int(dy * b), int(dx * b)],
+              "transparency": float(fit.gains[i]),
               "g_range": float(np.ptp(fit.G[i])), "sky_structure": structure}
              for i, (name, (dy, dx)) in enumerate(zip(names, fit.offsets))]
   line = (f"session: joint self-calibration of {len(planes)} frames (binned {b}×{b}, offsets up "
@@ -652,7 +711,7 @@ def correct_arrays(frames, grid_hw, progress=None, single=None) -> tuple[Session
 
 
 def correct_files(paths, out_dir, grid_hw, print_fn=print, history="flatai correct --session",
-                  single=None) -> dict:
+                  single=None, cfa: str = "auto") -> dict:
   """Corrects a session of files; writes (atomically, never over an input) each frame's
   corrected image and G as in single-frame mode (``correct.output_paths``), the shared F once
   as ``session_F.fits`` with ``session_F_confidence.fits``, and ``session_report.json``.
@@ -660,11 +719,17 @@ def correct_files(paths, out_dir, grid_hw, print_fn=print, history="flatai corre
   Nothing is written until every frame has been read and checked (pass 1) and the
   leave-half-out test (:func:`choose`, up to ``HOLDOUT_FRAMES`` frames read again) has chosen
   the session F's parts or single-frame mode (``single``, default :func:`single_frame`).
+  Bayer mosaics (``cfa``, as ``flatai correct --cfa``; the first frame decides, the others must
+  match) are corrected in CFA space: the session runs on every frame's mono plane
+  (``cfa.luminance``), and each frame's correction goes back to its four colours with one shared
+  F and a G per colour (``cfa.from_luminance``); the outputs, ``session_F.fits`` included, are
+  mosaics of the input's size.
   Returns:
     the report: ``frames`` (per-frame numbers and outputs), ``outputs`` (the session's files).
   """
   import json
 
+  from flatai_jax import cfa as bayer
   from flatai_jax.io.atomic import write_text_atomic
   paths = [str(p) for p in paths]
   out_dir = Path(out_dir)
@@ -673,21 +738,28 @@ def correct_files(paths, out_dir, grid_hw, print_fn=print, history="flatai corre
       if target.resolve() == Path(p).resolve():
         raise images.ImageError(p, "refusing to overwrite the input file; choose another --out")
   print_fn(f"session: {len(paths)} frames, pass 1 (one shared flat)")
+  files = session_files(paths, cfa, print_fn)
+  pattern = files[0].pattern
   single = single or single_frame()
-  flat = joint_estimate(paths, grid_hw, print_fn)
+  flat = joint_estimate(files, grid_hw, print_fn)
   if flat is None:
-    flat, metas = estimate(paths, grid_hw, print_fn)
-    chosen = choose(flat, lambda i: images.read_image(paths[i], allow_nan=True)[0], single,
-                    grid_hw, print_fn)
+    flat, metas = estimate(files, grid_hw, print_fn)
+    chosen = choose(flat, lambda i: _as_frame(files[i])[0], single, grid_hw, print_fn)
   else:
     metas, chosen = flat.joint["metas"], flat.joint["line"]
   out_dir.mkdir(parents=True, exist_ok=True)
   outputs = {"F": out_dir / "session_F.fits", "confidence": out_dir / "session_F_confidence.fits",
              "report": out_dir / "session_report.json"}
   names = " ".join(Path(p).name for p in paths[:3]) + (" …" if len(paths) > 3 else "")
-  images.write_image(outputs["F"], flat.F, None, history=f"{history}: shared flat F of "
-                     f"{len(paths)} frames ({names})", protect=paths)
-  images.write_image(outputs["confidence"], flat.confidence, None,
+  mosaic_hw = None
+  if pattern:
+    mosaic_hw = files[0].read()[0].shape[:2]
+    as_mosaic = lambda a: bayer.merge(np.stack([a[..., 0]] * 4), mosaic_hw)[..., None]
+  else:
+    as_mosaic = lambda a: a
+  images.write_image(outputs["F"], as_mosaic(flat.F), None, history=f"{history}: shared flat F "
+                     f"of {len(paths)} frames ({names})", protect=paths)
+  images.write_image(outputs["confidence"], as_mosaic(flat.confidence), None,
                      history=f"{history}: confidence of F, 0..1", protect=paths)
   print_fn("session: pass 2 (" + ("each frame its own single-frame correction)"
                                    if flat.mode == "single" else
@@ -695,9 +767,15 @@ def correct_files(paths, out_dir, grid_hw, print_fn=print, history="flatai corre
   flat.joint = flat.joint and {k: v for k, v in flat.joint.items() if k != "metas"}
   rows = []
   for i, (path, meta, numbers) in enumerate(zip(paths, metas, flat.frames)):
-    image, _ = images.read_image(path, allow_nan=True)
-    _check_shape(image, path, flat.F.shape)
-    out = _correct_one(image, flat, grid_hw, single, i)
+    image, _ = files[i].read()
+    if pattern:
+      planes, mono = bayer.luminance(image, files[i].gains)
+      _check_shape(mono, path, flat.F.shape)
+      out = bayer.from_luminance(planes, _correct_one(mono, flat, grid_hw, single, i),
+                                 image.shape[:2])
+    else:
+      _check_shape(image, path, flat.F.shape)
+      out = _correct_one(image, flat, grid_hw, single, i)
     targets = correct.output_paths(path, None, out_dir)
     line = f"{history} input={Path(path).name} (shared F: session_F.fits)"
     images.write_image(targets["corrected"], out.corrected, meta, history=line, protect=paths)
@@ -710,7 +788,7 @@ def correct_files(paths, out_dir, grid_hw, print_fn=print, history="flatai corre
                  "outputs": {"corrected": str(targets["corrected"]), "G": str(targets["G"])}})
     print_fn(f"  [{i + 1}/{len(paths)}] {Path(path).name}: background non-uniformity "
              f"{before:.4f} → {after:.4f}" + "".join(f"; {n}" for n in out.notes))
-  report = {"mode": flat.mode, "chosen": chosen, "frames": rows, "flat": {"median": float(np.median(flat.F)),
+  report = {"mode": flat.mode, "chosen": chosen, "cfa": pattern, "frames": rows, "flat": {"median": float(np.median(flat.F)),
                                      "min": float(flat.F.min()), "max": float(flat.F.max()),
                                      "mean_confidence": float(flat.confidence.mean())},
             "outputs": {k: str(v) for k, v in outputs.items()}}

@@ -224,9 +224,9 @@ def test_a_frame_filling_nebula_that_barely_moves_is_no_worse_than_single_frame_
 def test_joint_fit_recovers_the_flat_under_a_frame_filling_nebula():
   """Self-calibration (``flatai_jax.selfcal``): the same nebula dithered by ±30 px. The offsets
   are measured exactly; F's small scales (the donuts: F over its own 40-px smoothing) come back
-  to 1.45 % RMS from 1.82 % (8-px smoothing), and F as a whole to 6.2 % from 7.1 % — the 30 %
-  vignetting under a nebula that fills every frame is the part a sequence tells least (a G
-  common to all frames looks like it on the sky between the knots; see the README)."""
+  to 0.24 % RMS from 1.82 % (8-px smoothing), and F as a whole to 2.6 % from 7.1 % — 0.2 % less
+  its tilt, which the fit leaves to the frames' gains (alternating rounds alone, the previous
+  design: 6.2 %, small scales 1.45 %)."""
   from flatai_jax import selfcal
   clean, observed, f = nebula_session(n=10, dither=30)
   planes = np.stack([o[..., 0] for o in observed])
@@ -239,8 +239,27 @@ def test_joint_fit_recovers_the_flat_under_a_frame_filling_nebula():
     ratio = ratio / np.median(ratio)
     return 100 * np.sqrt(np.mean((ratio / ndimage.gaussian_filter(ratio, 40) - 1) ** 2))
 
-  assert small_scales(fit.F) < 0.85 * small_scales(np.ones_like(fit.F))
-  assert session.rms_pct(fit.F[..., None], f) < session.rms_pct(np.ones_like(f), f) - 0.5
+  assert small_scales(fit.F) < 0.2 * small_scales(np.ones_like(fit.F))
+  assert session.rms_pct(fit.F[..., None], f) < 3.0
+  assert _untilted_rms_pct(fit.F, f[..., 0]) < 0.5
+
+
+def test_joint_fit_under_changing_transparency():
+  """Frames at transparencies 0.8–1.2 (clouds, airmass): the joint fit measures every frame's
+  gain — up to a gain ∝ exp(offset), which nothing tells from an exponential tilt of F and which
+  the fit leaves to the gains (F gets no tilt) — and still recovers the flat under the nebula
+  to < 3 % RMS (doing nothing: 7.1 %), < 0.5 % less its tilt."""
+  from flatai_jax import selfcal
+  clean, observed, f = nebula_session(n=10, dither=30)
+  gains = np.random.default_rng(1).uniform(0.8, 1.2, len(observed))
+  planes = np.stack([o[..., 0] for o in observed]) * gains[:, None, None]
+  fit = selfcal.fit(planes)
+  assert session.rms_pct(fit.F[..., None], f) < 3.0
+  assert _untilted_rms_pct(fit.F, f[..., 0]) < 0.5
+  log_ratio = np.log(fit.gains / gains)
+  design = np.concatenate([np.ones((len(gains), 1)), fit.offsets], 1)
+  residual = log_ratio - design @ np.linalg.lstsq(design, log_ratio, rcond=None)[0]
+  assert np.abs(residual).max() < 0.005, residual
 
 
 def test_a_dithered_nebula_session_takes_the_joint_fit_and_beats_single_frame_mode():
@@ -305,3 +324,87 @@ def test_sequence_scores_count_the_dust_left():
   assert result["cases"]["truth"][0]["dust_residual"] == pytest.approx(0.0, abs=1e-6)
   table = sequences.markdown(result)
   assert "| **mean dust dip left (rendered flats)** | 1.00 | 0.00 |" in table
+
+
+def _untilted_rms_pct(estimate, truth, sigma=8.0):
+  """RMS % of ``log(estimate / truth)`` after 8-px smoothing, less its best plane: what a
+  sequence can tell of a flat (an exponential tilt of F is a set of gains ∝ exp(offset))."""
+  r = np.log(ndimage.gaussian_filter(estimate, sigma) / ndimage.gaussian_filter(truth, sigma))
+  y, x = np.mgrid[:r.shape[0], :r.shape[1]]
+  design = np.stack([np.ones(r.size), y.ravel(), x.ravel()], 1)
+  residual = r.ravel() - design @ np.linalg.lstsq(design, r.ravel(), rcond=None)[0]
+  return 100 * float(np.sqrt(np.mean(residual ** 2)))
+
+
+CFA_GAINS = {"R": 0.6, "G": 1.0, "B": 0.45}  # per-colour response to a grey sky
+
+
+def _cfa_session(tmp_path, n=6):
+  """``n`` RGGB mosaics (FITS ``BAYERPAT``) of the dithered nebula × the true flat, a plane of
+  another tilt per colour and frame, noise; the paths and the clean mosaics (grey scene × the
+  colours' gains)."""
+  from astropy.io import fits
+  clean, _, f = nebula_session(n=n, dither=30)
+  rng = np.random.default_rng(3)
+  gain = np.empty(HW)
+  for k, c in enumerate("RGGB"):
+    gain[k // 2::2, k % 2::2] = CFA_GAINS[c]
+  yy, xx = np.mgrid[:HW[0], :HW[1]] / max(HW)
+  paths, truths = [], []
+  for i, t in enumerate(clean):
+    truth = t[..., 0] * gain
+    g = gain * 0.04 * (rng.uniform(-1, 1) * xx + rng.uniform(-1, 1) * yy)
+    mosaic = truth * f[..., 0] + g + 0.005 * rng.standard_normal(HW)
+    paths.append(tmp_path / f"raw_{i}.fits")
+    fits.PrimaryHDU(mosaic.astype(np.float32),
+                    header=fits.Header({"BAYERPAT": "RGGB", "XBAYROFF": 0, "YBAYROFF": 0})
+                    ).writeto(paths[-1])
+    truths.append(truth)
+  return paths, truths, f[..., 0]
+
+
+def test_a_cfa_session_is_corrected_in_cfa_space_with_one_shared_flat(tmp_path):
+  """Issue 18 (CFA sessions): RGGB mosaics go through the joint fit on their mono planes and
+  back to the colours with one F: every output is a mosaic of the input's size with the pattern
+  kept, ``session_F`` is the same on the four sites of a cell and recovers the true flat (8-px
+  smoothing, less its tilt: :func:`_untilted_rms_pct`) to < 1 % RMS, and every colour's
+  residual flat error is below half the uncorrected frames' (measured 2.2–2.3 % against
+  5.5 %; the rest is mostly F's tilt, which no sequence tells from transparency)."""
+  from flatai_jax import cfa
+  from flatai_jax.evaluation import quality, real
+  from flatai_jax.io import images
+  paths, truths, f = _cfa_session(tmp_path)
+  lines = []
+  report = session.correct_files(paths, tmp_path / "out", GRID, print_fn=lines.append)
+  assert report["cfa"] == "RGGB" and report["mode"] == "joint", (report["mode"], lines)
+  assert any("CFA RGGB" in line for line in lines)
+  f_hat, _ = images.read_image(tmp_path / "out" / "session_F.fits")
+  assert f_hat.shape == HW + (1,)
+  sites = cfa.split(f_hat[..., 0])
+  assert all(np.array_equal(sites[0], s) for s in sites[1:])
+  assert _untilted_rms_pct(sites[0], f[::2, ::2]) < 1.0
+  raw0, _ = images.read_image(paths[0])
+  out0, meta = images.read_image(tmp_path / "out" / "raw_0_corrected.fits")
+  assert out0.shape == raw0.shape and meta.cfa[0] == "RGGB"
+  for k in range(4):
+    errors = []
+    for p, truth in zip(paths, truths):
+      raw, _ = images.read_image(p)
+      out, _ = images.read_image(tmp_path / "out" / f"{p.stem}_corrected.fits")
+      t = cfa.split(truth)[k][..., None]
+      errors.append([real.flat_error_pct(quality.affine_align(cfa.split(a[..., 0])[k][..., None],
+                                                              t), t) for a in (raw, out)])
+    before, after = np.mean(errors, 0)
+    assert after < before / 2, (k, before, after)
+
+
+def test_a_session_refuses_a_mono_frame_among_cfa_frames_and_writes_nothing(tmp_path):
+  """One sensor per session: a mono frame after RGGB mosaics is refused in one line naming
+  it, before anything is written."""
+  from flatai_jax.io import images
+  paths, _, _ = _cfa_session(tmp_path, n=3)
+  mono = tmp_path / "mono.fits"
+  images.write_image(mono, images.read_image(paths[0])[0])
+  with pytest.raises(images.ImageError, match=r"mono\.fits.*CFA none.*RGGB"):
+    session.correct_files(paths + [mono], tmp_path / "out", GRID, print_fn=lambda s: None)
+  assert not (tmp_path / "out").exists()
