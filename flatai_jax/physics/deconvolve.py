@@ -48,8 +48,11 @@ own node grid (the field's PSFs bilinearly interpolated at the tile's nodes, no 
 than the field's), its own RL and early stop, and its own target convolution; the tiles are
 blended with a partition of unity (linear ramps ``TILE_RAMP`` px wide across the core
 boundaries). The FFTs are sized by the tile, a tile without stars stops at once, and one
-compiled RL (``lax.map``, static shapes) serves every tile. A frame of at most ``TILE`` px per
-side is one tile: the whole-frame RL, unchanged.
+compiled RL (static shapes, compiled once) serves every tile; the tiles run on as many host
+threads as there are CPU cores (``host_threads``: XLA runs one CPU computation on one core).
+A frame of at most ``TILE`` px per side is one tile: the whole-frame RL, unchanged. Inside the
+RL the PSFs' spectra are computed once (``optics.blurrer``), not at every iteration, and the
+local χ² of the damping is a separable box mean (``noise.box_mean``), not an FFT convolution.
 
 :func:`wiener_kernels` + :func:`deconvolve` is the linear reference (one Wiener/Tikhonov kernel
 ``T · conj(P_n) / (|P_n|² + λ)`` per node, blended like the forward blur): it keeps flux, but
@@ -66,13 +69,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from flatai_jax.physics import convolve, optics, psf, star_detect
+from flatai_jax.physics import convolve, host_threads, noise, optics, psf, star_detect
 
 PEDESTAL_SIGMA = 10.0  # RL runs on the frame minus its sky plus this many noise σ
 SIGNAL_SIGMA = 5.0  # χ² of the early stop counts pixels this far above the sky
 STALL, STALL_WINDOW = 0.005, 10  # stop when χ² falls by < 0.5 % over 10 iterations
 MAX_ITER = 200
-DAMP_BOX = 9  # side of the window of the local χ² that damps the RL update, px (~ a PSF core)
+DAMP_BOX = 9  # side (odd) of the window of the local χ² that damps the RL update, px (~ a PSF core)
 DAMP_CHI2 = 4.0  # local χ² per pixel (σ²) from which RL runs undamped; none at ≤ 1 (noise)
 PIXEL_COMPENSATION = 1.0  # the target is divided by sinc(ν)^this per axis (module docstring)
 TILE = 512  # tile core side, px (a frame larger than this on a side is tiled)
@@ -200,17 +203,16 @@ def richardson_lucy(y, psfs, sigma, signal, max_iter: int = MAX_ITER):
     ``x (H, W, C) float32`` the restored frame (the PSF removed), ``iterations ()`` int32,
     ``chi2 ()`` the last χ² per signal pixel, in σ².
   """
-  flip = psfs[..., ::-1, ::-1]
+  blur = optics.blurrer(psfs, y.shape[:2])  # H: the PSF spectra once, not per iteration
+  blur_t = optics.blurrer(psfs[..., ::-1, ::-1], y.shape[:2])  # Hᵀ
   count = jnp.maximum(jnp.sum(signal), 1)
-
   total = jnp.sum(y)
-  box = jnp.full((1, 1, DAMP_BOX, DAMP_BOX), 1.0 / DAMP_BOX ** 2, y.dtype)
 
   def chi2(hx):
     return jnp.sum(jnp.where(signal, ((y - hx) / sigma) ** 2, 0.0)) / count
 
   def damping(hx):  # (H, W, C) in [0, 1]: 0 where the local residual is noise, 1 where not
-    q = optics.blur(((y - hx) / sigma) ** 2, box)
+    q = noise.box_mean(((y - hx) / sigma) ** 2, DAMP_BOX // 2)
     return jnp.clip((q - 1.0) / (DAMP_CHI2 - 1.0), 0.0, 1.0)
 
   def cond(carry):
@@ -221,12 +223,12 @@ def richardson_lucy(y, psfs, sigma, signal, max_iter: int = MAX_ITER):
 
   def body(carry):
     i, x, hx, hist = carry  # hx = H x
-    x = x * optics.blur(1.0 + damping(hx) * (y - hx) / jnp.maximum(hx, 1e-12), flip)
+    x = x * blur_t(1.0 + damping(hx) * (y - hx) / jnp.maximum(hx, 1e-12))
     x = x * (total / jnp.sum(x))  # the damped update alone does not keep the sum
-    hx = optics.blur(x, psfs)
+    hx = blur(x)
     return i + 1, x, hx, hist.at[(i + 1) % STALL_WINDOW].set(chi2(hx))
 
-  hy = optics.blur(y, psfs)
+  hy = blur(y)
   hist = jnp.full(STALL_WINDOW, jnp.inf).at[0].set(chi2(hy))
   i, x, _, hist = jax.lax.while_loop(cond, body, (jnp.int32(0), y, hy, hist))
   return x, i, hist[i % STALL_WINDOW]
@@ -278,22 +280,20 @@ def _tile_psfs(psfs: np.ndarray, n: tuple[int, int], origins, length: tuple[int,
 
 
 @functools.partial(jax.jit, static_argnames=("max_iter",))
-def _tiled_richardson_lucy(y, psfs, sigma, signal, target, max_iter: int):
-  """:func:`richardson_lucy` then the target on each tile, one after the other.
+def _sharpen_tile(y, psfs, sigma, signal, target, max_iter: int):
+  """:func:`richardson_lucy` then the target, on one tile (or the whole frame).
 
-  Args: ``y (T, L, L', C)``, ``psfs (T, gty, gtx, k, k)``, ``signal (T, L, L', C)`` per tile;
-  ``sigma (C,)``; ``target (kt, kt)``. Returns ``(T, L, L', C)`` ``T ⊛ x`` per tile, the
-  iterations ``(T,)`` and χ² ``(T,)``.
+  Args: ``y (L, L', C)``, ``psfs (gty, gtx, k, k)``, ``signal (L, L', C)``, ``sigma (C,)``,
+  ``target (kt, kt)`` (:func:`pixel_compensated`). Returns ``T' ⊛ x (L, L', C)``, the
+  iterations ``()`` and the last χ² ``()``.
   """
-  def one(args):
-    yt, pt, st = args
-    x, i, c = richardson_lucy(yt, pt, sigma, st, max_iter=max_iter)
-    return optics.blur(x, target[None, None]), i, c
-  return jax.lax.map(one, (y, psfs, signal))
+  x, i, c = richardson_lucy(y, psfs, sigma, signal, max_iter=max_iter)
+  return optics.blur(x, target[None, None]), i, c
 
 
 def sharpen(image: np.ndarray, psfs: np.ndarray, target: np.ndarray,
-            max_iter: int = MAX_ITER, tile: int = TILE) -> tuple[np.ndarray, int, float]:
+            max_iter: int = MAX_ITER, tile: int = TILE,
+            workers: int | None = None) -> tuple[np.ndarray, int, float]:
   """Deconvolves a frame with its PSF field to a round target (module docstring).
 
   Args:
@@ -304,6 +304,8 @@ def sharpen(image: np.ndarray, psfs: np.ndarray, target: np.ndarray,
       convolved with its :func:`pixel_compensated` version.
     max_iter: cap on the RL iterations.
     tile: tile core side, px (module docstring); a frame no larger is one whole-frame RL.
+    workers: tiles deconvolved at once, on threads (default: the CPU cores,
+      ``host_threads.cpu_workers``); the result does not depend on it.
   Returns:
     ``(H, W, C) float32`` the frame with PSF ``target`` everywhere (the sky and its level
     kept; the sum kept up to the light the reflect-padded border exchanges with the
@@ -323,24 +325,26 @@ def sharpen(image: np.ndarray, psfs: np.ndarray, target: np.ndarray,
   signal = y > pedestal + SIGNAL_SIGMA * sigma
   h, w, c = image.shape
   target = jnp.asarray(pixel_compensated(target), jnp.float32)
+  sigma = jnp.asarray(sigma)
   if max(h, w) <= tile:
-    x, iters, chi2 = richardson_lucy(jnp.asarray(y), jnp.asarray(psfs, jnp.float32),
-                                     jnp.asarray(sigma), jnp.asarray(signal),
-                                     max_iter=int(max_iter))
-    out = np.asarray(optics.blur(x, target[None, None]))
+    out, iters, chi2 = jax.device_get(_sharpen_tile(
+        jnp.asarray(y), jnp.asarray(psfs, jnp.float32), sigma, jnp.asarray(signal), target,
+        max_iter=int(max_iter)))
     return out + (sky - pedestal), int(iters), float(chi2)
   (oy, ly, wy), (ox, lx, wx) = tile_plan(h, tile), tile_plan(w, tile)
-  pad = lambda a: np.pad(a, ((-oy[0], oy[-1] + ly - h), (-ox[0], ox[-1] + lx - w), (0, 0)),
-                         mode="reflect")
-  crops = lambda a: np.stack([a[i - oy[0]:i - oy[0] + ly, j - ox[0]:j - ox[0] + lx]
-                              for i in oy for j in ox])  # (ty·tx, ly, lx, C)
+  padded_y, padded_signal = (np.pad(a, ((-oy[0], oy[-1] + ly - h), (-ox[0], ox[-1] + lx - w),
+                                        (0, 0)), mode="reflect") for a in (y, signal))
   tile_psfs = _tile_psfs(psfs, (h, w), (oy, ox), (ly, lx))
-  tiles, iters, chi2 = jax.device_get(_tiled_richardson_lucy(
-      jnp.asarray(crops(pad(y))), jnp.asarray(tile_psfs.reshape(-1, *tile_psfs.shape[2:])),
-      jnp.asarray(sigma), jnp.asarray(crops(pad(signal))), target, max_iter=int(max_iter)))
+  cells = list(itertools.product(range(len(oy)), range(len(ox))))
+  crop = lambda a, i, j: a[oy[i] - oy[0]:oy[i] - oy[0] + ly, ox[j] - ox[0]:ox[j] - ox[0] + lx]
+  tiles = [(crop(padded_y, i, j), tile_psfs[i, j], sigma, crop(padded_signal, i, j), target)
+           for i, j in cells]  # host views: each goes to the device when its turn comes
+  fn = _sharpen_tile.lower(*tiles[0], max_iter=int(max_iter)).compile()
+  results = host_threads.map_compiled(fn, tiles, workers)
   out = np.zeros((oy[-1] - oy[0] + ly, ox[-1] - ox[0] + lx, c), np.float32)
-  for t, (a, b) in enumerate(itertools.product(range(len(oy)), range(len(ox)))):
+  for (a, b), (tile_out, _, _) in zip(cells, results):
     sy, sx = oy[a] - oy[0], ox[b] - ox[0]
-    out[sy:sy + ly, sx:sx + lx] += tiles[t] * (wy[a][:, None, None] * wx[b][None, :, None])
+    out[sy:sy + ly, sx:sx + lx] += tile_out * (wy[a][:, None, None] * wx[b][None, :, None])
   out = out[-oy[0]:-oy[0] + h, -ox[0]:-ox[0] + w]
-  return out + (sky - pedestal), int(iters.max()), float(chi2.max())
+  iters = max(int(r[1]) for r in results)
+  return out + (sky - pedestal), iters, max(float(r[2]) for r in results)
