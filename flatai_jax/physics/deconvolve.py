@@ -32,6 +32,17 @@ few-σ outliers of pure noise keep being fitted and the empty-sky noise gain sta
 χ²). The damped update does not conserve the sum by itself (``Σ x' = Σ y − Σ (1 − d)(y − H x)``,
 the noise left in the sky), so ``x`` is rescaled to ``Σ x = Σ y`` after each update.
 
+Accelerated (Biggs & Andrews 1997, "Acceleration of iterative image restoration algorithms"):
+each step starts from ``u = x_k + α d (x_k − x_{k−1})`` instead of ``x_k``, with ``α`` the
+correlation of the last two RL steps ``g = x − u`` (``Σ g_k g_{k−1} / Σ g_{k−1}²``, clipped to
+``[0, ACCEL_MAX]``), ``d`` the last step's damping (no extrapolation where it did not update:
+undamped extrapolation raised the empty-sky noise gain to 1.59) and ``u`` kept ≥ 0 (``x_k``
+where it would cross 0). The early stop reads the χ² of ``H u`` (one step behind ``x``).
+``benchmarks/psf_field.py`` (fitted field): 57 steps instead of 118; FWHM centre / corner
+2.12 / 2.26 px (2.12 / 2.28 plain), corner ellipticity 0.041 (0.057), flux 0.996 (0.997),
+ringing −2.4 σ (−2.1), noise gain 0.95 in the empty sky (0.96) and 3.42 with the stars (3.03:
+it sharpens the faint wings a little further). ``ACCEL_MAX`` 0.9: 41 steps, but 1.01 and 3.85.
+
 RL restores each star to pixels: a star between pixel centres ends up split over its
 neighbours, about the linear-interpolation (tent) weights, an extra blur of ``f (1 − f)`` px²
 per axis at sub-pixel offset ``f`` (1/6 px² on average) that the target would add to. So ``x``
@@ -74,6 +85,7 @@ from flatai_jax.physics import convolve, host_threads, noise, optics, psf, star_
 PEDESTAL_SIGMA = 10.0  # RL runs on the frame minus its sky plus this many noise σ
 SIGNAL_SIGMA = 5.0  # χ² of the early stop counts pixels this far above the sky
 STALL, STALL_WINDOW = 0.005, 10  # stop when χ² falls by < 0.5 % over 10 iterations
+ACCEL_MAX = 0.7  # cap on the extrapolation factor α of the accelerated RL (module docstring)
 MAX_ITER = 200
 DAMP_BOX = 9  # side (odd) of the window of the local χ² that damps the RL update, px (~ a PSF core)
 DAMP_CHI2 = 4.0  # local χ² per pixel (σ²) from which RL runs undamped; none at ≤ 1 (noise)
@@ -191,7 +203,8 @@ def deconvolve(image: np.ndarray, kernels: np.ndarray) -> np.ndarray:
 
 @functools.partial(jax.jit, static_argnames=("max_iter",))
 def richardson_lucy(y, psfs, sigma, signal, max_iter: int = MAX_ITER):
-  """Spatially varying, damped Richardson–Lucy with the early stop of the module docstring.
+  """Spatially varying, damped, accelerated Richardson–Lucy with the early stop of the module
+  docstring.
 
   Args:
     y: ``(H, W, C) float32`` positive frame (sky removed, pedestal added).
@@ -201,12 +214,14 @@ def richardson_lucy(y, psfs, sigma, signal, max_iter: int = MAX_ITER):
     max_iter: static cap on the iterations.
   Returns:
     ``x (H, W, C) float32`` the restored frame (the PSF removed), ``iterations ()`` int32,
-    ``chi2 ()`` the last χ² per signal pixel, in σ².
+    ``chi2 ()`` the χ² per signal pixel of the last step's start ``u`` (one step behind ``x``;
+    that of ``y`` when no step ran), in σ².
   """
   blur = optics.blurrer(psfs, y.shape[:2])  # H: the PSF spectra once, not per iteration
   blur_t = optics.blurrer(psfs[..., ::-1, ::-1], y.shape[:2])  # Hᵀ
   count = jnp.maximum(jnp.sum(signal), 1)
   total = jnp.sum(y)
+  w = STALL_WINDOW
 
   def chi2(hx):
     return jnp.sum(jnp.where(signal, ((y - hx) / sigma) ** 2, 0.0)) / count
@@ -215,23 +230,28 @@ def richardson_lucy(y, psfs, sigma, signal, max_iter: int = MAX_ITER):
     q = noise.box_mean(((y - hx) / sigma) ** 2, DAMP_BOX // 2)
     return jnp.clip((q - 1.0) / (DAMP_CHI2 - 1.0), 0.0, 1.0)
 
-  def cond(carry):
-    i, _, _, hist = carry
-    now, then = hist[i % STALL_WINDOW], hist[(i + 1) % STALL_WINDOW]  # χ²(x_i), χ²(x_{i−W+1})
-    stalled = (i >= STALL_WINDOW) & (then - now < STALL * then)
+  def cond(carry):  # hist[(i − 1) % w]: χ² of the last step's start u, i − w + 1 steps back
+    i, hist = carry[0], carry[-1]
+    now, then = hist[(i - 1) % w], hist[i % w]
+    stalled = (i >= w) & (then - now < STALL * then)
     return (i < max_iter) & (now > 1.0) & ~stalled
 
   def body(carry):
-    i, x, hx, hist = carry  # hx = H x
-    x = x * blur_t(1.0 + damping(hx) * (y - hx) / jnp.maximum(hx, 1e-12))
-    x = x * (total / jnp.sum(x))  # the damped update alone does not keep the sum
-    hx = blur(x)
-    return i + 1, x, hx, hist.at[(i + 1) % STALL_WINDOW].set(chi2(hx))
+    i, x, x_prev, g, g_prev, d, hist = carry  # g: the last RL step x − u; d: its damping
+    alpha = jnp.clip(jnp.sum(g * g_prev) / jnp.maximum(jnp.sum(g_prev * g_prev), 1e-30),
+                     0.0, ACCEL_MAX)
+    u = x + jnp.where(i >= 2, alpha, 0.0) * d * (x - x_prev)  # the extrapolated start
+    u = jnp.where(u > 0.0, u, x)  # RL needs u ≥ 0: no extrapolation where it would cross 0
+    hu = blur(u)
+    d = damping(hu)
+    x_new = u * blur_t(1.0 + d * (y - hu) / jnp.maximum(hu, 1e-12))
+    x_new = x_new * (total / jnp.sum(x_new))  # the damped update alone does not keep the sum
+    return i + 1, x_new, x, x_new - u, g, d, hist.at[i % w].set(chi2(hu))
 
-  hy = blur(y)
-  hist = jnp.full(STALL_WINDOW, jnp.inf).at[0].set(chi2(hy))
-  i, x, _, hist = jax.lax.while_loop(cond, body, (jnp.int32(0), y, hy, hist))
-  return x, i, hist[i % STALL_WINDOW]
+  hist = jnp.full(w, jnp.inf).at[w - 1].set(chi2(blur(y)))
+  zero = jnp.zeros_like(y)
+  i, x, *_, hist = jax.lax.while_loop(cond, body, (jnp.int32(0), y, y, zero, zero, zero, hist))
+  return x, i, hist[(i - 1) % w]
 
 
 def tile_plan(n: int, tile: int = TILE, halo: int = TILE_HALO, ramp: int = TILE_RAMP):
