@@ -204,6 +204,31 @@ def test_tiled_deconvolution_keeps_a_flat_frame_flat():
   assert np.abs(rows - rows.mean()).max() < 0.5 and np.abs(cols - cols.mean()).max() < 0.5
 
 
+def test_tiles_on_threads_give_the_serial_result():
+  """The tiles run on ``host_threads`` (one per CPU core); the frame does not depend on it."""
+  rng = np.random.default_rng(8)
+  image = (10.0 + rng.normal(0.0, 1.0, (150, 200, 1))).astype(np.float32)
+  image[40, 60] += 500.0
+  image[110, 150] += 300.0
+  psfs = np.broadcast_to(deconvolve.gaussian_psf(3.0, 15), (2, 2, 15, 15))
+  target = deconvolve.gaussian_psf(1.5, 15)
+  (serial, i1, c1), (threaded, i2, c2) = (
+      deconvolve.sharpen(image, psfs, target, max_iter=30, tile=64, workers=n) for n in (1, 2))
+  assert (i1, c1) == (i2, c2) and i1 > 0, (i1, c1, i2, c2)
+  np.testing.assert_array_equal(serial, threaded)
+
+
+def test_isolation_drops_close_pairs_only():
+  """``star_detect.find_stars``: two stars 10 px apart are not isolated by a 15-px box, a third
+  far from both is (the nearest other detection, by k-d tree)."""
+  yy, xx = np.mgrid[:120, :120]
+  plane = np.random.default_rng(9).normal(0.0, 1.0, (120, 120)) + 10.0
+  for x, y in ((30, 30), (40, 30), (90, 80)):
+    plane += 400.0 * np.exp(-((xx - x) ** 2 + (yy - y) ** 2) / (2 * 1.5 ** 2))
+  xy = star_detect.find_stars(plane, 1.0, snr=20.0, box=15, compact=False)
+  np.testing.assert_allclose(xy, [[90.0, 80.0]], atol=0.2)
+
+
 @pytest.mark.parametrize("sigma", [0.01, 1.0, 100.0])
 def test_sky_noise_is_unbiased_on_white_noise(sigma):
   """``star_detect.sky_noise`` on pure white noise (it gave 0.74 σ when it picked the fainter
