@@ -185,11 +185,9 @@ def convolve_cells(image, kernels, grid: tuple[int, int], k: int, margin: int = 
   blocks = jnp.stack([jnp.stack([src[a:a + ly, b:b + lx] for b in xs]) for a in ys])
   blocks = jnp.moveaxis(blocks, -1, 2)  # (cy, cx, C, ly, lx)
   blocks = blocks * inside_y[:, None, None, :, None] * inside_x[None, :, None, None, :]
-  # moments (1, t_y, t_x, t_y·t_x) · block, transformed along x on the block's ly rows (two
-  # real FFTs: t_y is constant along a row), then along y, zero-padded to fy
-  rows = jnp.fft.rfft(jnp.stack([blocks, blocks * tx[None, :, None, None, :]]), n=fx, axis=-1)
-  t_y = ty[:, None, None, :, None]
-  spec = jnp.fft.fft(jnp.stack([rows[0], rows[0] * t_y, rows[1], rows[1] * t_y]), n=fy, axis=-2)
+  t_y, t_x = ty[:, None, None, :, None], tx[None, :, None, None, :]
+  moments = jnp.stack([blocks, blocks * t_y, blocks * t_x, blocks * (t_y * t_x)])
+  spec = jnp.fft.rfft2(moments, s=(fy, fx))  # (4, cy, cx, C, fy, fx')
   total = jnp.einsum("mabcyx,mabyx->abcyx", spec, kernels)
   full = jnp.fft.irfft2(total, s=(fy, fx))[..., :ly + k - 1, :lx + k - 1]
   full = jnp.moveaxis(full, 2, -1)  # (cy, cx, ly + k − 1, lx + k − 1, C)
@@ -220,10 +218,8 @@ def spatially_varying_convolve(image, psfs, margin: int = 0):
   t_x)``, so ``Σ_n (w_n · image) ⊛ PSF_n`` over the cell is ``Σ_m (M_m · image) ⊛ K_m`` with the
   moments ``M = (1, t_y, t_x, t_y·t_x)`` and the kernels ``K = (P00, P10 − P00, P01 − P00,
   P00 − P10 − P01 + P11)``: four FFTs of one cell and one inverse, instead of an FFT of each
-  node's window (twice a cell per axis) forward and back. The same sum, exactly. The four
-  moments' FFTs share their first pass: along x, ``t_y`` is a constant of each row, so two
-  row transforms (of ``1`` and ``t_x``, on the cell's rows only, before the zero padding)
-  serve all four; ``t_y`` multiplies them before the column transforms.
+  node's window (twice a cell per axis) forward and back. The same sum, exactly.
+  The kernels' spectra come from :func:`cell_kernels`; :func:`convolve_cells` does the rest.
   """
   return convolve_cells(image, cell_kernels(psfs, image.shape[:2], margin), psfs.shape[:2],
                         psfs.shape[-1], margin)
