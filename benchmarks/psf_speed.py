@@ -2,11 +2,12 @@
 fit, then the tiled Richardson–Lucy of ``physics.deconvolve``) on synthetic star fields of growing
 size, against reading + writing the same frame as FITS, measured in the same run.
 
-  PYTHONPATH=. python benchmarks/psf_speed.py 512 1024 2048   # sides, px (default 512 1024)
+  PYTHONPATH=. python benchmarks/psf_speed.py 512 1024 6000x4000   # sizes: side or WxH, px
+                                                                 # (default 512 1024)
 
 Results and the machine: BENCHMARKS.md "Physics PSF correction at scale".
 
-Each size runs in its own process (its peak RSS is its own): a square frame with stars every 32 px
+Each size runs in its own process (its peak RSS is its own): a frame with stars every 32 px
 (jittered ±2 px, fluxes 1e4–5e4, σ = 1 noise on a sky of 10) seen through the test's PSF field
 (``tests/test_psf_fit.TRUTH``, scaled to the frame: corners at ~3× the centre's FWHM), 11 × 11
 fitted nodes. Seconds are wall-clock and include the JIT compilations a fresh process pays.
@@ -24,8 +25,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def one(side: int) -> dict:
-  """Times one ``side × side`` frame: I/O, fit + deconvolution; peak RSS of this process."""
+def one(w: int, h: int) -> dict:
+  """Times one ``w × h`` frame: I/O, fit + deconvolution; peak RSS of this process."""
   sys.path.insert(0, str(ROOT / "tests"))
   import test_psf_fit as scene  # the test's optics and field: one definition
 
@@ -33,12 +34,13 @@ def one(side: int) -> dict:
   from flatai_jax.io import images
   from flatai_jax.physics import psf_fit
   rng = np.random.default_rng(0)
-  g = np.arange(16, side, 32)
-  xy = np.stack(np.meshgrid(g, g), -1).reshape(-1, 2) + rng.uniform(-2, 2, (len(g) ** 2, 2))
+  gx, gy = np.arange(16, w, 32), np.arange(16, h, 32)
+  xy = np.stack(np.meshgrid(gx, gy), -1).reshape(-1, 2)
+  xy = xy + rng.uniform(-2, 2, xy.shape)
   flux = np.exp(rng.uniform(np.log(1e4), np.log(5e4), len(xy)))
-  frame = np.zeros((side, side))
+  frame = np.zeros((h, w))
   for chunk in np.array_split(np.arange(len(xy)), max(1, len(xy) // 1024)):
-    frame += psf_fit.render_stars((side, side), xy[chunk], flux[chunk], scene.TRUTH, scene._cfg())
+    frame += psf_fit.render_stars((h, w), xy[chunk], flux[chunk], scene.TRUTH, scene._cfg())
   frame = (frame + scene.SKY + rng.normal(0.0, scene.NOISE, frame.shape)).astype(np.float32)
   with tempfile.TemporaryDirectory() as tmp:
     path = Path(tmp) / "frame.fits"
@@ -49,26 +51,32 @@ def one(side: int) -> dict:
   t = time.perf_counter()
   out = correct_psf.correct_physics(read, scene._cfg(), grid=(11, 11))
   total = time.perf_counter() - t
-  return {"side": side, "stars": len(xy), "stars_fitted": len(out.field.stars), "io_s": io_s,
+  return {"size": f"{w}×{h}", "stars": len(xy), "stars_fitted": len(out.field.stars), "io_s": io_s,
           "correct_s": total,
           "fit_s": out.seconds["fit"], "deconvolve_s": out.seconds["deconvolve"],
           "rl_iterations_max": out.iterations,
           "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
 
 
+def size(arg: str) -> tuple[int, int]:
+  """``"1024"`` → (1024, 1024); ``"6000x4000"`` → (6000, 4000): width, height in px."""
+  w, _, h = arg.partition("x")
+  return int(w), int(h or w)
+
+
 def main(argv):
   if argv[:1] == ["--one"]:
-    print(json.dumps(one(int(argv[1]))))
+    print(json.dumps(one(*size(argv[1]))))
     return
   print("| frame | stars | physics correction s (fit + RL) | read + write FITS s | ratio "
         "| RL iterations (most of a tile) | peak RSS MiB |")
   print("|---|---|---|---|---|---|---|")
-  for side in [int(a) for a in argv] or [512, 1024]:
-    res = subprocess.run([sys.executable, __file__, "--one", str(side)], capture_output=True,
+  for arg in argv or ["512", "1024"]:
+    res = subprocess.run([sys.executable, __file__, "--one", arg], capture_output=True,
                          text=True, check=True)
     r = json.loads(res.stdout.strip().splitlines()[-1])
-    print(f"| {side}² | {r['stars']} ({r['stars_fitted']} fitted) | {r['correct_s']:.1f} ({r['fit_s']:.1f} + "
-          f"{r['deconvolve_s']:.1f}) | "
+    print(f"| {r['size']} | {r['stars']} ({r['stars_fitted']} fitted) | {r['correct_s']:.1f} "
+          f"({r['fit_s']:.1f} + {r['deconvolve_s']:.1f}) | "
           f"{r['io_s']:.3f} | {r['correct_s'] / r['io_s']:.0f} | {r['rl_iterations_max']} | "
           f"{r['peak_rss_mib']:.0f} |", flush=True)
 

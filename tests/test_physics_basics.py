@@ -3,7 +3,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from flatai_jax.physics import forward, geometry, normalize
+from flatai_jax.physics import forward, geometry, noise, normalize
 
 
 def test_frame_coords_are_global_pixel_centres():
@@ -38,3 +38,12 @@ def test_normalisation_commutes_with_the_forward_model():
 def test_saturation_clips_the_expected_signal_only_from_above():
   s = forward.expected_signal(jnp.array([0.0, 0.5, 3.0]), jnp.ones(3), jnp.full(3, 0.1), 1.0)
   np.testing.assert_allclose(s, [0.1, 0.6, 1.0], atol=1e-7)
+
+
+def test_box_mean_is_the_reflected_box_average():
+  """``noise.box_mean`` (separable) against scipy's uniform filter with the same reflection
+  (``mirror``: the edge pixel not repeated, numpy's ``reflect``)."""
+  from scipy import ndimage
+  x = np.random.default_rng(4).random((23, 31, 2)).astype(np.float32)
+  ref = ndimage.uniform_filter(x.astype(np.float64), size=(9, 9, 1), mode="mirror")
+  np.testing.assert_allclose(np.asarray(noise.box_mean(jnp.asarray(x), 4)), ref, atol=1e-6)

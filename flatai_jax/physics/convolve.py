@@ -134,6 +134,72 @@ def _psf_spectra(psfs, fy: int, fx: int):
   return jnp.fft.fft(rows, n=fy, axis=-2)
 
 
+def _plan(hw: tuple[int, int], grid: tuple[int, int], k: int, margin: int):
+  """The static cell plans of both axes (:func:`_cell_plan`) and the FFT size ``(fy, fx)``."""
+  py, px = _cell_plan(hw[0], grid[0], margin), _cell_plan(hw[1], grid[1], margin)
+  return py, px, (fft_size(py[-1] + k - 1), fft_size(px[-1] + k - 1))
+
+
+def cell_kernels(psfs, hw: tuple[int, int], margin: int = 0):
+  """The spectra of a PSF field's cell kernels on an ``hw`` image (:func:`spatially_varying_convolve`).
+
+  They depend on the PSFs and the shapes only: an iteration that convolves many images with one
+  field (Richardson–Lucy) computes them once.
+
+  Args:
+    psfs: ``(gy, gx, k, k)`` as :func:`spatially_varying_convolve`'s.
+    hw: static ``(H, W)`` of the image, margin included.
+    margin: static width of the margin, px.
+  Returns:
+    ``(4, cy, cx, fy, fx // 2 + 1) complex64``: per cell ``(cy, cx) = (gy − 1, gx − 1)`` (at
+    least 1), the rfft2 of ``(P00, P10 − P00, P01 − P00, P00 − P10 − P01 + P11)`` on its
+    ``(fy, fx)`` FFT grid.
+  """
+  gy, gx, k, _ = psfs.shape
+  (_, _, ny, _, _), (_, _, nx, _, _), (fy, fx) = _plan(hw, (gy, gx), k, margin)
+  p = _psf_spectra(psfs, fy, fx)  # (gy, gx, fy, fx')
+  iy, ix = np.array(ny), np.array(nx)
+  jy, jx = np.minimum(iy + 1, gy - 1), np.minimum(ix + 1, gx - 1)
+  p00, p10 = p[iy][:, ix], p[jy][:, ix]
+  p01, p11 = p[iy][:, jx], p[jy][:, jx]
+  return jnp.stack([p00, p10 - p00, p01 - p00, p00 - p10 - p01 + p11])
+
+
+def convolve_cells(image, kernels, grid: tuple[int, int], k: int, margin: int = 0):
+  """:func:`spatially_varying_convolve` with the field's :func:`cell_kernels` given.
+
+  Args:
+    image: ``(H, W, C) float32`` as :func:`spatially_varying_convolve`'s.
+    kernels: ``cell_kernels(psfs, (H, W), margin)``.
+    grid: static ``(gy, gx)`` of the field; ``k``: static PSF side, px.
+    margin: static width of the margin, px.
+  Returns:
+    ``(H, W, C) float32``.
+  """
+  h, w, c = image.shape
+  half = k // 2
+  (ys, ye, _, ty, ly), (xs, xe, _, tx, lx), (fy, fx) = _plan((h, w), grid, k, margin)
+  src = jnp.pad(image.astype(jnp.float32), ((0, ly), (0, lx), (0, 0)))
+  inside_y = (np.arange(ly)[None] < (np.array(ye) - np.array(ys))[:, None]).astype(np.float32)
+  inside_x = (np.arange(lx)[None] < (np.array(xe) - np.array(xs))[:, None]).astype(np.float32)
+  blocks = jnp.stack([jnp.stack([src[a:a + ly, b:b + lx] for b in xs]) for a in ys])
+  blocks = jnp.moveaxis(blocks, -1, 2)  # (cy, cx, C, ly, lx)
+  blocks = blocks * inside_y[:, None, None, :, None] * inside_x[None, :, None, None, :]
+  t_y, t_x = ty[:, None, None, :, None], tx[None, :, None, None, :]
+  moments = jnp.stack([blocks, blocks * t_y, blocks * t_x, blocks * (t_y * t_x)])
+  spec = jnp.fft.rfft2(moments, s=(fy, fx))  # (4, cy, cx, C, fy, fx')
+  total = jnp.einsum("mabcyx,mabyx->abcyx", spec, kernels)
+  full = jnp.fft.irfft2(total, s=(fy, fx))[..., :ly + k - 1, :lx + k - 1]
+  full = jnp.moveaxis(full, 2, -1)  # (cy, cx, ly + k − 1, lx + k − 1, C)
+
+  # full[..., o, :] lands on image row s + o − half; buffer row = image row + half
+  buf = jnp.zeros((h + ly + k, w + lx + k, c), jnp.float32)
+  for i, a in enumerate(ys):
+    for j, b in enumerate(xs):
+      buf = buf.at[a:a + ly + k - 1, b:b + lx + k - 1].add(full[i, j])
+  return buf[half:half + h, half:half + w]
+
+
 def spatially_varying_convolve(image, psfs, margin: int = 0):
   """Blurs an image by a field of PSFs, bilinearly interpolated between grid nodes.
 
@@ -153,37 +219,7 @@ def spatially_varying_convolve(image, psfs, margin: int = 0):
   moments ``M = (1, t_y, t_x, t_y·t_x)`` and the kernels ``K = (P00, P10 − P00, P01 − P00,
   P00 − P10 − P01 + P11)``: four FFTs of one cell and one inverse, instead of an FFT of each
   node's window (twice a cell per axis) forward and back. The same sum, exactly.
+  The kernels' spectra come from :func:`cell_kernels`; :func:`convolve_cells` does the rest.
   """
-  h, w, c = image.shape
-  gy, gx, k, _ = psfs.shape
-  half = k // 2
-  ys, ye, ny, ty, ly = _cell_plan(h, gy, margin)
-  xs, xe, nx, tx, lx = _cell_plan(w, gx, margin)
-  fy, fx = fft_size(ly + k - 1), fft_size(lx + k - 1)
-
-  src = jnp.pad(image.astype(jnp.float32), ((0, ly), (0, lx), (0, 0)))
-  inside_y = (np.arange(ly)[None] < (np.array(ye) - np.array(ys))[:, None]).astype(np.float32)
-  inside_x = (np.arange(lx)[None] < (np.array(xe) - np.array(xs))[:, None]).astype(np.float32)
-  blocks = jnp.stack([jnp.stack([src[a:a + ly, b:b + lx] for b in xs]) for a in ys])
-  blocks = jnp.moveaxis(blocks, -1, 2)  # (cy, cx, C, ly, lx)
-  blocks = blocks * inside_y[:, None, None, :, None] * inside_x[None, :, None, None, :]
-  t_y, t_x = ty[:, None, None, :, None], tx[None, :, None, None, :]
-  moments = jnp.stack([blocks, blocks * t_y, blocks * t_x, blocks * (t_y * t_x)])
-  spec = jnp.fft.rfft2(moments, s=(fy, fx))  # (4, cy, cx, C, fy, fx')
-
-  p = _psf_spectra(psfs, fy, fx)  # (gy, gx, fy, fx')
-  iy, ix = np.array(ny), np.array(nx)
-  jy, jx = np.minimum(iy + 1, gy - 1), np.minimum(ix + 1, gx - 1)
-  p00, p10 = p[iy][:, ix], p[jy][:, ix]
-  p01, p11 = p[iy][:, jx], p[jy][:, jx]
-  kernels = (p00, p10 - p00, p01 - p00, p00 - p10 - p01 + p11)
-  total = sum(spec[m] * kernels[m][:, :, None] for m in range(4))
-  full = jnp.fft.irfft2(total, s=(fy, fx))[..., :ly + k - 1, :lx + k - 1]
-  full = jnp.moveaxis(full, 2, -1)  # (cy, cx, ly + k − 1, lx + k − 1, C)
-
-  # full[..., o, :] lands on image row s + o − half; buffer row = image row + half
-  buf = jnp.zeros((h + ly + k, w + lx + k, c), jnp.float32)
-  for i, a in enumerate(ys):
-    for j, b in enumerate(xs):
-      buf = buf.at[a:a + ly + k - 1, b:b + lx + k - 1].add(full[i, j])
-  return buf[half:half + h, half:half + w]
+  return convolve_cells(image, cell_kernels(psfs, image.shape[:2], margin), psfs.shape[:2],
+                        psfs.shape[-1], margin)

@@ -32,6 +32,17 @@ few-σ outliers of pure noise keep being fitted and the empty-sky noise gain sta
 χ²). The damped update does not conserve the sum by itself (``Σ x' = Σ y − Σ (1 − d)(y − H x)``,
 the noise left in the sky), so ``x`` is rescaled to ``Σ x = Σ y`` after each update.
 
+Accelerated (Biggs & Andrews 1997, "Acceleration of iterative image restoration algorithms"):
+each step starts from ``u = x_k + α d (x_k − x_{k−1})`` instead of ``x_k``, with ``α`` the
+correlation of the last two RL steps ``g = x − u`` (``Σ g_k g_{k−1} / Σ g_{k−1}²``, clipped to
+``[0, ACCEL_MAX]``), ``d`` the last step's damping (no extrapolation where it did not update:
+undamped extrapolation raised the empty-sky noise gain to 1.59) and ``u`` kept ≥ 0 (``x_k``
+where it would cross 0). The early stop reads the χ² of ``H u`` (one step behind ``x``).
+``benchmarks/psf_field.py`` (fitted field): 57 steps instead of 118; FWHM centre / corner
+2.12 / 2.26 px (2.12 / 2.28 plain), corner ellipticity 0.041 (0.057), flux 0.996 (0.997),
+ringing −2.4 σ (−2.1), noise gain 0.95 in the empty sky (0.96) and 3.42 with the stars (3.03:
+it sharpens the faint wings a little further). ``ACCEL_MAX`` 0.9: 41 steps, but 1.01 and 3.85.
+
 RL restores each star to pixels: a star between pixel centres ends up split over its
 neighbours, about the linear-interpolation (tent) weights, an extra blur of ``f (1 − f)`` px²
 per axis at sub-pixel offset ``f`` (1/6 px² on average) that the target would add to. So ``x``
@@ -48,8 +59,11 @@ own node grid (the field's PSFs bilinearly interpolated at the tile's nodes, no 
 than the field's), its own RL and early stop, and its own target convolution; the tiles are
 blended with a partition of unity (linear ramps ``TILE_RAMP`` px wide across the core
 boundaries). The FFTs are sized by the tile, a tile without stars stops at once, and one
-compiled RL (``lax.map``, static shapes) serves every tile. A frame of at most ``TILE`` px per
-side is one tile: the whole-frame RL, unchanged.
+compiled RL (static shapes, compiled once) serves every tile; the tiles run on as many host
+threads as there are CPU cores (``host_threads``: XLA runs one CPU computation on one core).
+A frame of at most ``TILE`` px per side is one tile: the whole-frame RL, unchanged. Inside the
+RL the PSFs' spectra are computed once (``optics.blurrer``), not at every iteration, and the
+local χ² of the damping is a separable box mean (``noise.box_mean``), not an FFT convolution.
 
 :func:`wiener_kernels` + :func:`deconvolve` is the linear reference (one Wiener/Tikhonov kernel
 ``T · conj(P_n) / (|P_n|² + λ)`` per node, blended like the forward blur): it keeps flux, but
@@ -66,13 +80,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from flatai_jax.physics import convolve, optics, psf, star_detect
+from flatai_jax.physics import convolve, host_threads, noise, optics, psf, star_detect
 
 PEDESTAL_SIGMA = 10.0  # RL runs on the frame minus its sky plus this many noise σ
 SIGNAL_SIGMA = 5.0  # χ² of the early stop counts pixels this far above the sky
 STALL, STALL_WINDOW = 0.005, 10  # stop when χ² falls by < 0.5 % over 10 iterations
+ACCEL_MAX = 0.7  # cap on the extrapolation factor α of the accelerated RL (module docstring)
 MAX_ITER = 200
-DAMP_BOX = 9  # side of the window of the local χ² that damps the RL update, px (~ a PSF core)
+DAMP_BOX = 9  # side (odd) of the window of the local χ² that damps the RL update, px (~ a PSF core)
 DAMP_CHI2 = 4.0  # local χ² per pixel (σ²) from which RL runs undamped; none at ≤ 1 (noise)
 PIXEL_COMPENSATION = 1.0  # the target is divided by sinc(ν)^this per axis (module docstring)
 TILE = 512  # tile core side, px (a frame larger than this on a side is tiled)
@@ -188,7 +203,8 @@ def deconvolve(image: np.ndarray, kernels: np.ndarray) -> np.ndarray:
 
 @functools.partial(jax.jit, static_argnames=("max_iter",))
 def richardson_lucy(y, psfs, sigma, signal, max_iter: int = MAX_ITER):
-  """Spatially varying, damped Richardson–Lucy with the early stop of the module docstring.
+  """Spatially varying, damped, accelerated Richardson–Lucy with the early stop of the module
+  docstring.
 
   Args:
     y: ``(H, W, C) float32`` positive frame (sky removed, pedestal added).
@@ -198,38 +214,44 @@ def richardson_lucy(y, psfs, sigma, signal, max_iter: int = MAX_ITER):
     max_iter: static cap on the iterations.
   Returns:
     ``x (H, W, C) float32`` the restored frame (the PSF removed), ``iterations ()`` int32,
-    ``chi2 ()`` the last χ² per signal pixel, in σ².
+    ``chi2 ()`` the χ² per signal pixel of the last step's start ``u`` (one step behind ``x``;
+    that of ``y`` when no step ran), in σ².
   """
-  flip = psfs[..., ::-1, ::-1]
+  blur = optics.blurrer(psfs, y.shape[:2])  # H: the PSF spectra once, not per iteration
+  blur_t = optics.blurrer(psfs[..., ::-1, ::-1], y.shape[:2])  # Hᵀ
   count = jnp.maximum(jnp.sum(signal), 1)
-
   total = jnp.sum(y)
-  box = jnp.full((1, 1, DAMP_BOX, DAMP_BOX), 1.0 / DAMP_BOX ** 2, y.dtype)
+  w = STALL_WINDOW
 
   def chi2(hx):
     return jnp.sum(jnp.where(signal, ((y - hx) / sigma) ** 2, 0.0)) / count
 
   def damping(hx):  # (H, W, C) in [0, 1]: 0 where the local residual is noise, 1 where not
-    q = optics.blur(((y - hx) / sigma) ** 2, box)
+    q = noise.box_mean(((y - hx) / sigma) ** 2, DAMP_BOX // 2)
     return jnp.clip((q - 1.0) / (DAMP_CHI2 - 1.0), 0.0, 1.0)
 
-  def cond(carry):
-    i, _, _, hist = carry
-    now, then = hist[i % STALL_WINDOW], hist[(i + 1) % STALL_WINDOW]  # χ²(x_i), χ²(x_{i−W+1})
-    stalled = (i >= STALL_WINDOW) & (then - now < STALL * then)
+  def cond(carry):  # hist[(i − 1) % w]: χ² of the last step's start u, i − w + 1 steps back
+    i, hist = carry[0], carry[-1]
+    now, then = hist[(i - 1) % w], hist[i % w]
+    stalled = (i >= w) & (then - now < STALL * then)
     return (i < max_iter) & (now > 1.0) & ~stalled
 
   def body(carry):
-    i, x, hx, hist = carry  # hx = H x
-    x = x * optics.blur(1.0 + damping(hx) * (y - hx) / jnp.maximum(hx, 1e-12), flip)
-    x = x * (total / jnp.sum(x))  # the damped update alone does not keep the sum
-    hx = optics.blur(x, psfs)
-    return i + 1, x, hx, hist.at[(i + 1) % STALL_WINDOW].set(chi2(hx))
+    i, x, x_prev, g, g_prev, d, hist = carry  # g: the last RL step x − u; d: its damping
+    alpha = jnp.clip(jnp.sum(g * g_prev) / jnp.maximum(jnp.sum(g_prev * g_prev), 1e-30),
+                     0.0, ACCEL_MAX)
+    u = x + jnp.where(i >= 2, alpha, 0.0) * d * (x - x_prev)  # the extrapolated start
+    u = jnp.where(u > 0.0, u, x)  # RL needs u ≥ 0: no extrapolation where it would cross 0
+    hu = blur(u)
+    d = damping(hu)
+    x_new = u * blur_t(1.0 + d * (y - hu) / jnp.maximum(hu, 1e-12))
+    x_new = x_new * (total / jnp.sum(x_new))  # the damped update alone does not keep the sum
+    return i + 1, x_new, x, x_new - u, g, d, hist.at[i % w].set(chi2(hu))
 
-  hy = optics.blur(y, psfs)
-  hist = jnp.full(STALL_WINDOW, jnp.inf).at[0].set(chi2(hy))
-  i, x, _, hist = jax.lax.while_loop(cond, body, (jnp.int32(0), y, hy, hist))
-  return x, i, hist[i % STALL_WINDOW]
+  hist = jnp.full(w, jnp.inf).at[w - 1].set(chi2(blur(y)))
+  zero = jnp.zeros_like(y)
+  i, x, *_, hist = jax.lax.while_loop(cond, body, (jnp.int32(0), y, y, zero, zero, zero, hist))
+  return x, i, hist[(i - 1) % w]
 
 
 def tile_plan(n: int, tile: int = TILE, halo: int = TILE_HALO, ramp: int = TILE_RAMP):
@@ -278,22 +300,20 @@ def _tile_psfs(psfs: np.ndarray, n: tuple[int, int], origins, length: tuple[int,
 
 
 @functools.partial(jax.jit, static_argnames=("max_iter",))
-def _tiled_richardson_lucy(y, psfs, sigma, signal, target, max_iter: int):
-  """:func:`richardson_lucy` then the target on each tile, one after the other.
+def _sharpen_tile(y, psfs, sigma, signal, target, max_iter: int):
+  """:func:`richardson_lucy` then the target, on one tile (or the whole frame).
 
-  Args: ``y (T, L, L', C)``, ``psfs (T, gty, gtx, k, k)``, ``signal (T, L, L', C)`` per tile;
-  ``sigma (C,)``; ``target (kt, kt)``. Returns ``(T, L, L', C)`` ``T ⊛ x`` per tile, the
-  iterations ``(T,)`` and χ² ``(T,)``.
+  Args: ``y (L, L', C)``, ``psfs (gty, gtx, k, k)``, ``signal (L, L', C)``, ``sigma (C,)``,
+  ``target (kt, kt)`` (:func:`pixel_compensated`). Returns ``T' ⊛ x (L, L', C)``, the
+  iterations ``()`` and the last χ² ``()``.
   """
-  def one(args):
-    yt, pt, st = args
-    x, i, c = richardson_lucy(yt, pt, sigma, st, max_iter=max_iter)
-    return optics.blur(x, target[None, None]), i, c
-  return jax.lax.map(one, (y, psfs, signal))
+  x, i, c = richardson_lucy(y, psfs, sigma, signal, max_iter=max_iter)
+  return optics.blur(x, target[None, None]), i, c
 
 
 def sharpen(image: np.ndarray, psfs: np.ndarray, target: np.ndarray,
-            max_iter: int = MAX_ITER, tile: int = TILE) -> tuple[np.ndarray, int, float]:
+            max_iter: int = MAX_ITER, tile: int = TILE,
+            workers: int | None = None) -> tuple[np.ndarray, int, float]:
   """Deconvolves a frame with its PSF field to a round target (module docstring).
 
   Args:
@@ -304,6 +324,8 @@ def sharpen(image: np.ndarray, psfs: np.ndarray, target: np.ndarray,
       convolved with its :func:`pixel_compensated` version.
     max_iter: cap on the RL iterations.
     tile: tile core side, px (module docstring); a frame no larger is one whole-frame RL.
+    workers: tiles deconvolved at once, on threads (default: the CPU cores,
+      ``host_threads.cpu_workers``); the result does not depend on it.
   Returns:
     ``(H, W, C) float32`` the frame with PSF ``target`` everywhere (the sky and its level
     kept; the sum kept up to the light the reflect-padded border exchanges with the
@@ -323,24 +345,26 @@ def sharpen(image: np.ndarray, psfs: np.ndarray, target: np.ndarray,
   signal = y > pedestal + SIGNAL_SIGMA * sigma
   h, w, c = image.shape
   target = jnp.asarray(pixel_compensated(target), jnp.float32)
+  sigma = jnp.asarray(sigma)
   if max(h, w) <= tile:
-    x, iters, chi2 = richardson_lucy(jnp.asarray(y), jnp.asarray(psfs, jnp.float32),
-                                     jnp.asarray(sigma), jnp.asarray(signal),
-                                     max_iter=int(max_iter))
-    out = np.asarray(optics.blur(x, target[None, None]))
+    out, iters, chi2 = jax.device_get(_sharpen_tile(
+        jnp.asarray(y), jnp.asarray(psfs, jnp.float32), sigma, jnp.asarray(signal), target,
+        max_iter=int(max_iter)))
     return out + (sky - pedestal), int(iters), float(chi2)
   (oy, ly, wy), (ox, lx, wx) = tile_plan(h, tile), tile_plan(w, tile)
-  pad = lambda a: np.pad(a, ((-oy[0], oy[-1] + ly - h), (-ox[0], ox[-1] + lx - w), (0, 0)),
-                         mode="reflect")
-  crops = lambda a: np.stack([a[i - oy[0]:i - oy[0] + ly, j - ox[0]:j - ox[0] + lx]
-                              for i in oy for j in ox])  # (ty·tx, ly, lx, C)
+  padded_y, padded_signal = (np.pad(a, ((-oy[0], oy[-1] + ly - h), (-ox[0], ox[-1] + lx - w),
+                                        (0, 0)), mode="reflect") for a in (y, signal))
   tile_psfs = _tile_psfs(psfs, (h, w), (oy, ox), (ly, lx))
-  tiles, iters, chi2 = jax.device_get(_tiled_richardson_lucy(
-      jnp.asarray(crops(pad(y))), jnp.asarray(tile_psfs.reshape(-1, *tile_psfs.shape[2:])),
-      jnp.asarray(sigma), jnp.asarray(crops(pad(signal))), target, max_iter=int(max_iter)))
+  cells = list(itertools.product(range(len(oy)), range(len(ox))))
+  crop = lambda a, i, j: a[oy[i] - oy[0]:oy[i] - oy[0] + ly, ox[j] - ox[0]:ox[j] - ox[0] + lx]
+  tiles = [(crop(padded_y, i, j), tile_psfs[i, j], sigma, crop(padded_signal, i, j), target)
+           for i, j in cells]  # host views: each goes to the device when its turn comes
+  fn = _sharpen_tile.lower(*tiles[0], max_iter=int(max_iter)).compile()
+  results = host_threads.map_compiled(fn, tiles, workers)
   out = np.zeros((oy[-1] - oy[0] + ly, ox[-1] - ox[0] + lx, c), np.float32)
-  for t, (a, b) in enumerate(itertools.product(range(len(oy)), range(len(ox)))):
+  for (a, b), (tile_out, _, _) in zip(cells, results):
     sy, sx = oy[a] - oy[0], ox[b] - ox[0]
-    out[sy:sy + ly, sx:sx + lx] += tiles[t] * (wy[a][:, None, None] * wx[b][None, :, None])
+    out[sy:sy + ly, sx:sx + lx] += tile_out * (wy[a][:, None, None] * wx[b][None, :, None])
   out = out[-oy[0]:-oy[0] + h, -ox[0]:-ox[0] + w]
-  return out + (sky - pedestal), int(iters.max()), float(chi2.max())
+  iters = max(int(r[1]) for r in results)
+  return out + (sky - pedestal), iters, max(float(r[2]) for r in results)

@@ -61,10 +61,20 @@ def add_sensor_noise(key, signal: jnp.ndarray, full_well_e, read_noise_e) -> jnp
   return noisy.astype(jnp.float32)
 
 
-def _box_mean(x: jnp.ndarray, radius: int) -> jnp.ndarray:
+def box_mean(x: jnp.ndarray, radius: int) -> jnp.ndarray:
+  """Mean over the ``(2r+1) × (2r+1)`` box around each pixel, the image reflected at its border.
+
+  Args:
+    x: ``(H, W, C) float32``, any unit; ``H, W > radius``.
+    radius: static half-size ``r`` of the box, px.
+  Returns:
+    ``(H, W, C) float32``, ``x``'s unit. Separable (a column sum, then a row sum: ``2(2r+1)``
+    additions per pixel, not ``(2r+1)²``).
+  """
   k = 2 * radius + 1
   padded = jnp.pad(x, ((radius, radius), (radius, radius), (0, 0)), mode="reflect")
-  s = jax.lax.reduce_window(padded, 0.0, jax.lax.add, (k, k, 1), (1, 1, 1), "VALID")
+  s = jax.lax.reduce_window(padded, 0.0, jax.lax.add, (k, 1, 1), (1, 1, 1), "VALID")
+  s = jax.lax.reduce_window(s, 0.0, jax.lax.add, (1, k, 1), (1, 1, 1), "VALID")
   return s / (k * k)
 
 
@@ -85,4 +95,4 @@ def estimate_noise_map(image: jnp.ndarray, radius: int = 4) -> jnp.ndarray:
   p = jnp.pad(image, ((1, 1), (1, 1), (0, 0)), mode="reflect")
   neighbours = (p[:-2, 1:-1] + p[2:, 1:-1] + p[1:-1, :-2] + p[1:-1, 2:]) / 4.0
   r = image - neighbours
-  return jnp.sqrt(_box_mean(r * r, radius) / 1.25).astype(jnp.float32)
+  return jnp.sqrt(box_mean(r * r, radius) / 1.25).astype(jnp.float32)

@@ -147,6 +147,27 @@ def psf_field(key, coords, cfg, aspect: float):
   return render_psfs(node_coefficients(key, coords, cfg, aspect), cfg)
 
 
+def blurrer(psfs, hw: tuple[int, int]):
+  """:func:`blur` by one PSF field as a function of the image, the PSFs' spectra computed once
+  (an iteration that blurs many images by one field: Richardson–Lucy).
+
+  Args:
+    psfs: ``(gy, gx, k, k)`` from :func:`psf_field`.
+    hw: static ``(H, W)`` of the images.
+  Returns:
+    ``image (H, W, C) float32 -> (H, W, C) float32``, the same as ``blur(image, psfs)``.
+  """
+  gy, gx, k, _ = psfs.shape
+  m = k // 2
+  kernels = convolve.cell_kernels(psfs, (hw[0] + 2 * m, hw[1] + 2 * m), margin=m)
+
+  def apply(image):
+    padded = jnp.pad(image, ((m, m), (m, m), (0, 0)), mode="reflect")
+    out = convolve.convolve_cells(padded, kernels, (gy, gx), k, margin=m)
+    return out[m:-m, m:-m] if m else out
+  return apply
+
+
 def blur(image, psfs):
   """The crop seen through its PSF field: reflect-padded spatially varying convolution.
 
@@ -159,7 +180,4 @@ def blur(image, psfs):
   Returns:
     ``(H, W, C) float32``.
   """
-  m = psfs.shape[-1] // 2
-  padded = jnp.pad(image, ((m, m), (m, m), (0, 0)), mode="reflect")
-  out = convolve.spatially_varying_convolve(padded, psfs, margin=m)
-  return out[m:-m, m:-m] if m else out
+  return blurrer(psfs, image.shape[:2])(image)

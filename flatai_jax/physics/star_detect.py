@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 import sep
+from scipy.spatial import cKDTree
 
 
 def background(plane: np.ndarray) -> tuple[np.ndarray, float]:
@@ -70,8 +71,10 @@ def find_stars(plane: np.ndarray, noise_rms: float, usable: np.ndarray | None = 
   # isolation against every detection, also fainter ones (found at a lower threshold)
   faint = sep.extract(data, max(thresh / 4, 1e-12), minarea=3)
   others = np.stack([faint["x"], faint["y"]], -1) if len(faint) else xy
-  d = np.sqrt(((xy[:, None] - others[None]) ** 2).sum(-1))
-  isolated = (np.sort(d, axis=1)[:, 1] if d.shape[1] > 1 else np.full(len(xy), np.inf)) > box
+  # the second-nearest detection (the nearest is the star itself), from a k-d tree: a dense
+  # distance matrix is n × m (20,000 stars of a 6000 × 4000 frame: 15 GiB and minutes)
+  d, _ = cKDTree(others).query(xy, k=2)
+  isolated = d[:, 1] > box  # inf when there is no second detection
   inside = ((xy[:, 0] > half + 1) & (xy[:, 0] < w - half - 2) &
             (xy[:, 1] > half + 1) & (xy[:, 1] < h - half - 2))
   keep = isolated & inside & (objs["flag"] == 0)
