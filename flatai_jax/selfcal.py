@@ -220,29 +220,31 @@ def large_scales(obs: np.ndarray, d: np.ndarray, degree: int = LARGE_DEGREE,
     sky = _registered_median(c, d)
     c = c.reshape(n, -1)
     f_flat = F.ravel()
-    systems = []
-    for i, j in _pairs(n):
-      # sky positions both frames see, as sensor pixel indices of each
-      y0, x0 = max(d[i, 0], d[j, 0]), max(d[i, 1], d[j, 1])
-      y1, x1 = min(d[i, 0], d[j, 0]) + h, min(d[i, 1], d[j, 1]) + w
-      if y1 - y0 < 2 or x1 - x0 < 2:
-        continue
-      step = max(1, int(np.ceil(np.sqrt((y1 - y0) * (x1 - x0) / LARGE_ROWS))))
-      qy, qx = np.mgrid[y0:y1:step, x0:x1:step]
-      pi = ((qy - d[i, 0]) * w + qx - d[i, 1]).ravel()
-      pj = ((qy - d[j, 0]) * w + qx - d[j, 1]).ravel()
-      ci, cj, t = c[i, pi], c[j, pj], sky[qy, qx].ravel()
-      a = np.concatenate([t[:, None] * (bf[pi] - bf[pj]),
-                          bg[pi] / (gains[i] * f_flat[pi, None]),
-                          -bg[pj] / (gains[j] * f_flat[pj, None]),
-                          t[:, None] * (q[i] - q[j])[None, :]], 1)
-      cols = np.r_[np.arange(kf), kf + i * kg + np.arange(kg), kf + j * kg + np.arange(kg),
-                   kf + n * kg + np.arange(kq)]
-      systems.append((a, ci - cj, cols))
-    x = _solve(systems, k)
-    residual = np.concatenate([b - a @ x[cols] for a, b, cols in systems])
+
+    def systems():  # the row blocks of every pair, rebuilt per pass (kept, 100 frames: GBs)
+      for i, j in _pairs(n):
+        # sky positions both frames see, as sensor pixel indices of each
+        y0, x0 = max(d[i, 0], d[j, 0]), max(d[i, 1], d[j, 1])
+        y1, x1 = min(d[i, 0], d[j, 0]) + h, min(d[i, 1], d[j, 1]) + w
+        if y1 - y0 < 2 or x1 - x0 < 2:
+          continue
+        step = max(1, int(np.ceil(np.sqrt((y1 - y0) * (x1 - x0) / LARGE_ROWS))))
+        qy, qx = np.mgrid[y0:y1:step, x0:x1:step]
+        pi = ((qy - d[i, 0]) * w + qx - d[i, 1]).ravel()
+        pj = ((qy - d[j, 0]) * w + qx - d[j, 1]).ravel()
+        t = sky[qy, qx].ravel()
+        a = np.concatenate([t[:, None] * (bf[pi] - bf[pj]),
+                            bg[pi] / (gains[i] * f_flat[pi, None]),
+                            -bg[pj] / (gains[j] * f_flat[pj, None]),
+                            t[:, None] * (q[i] - q[j])[None, :]], 1)
+        cols = np.r_[np.arange(kf), kf + i * kg + np.arange(kg), kf + j * kg + np.arange(kg),
+                     kf + n * kg + np.arange(kq)]
+        yield a, c[i, pi] - c[j, pj], cols
+
+    x = _solve(systems(), k)
+    residual = np.concatenate([b - a @ x[cols] for a, b, cols in systems()])
     sigma = 1.4826 * float(np.median(np.abs(residual))) + 1e-30
-    x = _solve(systems, k, lambda a, b, cols: np.abs(b - a @ x[cols]) < LARGE_CLIP * sigma)
+    x = _solve(systems(), k, lambda a, b, cols: np.abs(b - a @ x[cols]) < LARGE_CLIP * sigma)
     F = F * np.exp(bf @ x[:kf]).reshape(h, w)
     G = G + np.stack([(bg @ x[kf + i * kg:kf + (i + 1) * kg]).reshape(h, w) for i in range(n)])
     gains = gains * np.exp(q @ x[kf + n * kg:])
