@@ -174,7 +174,7 @@ def fit(planes: np.ndarray, iterations: int = ITERATIONS, smooth_px: float = SMO
   return JointFit(F=F, T=T, G=G * gains[:, None, None], offsets=d, gains=gains)
 
 
-def _pairs(n: int) -> list[tuple[int, int]]:
+def pairs(n: int) -> list[tuple[int, int]]:
   """Frame pairs of the large-scale solve: all of them up to ``2·LARGE_PAIRS + 1`` frames, else
   each frame with the ``LARGE_PAIRS`` frames at strides 1, 2, 4, … (mod n) — every frame is
   tied to near and far ones in the sequence, ``LARGE_PAIRS·n`` pairs in all."""
@@ -222,7 +222,7 @@ def large_scales(obs: np.ndarray, d: np.ndarray, degree: int = LARGE_DEGREE,
     f_flat = F.ravel()
 
     def systems():  # the row blocks of every pair, rebuilt per pass (kept, 100 frames: GBs)
-      for i, j in _pairs(n):
+      for i, j in pairs(n):
         # sky positions both frames see, as sensor pixel indices of each
         y0, x0 = max(d[i, 0], d[j, 0]), max(d[i, 1], d[j, 1])
         y1, x1 = min(d[i, 0], d[j, 0]) + h, min(d[i, 1], d[j, 1]) + w

@@ -504,8 +504,8 @@ def joint_estimate(frames, grid_hw, progress=None) -> SessionFlat | None:
     planes.append(_bin_mean(np.where(np.isfinite(plane), plane, np.nanmedian(plane)), b))
     metas.append(meta)
     names.append(name)
-  report = (lambda done, total: progress(f"  joint fit: round {done}/{total}")
-            if progress and done % 20 == 0 else None)
+  report = (lambda done, total: progress(f"  joint fit: small scales, round {done}/{total}")
+            if progress else None)
   planes = np.stack(planes)
   frame_offsets = selfcal.offsets(planes, subpixel=True)
   spread = int(round(float(np.ptp(frame_offsets, 0).max())))
@@ -514,6 +514,9 @@ def joint_estimate(frames, grid_hw, progress=None) -> SessionFlat | None:
       progress(f"session: the frames are dithered by {spread * b} px at most: too little for "
                "the joint fit; the scale-split flat")
     return None
+  if progress:
+    progress(f"  joint fit: large scales by least squares over {len(selfcal.pairs(len(planes)))} "
+             f"frame pairs ({planes.shape[1]} × {planes.shape[2]} px each, binned {b}×{b})")
   fit = selfcal.fit(planes, frame_offsets=frame_offsets, progress=report)
   sky = np.where(np.isfinite(fit.T), fit.T, np.nanmedian(fit.T))
   work = working_grid.geometry(sky.shape, grid_hw)
@@ -529,7 +532,8 @@ def joint_estimate(frames, grid_hw, progress=None) -> SessionFlat | None:
   weight *= JOINT_SKY_SURFACE
   s_sky = working_grid.upsample(weight * surface, work)
   h, w = fit.F.shape
-  s_frames = np.stack([s_sky[dy:dy + h, dx:dx + w] for dy, dx in fit.offsets])
+  s_frames = np.stack([a * s_sky[dy:dy + h, dx:dx + w]  # at the frame's transparency
+                       for a, (dy, dx) in zip(fit.gains, fit.offsets)])
   f_full = _unbin(fit.F, b, shape[:2])
   f_full = f_full / np.median(f_full)
   info = ndimage.gaussian_filter(sum(fit.sky_of(i) ** 2 for i in range(len(planes))),
@@ -552,7 +556,8 @@ def joint_estimate(frames, grid_hw, progress=None) -> SessionFlat | None:
 
 def _correct_joint(image: np.ndarray, flat: SessionFlat, index: int) -> correct.Correction:
   """Pass 2 of frame ``index`` after :func:`joint_estimate`: its G is its fitted G plus its
-  part of the sky surface times F, and ``corrected = (observed − G) / F`` exactly."""
+  part of the sky surface times its transparency and F, and ``corrected = (observed − G) / F``
+  exactly."""
   b, hw = flat.joint["bin"], image.shape[:2]
   f_plane = flat.F[..., 0].astype(np.float64)
   g_full = (_unbin(flat.joint["G"][index], b, hw)
