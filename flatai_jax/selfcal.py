@@ -142,6 +142,8 @@ def fit(planes: np.ndarray, iterations: int = ITERATIONS, smooth_px: float = SMO
   Returns:
     :class:`JointFit`.
   """
+  if iterations < 1:
+    raise ValueError(f"iterations={iterations}: the sky needs at least one alternating round")
   obs = np.asarray(planes, np.float64)
   n, h, w = obs.shape
   d = offsets(obs, subpixel=True) if frame_offsets is None else np.asarray(frame_offsets)

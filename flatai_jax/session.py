@@ -439,7 +439,6 @@ def _combine_large(num, den, weight_total, frames):
 
 
 JOINT_BYTES = 1 << 30  # the joint fit holds the frames binned to at most this (float64, ×3)
-JOINT_SKY_SURFACE = 1.0
 JOINT_MIN_DITHER = 4.0  # … and needs frames spread by this × selfcal.SMOOTH_PX (fitted px)
 
 
@@ -529,7 +528,6 @@ def joint_estimate(frames, grid_hw, progress=None) -> SessionFlat | None:
                f"{correct.SKY_STRUCTURE[0]}): per-frame sky surfaces and the scale-split flat")
     return None
   surface, weight, _ = correct.sky_background(grid[inner], work, structure)
-  weight *= JOINT_SKY_SURFACE
   s_sky = working_grid.upsample(weight * surface, work)
   h, w = fit.F.shape
   s_frames = np.stack([a * s_sky[dy:dy + h, dx:dx + w]  # at the frame's transparency
