@@ -213,9 +213,7 @@ def large_scales(obs: np.ndarray, d: np.ndarray, degree: int = LARGE_DEGREE,
   bf = np.delete(bf, [0, 1, degree + 1], axis=1)
   bg = sky_surface.legendre_basis((h, w), g_degree)
   kf, kg = bf.shape[1], bg.shape[1]
-  q = _gain_basis(n)  # transparency: gains exp(q·γ), their geometric mean 1
-  kq = q.shape[1]
-  k = kf + n * kg + kq
+  k = kf + n * kg + n  # log F, every G, every log gain (their common part: the ridge's null)
   F, G, gains = np.ones((h, w)), np.zeros_like(obs), np.ones(n)
   for _ in range(rounds):
     c = (obs - G) / (F * gains[:, None, None])
@@ -238,9 +236,9 @@ def large_scales(obs: np.ndarray, d: np.ndarray, degree: int = LARGE_DEGREE,
         a = np.concatenate([t[:, None] * (bf[pi] - bf[pj]),
                             bg[pi] / (gains[i] * f_flat[pi, None]),
                             -bg[pj] / (gains[j] * f_flat[pj, None]),
-                            t[:, None] * (q[i] - q[j])[None, :]], 1)
+                            t[:, None], -t[:, None]], 1)
         cols = np.r_[np.arange(kf), kf + i * kg + np.arange(kg), kf + j * kg + np.arange(kg),
-                     kf + n * kg + np.arange(kq)]
+                     kf + n * kg + i, kf + n * kg + j]
         yield a, c[i, pi] - c[j, pj], cols
 
     x = _solve(systems(), k)
@@ -249,7 +247,7 @@ def large_scales(obs: np.ndarray, d: np.ndarray, degree: int = LARGE_DEGREE,
     x = _solve(systems(), k, lambda a, b, cols: np.abs(b - a @ x[cols]) < LARGE_CLIP * sigma)
     F = F * np.exp(bf @ x[:kf]).reshape(h, w)
     G = G + np.stack([(bg @ x[kf + i * kg:kf + (i + 1) * kg]).reshape(h, w) for i in range(n)])
-    gains = gains * np.exp(q @ x[kf + n * kg:])
+    gains = gains * np.exp(x[kf + n * kg:])
   return F / np.median(F), G, gains / np.median(gains)
 
 
@@ -267,13 +265,6 @@ def _registered_median(c: np.ndarray, d: np.ndarray) -> np.ndarray:
   smooth = ndimage.gaussian_filter(np.where(seen, sky, 0.0), SKY_SMOOTH_PX)
   weight = ndimage.gaussian_filter(seen.astype(np.float64), SKY_SMOOTH_PX)
   return np.where(seen, smooth / np.maximum(weight, 1e-12), np.nan)
-
-
-def _gain_basis(n: int) -> np.ndarray:
-  """``(n, n − 1)`` orthonormal directions of ``n`` frames' log gains orthogonal to a common
-  gain (the sky's level)."""
-  u, _, _ = np.linalg.svd(np.ones((n, 1)), full_matrices=True)
-  return u[:, 1:]
 
 
 def _solve(systems, k: int, keep=None) -> np.ndarray:

@@ -461,12 +461,23 @@ def _bin_mean(plane: np.ndarray, b: int) -> np.ndarray:
 
 
 def _unbin(a: np.ndarray, b: int, hw) -> np.ndarray:
-  """Inverse of :func:`_bin_mean` for smooth fields: bilinear at the pixel centres, ``hw``."""
+  """Inverse of :func:`_bin_mean` for smooth fields: bilinear at the pixel centres, ``hw``,
+  float32 (b > 1)."""
   if b == 1:
     return a
-  ys = (np.arange(hw[0]) + 0.5) / b - 0.5
-  xs = (np.arange(hw[1]) + 0.5) / b - 0.5
-  return ndimage.map_coordinates(a, np.meshgrid(ys, xs, indexing="ij"), order=1, mode="nearest")
+
+  def along(x: np.ndarray, n_out: int) -> np.ndarray:  # axis 0: b output rows per input row
+    n = x.shape[0]
+    padded = np.concatenate([x[:1], x, x[-1:]], 0)  # edges clamped
+    out = np.empty((n, b) + x.shape[1:], np.float32)
+    for k in range(b):  # the k-th pixel of every block sits at the same fraction: slices only
+      centre = (k + 0.5) / b - 0.5
+      left = int(np.floor(centre))
+      frac = centre - left
+      out[:, k] = (1.0 - frac) * padded[1 + left:1 + left + n] + frac * padded[2 + left:2 + left + n]
+    return out.reshape((n * b,) + x.shape[1:])[:n_out]
+
+  return along(np.ascontiguousarray(along(np.asarray(a, np.float32).T, hw[1]).T), hw[0])
 
 
 def joint_estimate(frames, grid_hw, progress=None) -> SessionFlat | None:
@@ -557,12 +568,12 @@ def _correct_joint(image: np.ndarray, flat: SessionFlat, index: int) -> correct.
   part of the sky surface times its transparency and F, and ``corrected = (observed − G) / F``
   exactly."""
   b, hw = flat.joint["bin"], image.shape[:2]
-  f_plane = flat.F[..., 0].astype(np.float64)
-  g_full = (_unbin(flat.joint["G"][index], b, hw)
-            + _unbin(flat.joint["S"][index], b, hw) * f_plane)
+  f_plane = flat.F[..., 0]
+  g_full = _unbin(flat.joint["S"][index], b, hw) * f_plane
+  g_full += _unbin(flat.joint["G"][index], b, hw)
   corrected = (image[..., 0] - g_full) / f_plane
-  return correct.Correction(corrected=corrected[..., None].astype(np.float32), F=flat.F,
-                            G=g_full[..., None].astype(np.float32),
+  return correct.Correction(corrected=corrected[..., None].astype(np.float32, copy=False),
+                            F=flat.F, G=g_full[..., None].astype(np.float32, copy=False),
                             confidence=flat.confidence, notes=())
 
 
