@@ -93,14 +93,28 @@ def test_hcipy_stamps_put_the_centroid_where_asked():
   np.testing.assert_allclose([hcipy_optics._centroid(s) for s in stamps], dxy, atol=0.01)
 
 
-def test_cli_writes_every_method_and_zone(tmp_path):
+def _evaluate(*args):
   env = dict(os.environ, JAX_PLATFORMS="cpu")
-  run = lambda *a: subprocess.run([sys.executable, "-m", "flatai_jax.main", "evaluate", *a],
-                                  cwd=ROOT, capture_output=True, text=True, env=env, timeout=600)
-  bad = run("--task=psf", "--size=128")
-  assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1, bad.stderr
-  assert "size 128 px" in bad.stderr
-  out = run("--task=psf", "--size=192", f"--output_dir={tmp_path}")
+  return subprocess.run([sys.executable, "-m", "flatai_jax.main", "evaluate", *args], cwd=ROOT,
+                        capture_output=True, text=True, env=env, timeout=900)
+
+
+@pytest.mark.parametrize("args, says", [
+    (["--task=psf", "--size=128"], "size 128 px"),
+    (["--task=flat"], "only --task=psf"),
+    (["--task=psf", "--checkpoint=runs/x"], "drop --checkpoint"),
+])
+def test_cli_bad_input_is_one_line(args, says):
+  out = _evaluate(*args)
+  assert out.returncode == 2 and len(out.stderr.strip().splitlines()) == 1, out.stderr
+  assert says in out.stderr, out.stderr
+
+
+@pytest.mark.slow
+def test_cli_writes_every_method_and_zone(tmp_path):
+  """192² (~80 s for the project's optics on the 2-core CPU; hcipy's frame at 192² leaves the
+  fit 14 isolated stars: its case is recorded as failed, one line)."""
+  out = _evaluate("--task=psf", "--size=192", f"--output_dir={tmp_path}")
   assert out.returncode == 0, out.stderr
   assert "| physics: fitted field + RL" in out.stdout
   report = json.loads((tmp_path / "psf_eval.json").read_text())
@@ -109,6 +123,9 @@ def test_cli_writes_every_method_and_zone(tmp_path):
   for name, case in report["cases"].items():
     if "skipped" in case:
       assert name == "hcipy" and hcipy_optics.missing(), case
+      continue
+    if "failed" in case:
+      assert name == "hcipy" and "measurable stars" in case["failed"], case
       continue
     assert list(case["methods"]) == list(aberration.METHODS)
     for key, m in case["methods"].items():

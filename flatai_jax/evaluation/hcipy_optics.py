@@ -8,7 +8,7 @@ waves RMS at λ_ref, ``radial_cutoff=False`` as the project's polynomials); each
 band propagated by hcipy's Fraunhofer propagator (focal length 1, so the focal plane is in
 λ_ref/D) onto ``oversample``² sub-samples per detector pixel (λ_ref/D = ``q`` px), summed into
 pixels. Each star is placed with its centroid over the kernel at the kernel's centre pixel plus
-its sub-pixel offset, by moving the focal grid (two passes), as the project's renderer recentres
+its sub-pixel offset (within ``CENTRE_TOL``), by moving the focal grid, as the project's renderer recentres
 its PSFs; each image sums to 1 over the kernel.
 """
 from __future__ import annotations
@@ -19,7 +19,8 @@ import numpy as np
 
 from flatai_jax.physics import psf
 
-CENTRE_PASSES = 2  # focal-grid moves that put the centroid on the requested position
+CENTRE_TOL = 0.005  # px: the focal grid is moved until the centroid is this near the request
+CENTRE_PASSES = 8  # at most this many moves
 
 
 def missing() -> str | None:
@@ -82,10 +83,13 @@ def unit_stamps(coeffs: np.ndarray, dxy: np.ndarray, spec: psf.PSFSpec) -> np.nd
   out = []
   for c, d in zip(np.asarray(coeffs, np.float64), np.asarray(dxy, np.float64)):
     centre = np.zeros(2)  # λ_ref/D seen by the centre pixel
-    for _ in range(CENTRE_PASSES):
-      img = _image(spec, c, centre)
-      centre = centre + (_centroid(img) - d) / spec.q
     img = _image(spec, c, centre)
+    for _ in range(CENTRE_PASSES):  # the kernel cuts the wing: the centroid moves < 1:1
+      miss = _centroid(img) - d
+      if np.abs(miss).max() < CENTRE_TOL:
+        break
+      centre = centre + miss / spec.q
+      img = _image(spec, c, centre)
     out.append(img / img.sum())
   return np.stack(out)
 
