@@ -9,7 +9,7 @@ Results and the machine: BENCHMARKS.md "Physics PSF correction at scale".
 
 Each size runs in its own process (its peak RSS is its own): a frame with stars every 32 px
 (jittered ±2 px, fluxes 1e4–5e4, σ = 1 noise on a sky of 10) seen through the test's PSF field
-(``tests/test_psf_fit.TRUTH``, scaled to the frame: corners at ~3× the centre's FWHM), 11 × 11
+(``evaluation.star_field.TRUTH``, scaled to the frame: corners at ~3× the centre's FWHM), 11 × 11
 fitted nodes. Seconds are wall-clock and include the JIT compilations a fresh process pays.
 """
 import json
@@ -27,10 +27,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def one(w: int, h: int) -> dict:
   """Times one ``w × h`` frame: I/O, fit + deconvolution; peak RSS of this process."""
-  sys.path.insert(0, str(ROOT / "tests"))
-  import test_psf_fit as scene  # the test's optics and field: one definition
-
   from flatai_jax import correct_psf
+  from flatai_jax.evaluation import star_field as scene  # the optics and field: one definition
   from flatai_jax.io import images
   from flatai_jax.physics import psf_fit
   rng = np.random.default_rng(0)
@@ -40,7 +38,7 @@ def one(w: int, h: int) -> dict:
   flux = np.exp(rng.uniform(np.log(1e4), np.log(5e4), len(xy)))
   frame = np.zeros((h, w))
   for chunk in np.array_split(np.arange(len(xy)), max(1, len(xy) // 1024)):
-    frame += psf_fit.render_stars((h, w), xy[chunk], flux[chunk], scene.TRUTH, scene._cfg())
+    frame += psf_fit.render_stars((h, w), xy[chunk], flux[chunk], scene.TRUTH, scene.optics_cfg())
   frame = (frame + scene.SKY + rng.normal(0.0, scene.NOISE, frame.shape)).astype(np.float32)
   with tempfile.TemporaryDirectory() as tmp:
     path = Path(tmp) / "frame.fits"
@@ -49,7 +47,7 @@ def one(w: int, h: int) -> dict:
     read, _ = images.read_image(path)
     io_s = time.perf_counter() - t
   t = time.perf_counter()
-  out = correct_psf.correct_physics(read, scene._cfg(), grid=(11, 11))
+  out = correct_psf.correct_physics(read, scene.optics_cfg(), grid=(11, 11))
   total = time.perf_counter() - t
   return {"size": f"{w}×{h}", "stars": len(xy), "stars_fitted": len(out.field.stars), "io_s": io_s,
           "correct_s": total,

@@ -2,6 +2,7 @@
 
   flatai train    --config=configs/default.py:flat,quickstart --workdir=runs/x [--config.train.steps=200]
   flatai evaluate --checkpoint=runs/x [--step=N] [--output_dir=runs/x/eval]   (--workdir: same)
+  flatai evaluate --task=psf [--output_dir=eval_psf] [--size=256]   (aberrations, no model)
   flatai correct  IMAGE... [--checkpoint=runs/x] [--out=DIR | --output=out.fits] [--task=flat]
                   [--reference=clean.fits] [--cfa=auto|none|RGGB|…] [--input_stretch=auto|…]
   flatai correct  --session FRAME... --out=DIR   (one flat for a dithered sequence)
@@ -70,6 +71,8 @@ flags.DEFINE_string("input_dir", None, "Folder tree of clean images.")
 flags.DEFINE_integer("min_size", 128, "Images smaller than this per side (px) are skipped.")
 flags.DEFINE_integer("val_percent", 10, "Share of images in the validation split, %.")
 flags.DEFINE_integer("num", 8, "Number of examples.")
+flags.DEFINE_integer("size", 256, "evaluate --task=psf: side of the synthetic star field, px "
+                     "(at least 192).")
 flags.DEFINE_bool("full_frame", False, "Synthesise whole sensor frames instead of crops.")
 flags.DEFINE_integer("port", 8765, "gui: port of the page on 127.0.0.1; 0 = any free port.")
 flags.DEFINE_string("coordinator_address", None, "Multi-host: host:port of process 0.")
@@ -94,11 +97,17 @@ COMMANDS = {
          "coordinator_address": None, "num_processes": None, "process_id": None}),
     "evaluate": Command(
         "Score a checkpoint on full frames against classical baselines; writes a report.",
-        "--checkpoint=RUN_DIR [--step=N] [--output_dir=DIR] | --real_dir=DIR [--checkpoint=…]",
+        "--checkpoint=RUN_DIR [--step=N] [--output_dir=DIR] | --real_dir=DIR [--checkpoint=…] "
+        "| --task=psf [--output_dir=DIR] [--size=PX]",
         {"checkpoint": "Run directory or exported model to evaluate (with --real_dir: default "
                        "the shipped model).", "workdir": "Same as --checkpoint.",
-         "step": None, "output_dir": "Report folder; default: <checkpoint>/eval.",
-         "real_dir": None}),
+         "step": None, "output_dir": "Report folder; default: <checkpoint>/eval (--task=psf: "
+                                     "eval_psf).",
+         "real_dir": None,
+         "task": "psf: the aberration evaluation (issue 15) on a synthetic star field with a "
+                 "known PSF field, no model: uncorrected, --method=physics, Richardson–Lucy / "
+                 "Wiener with one PSF and with the true field; writes psf_eval.json and .md.",
+         "size": None}),
     "correct": Command(
         "Correct FITS/XISF/TIFF/PNG/JPEG frames; writes corrected image, F, G and preview.",
         "IMAGE... [--checkpoint=RUN_DIR] [--out=DIR | --output=FILE] | --session FRAME... "
@@ -339,6 +348,8 @@ def _evaluate():
   from flatai_jax.evaluation import frames
   from flatai_jax.evaluation import report as eval_report
   checkpoint = FLAGS.checkpoint or FLAGS.workdir
+  if FLAGS.task is not None:
+    return _evaluate_psf(checkpoint)
   if FLAGS.real_dir:
     from flatai_jax.evaluation import real
     result = real.run(checkpoint, FLAGS.real_dir, FLAGS.output_dir, FLAGS.step)
@@ -349,6 +360,25 @@ def _evaluate():
   report = frames.evaluate(checkpoint, FLAGS.step, FLAGS.output_dir)
   print(eval_report.markdown(report))
   print(json.dumps(eval_report.clean_json(report), indent=2))
+
+
+def _evaluate_psf(checkpoint):
+  """``--task=psf``: the aberration evaluation (``evaluation.aberration``); no model."""
+  if FLAGS.task != "psf":
+    raise app.UsageError(f"--task={FLAGS.task}: only --task=psf has a task evaluation "
+                         "(score a flat or combined model with --checkpoint)")
+  if checkpoint or FLAGS.real_dir or FLAGS.step is not None:
+    raise app.UsageError("--task=psf scores the correction methods on a synthetic star field; "
+                         "drop --checkpoint/--workdir/--real_dir/--step")
+  from flatai_jax.evaluation import aberration
+  try:
+    report = aberration.evaluate(FLAGS.size)
+  except ValueError as e:
+    raise app.UsageError(str(e))
+  paths = aberration.write(report, FLAGS.output_dir or "eval_psf")
+  print(aberration.markdown(report))
+  for k, v in paths.items():
+    print(f"wrote {k}: {v}")
 
 
 def _correct(argv):

@@ -207,7 +207,8 @@ def test_help_lists_the_commands_and_each_commands_own_flags():
                      "strength", "cfa", "input_stretch", "method", "target", "config", "session"},
          "train": {"config", "workdir", "coordinator_address", "num_processes", "process_id"},
          "build_dataset": {"input_dir", "output_dir", "min_size", "val_percent"},
-         "gui": {"port", "checkpoint"}}
+         "gui": {"port", "checkpoint"},
+         "evaluate": {"checkpoint", "workdir", "step", "output_dir", "real_dir", "task", "size"}}
   for name, expected in own.items():
     for flag in ("--help", "-h"):
       out = flatai(name, flag)

@@ -16,34 +16,18 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from flatai_jax.evaluation import quality, stars
+from flatai_jax.evaluation import quality, star_field, stars
 from flatai_jax.io import images
-from flatai_jax.physics import deconvolve, optics, psf_fit, star_detect
+from flatai_jax.physics import deconvolve, psf_fit, star_detect
 
 HW = (256, 256)
-NOISE, SKY = 1.0, 10.0
+NOISE, SKY = star_field.NOISE, star_field.SKY
 COEFF_TOL = 0.03  # waves RMS per mode over the nodes (issue 15)
 
 
-def _cfg():
-  from configs.default import get_config
-  cfg = get_config("psf").degrade.psf
-  cfg.oversample = 2
-  return cfg
-
-
-def _params(coma=0.0, astig=0.0, curvature=0.0, spherical=0.0, trefoil=(0.0, 0.0),
-            tilt=(0.0, 0.0)):
-  f = lambda v: jnp.asarray(v, jnp.float32)
-  return psf_fit.FieldParams(
-      system=optics.OpticalSystem(defocus=f(0.0), spherical=f(spherical), trefoil=f(trefoil),
-                                  coma=f(coma), astigmatism=f(astig),
-                                  field_curvature=f(curvature), tilt=f(tilt)),
-      astig0=f((0.0, 0.0)), coma0=f((0.0, 0.0)))
-
-
-TRUTH = _params(coma=0.51, astig=0.34, curvature=0.26, spherical=0.03, trefoil=(0.02, -0.01),
-                tilt=(0.03, -0.02))
+_cfg = star_field.optics_cfg  # the scene's optics, params and truth: one definition
+_params = star_field.field_params
+TRUTH = star_field.TRUTH
 
 
 MODERATE = _params(coma=0.3, astig=0.2, curvature=0.15, spherical=0.03, trefoil=(0.02, -0.01),
@@ -55,11 +39,8 @@ def _star_field(n_side=8, seed=0, truth=TRUTH, light=False):
   rng = np.random.default_rng(seed)
   g = np.arange(n_side) * (HW[0] // n_side) + HW[0] // (2 * n_side)
   xy = np.stack(np.meshgrid(g, g), -1).reshape(-1, 2) + rng.uniform(-2, 2, (n_side ** 2, 2))
-  flux = np.exp(rng.uniform(np.log(1e4), np.log(5e4), len(xy)))
-  stars_only = psf_fit.render_stars(HW, xy, flux, truth, _cfg())
-  observed = stars_only + SKY + rng.normal(0.0, NOISE, HW)
-  ideal = psf_fit.render_stars(HW, xy, flux, _params(), _cfg()) + SKY  # through the target
-  return (xy, observed, ideal, stars_only) if light else (xy, observed, ideal)
+  f = star_field.frame(HW, xy, rng, truth, _cfg())
+  return (xy, f.observed, f.ideal, f.light) if light else (xy, f.observed, f.ideal)
 
 
 @pytest.fixture(scope="module")
@@ -93,8 +74,8 @@ def test_fit_recovers_the_zernike_field():
 def _zones(xy):
   inner = np.all((xy > 17) & (xy < np.asarray(HW[::-1]) - 18), axis=1)
   xy = xy[inner]
-  radius = stars.field_radius_px(xy, HW)
-  return xy, radius < 0.3, radius > 0.7
+  z = stars.zones(xy, HW)
+  return xy, z["centre"], z["corner"]
 
 
 def _star_metrics(frame, out):

@@ -142,3 +142,47 @@ def ringing(plane: np.ndarray, xy: np.ndarray, noise: float, radius: int = 12) -
     prof = [cut[rr == r].mean() for r in range(1, radius + 1)]
     out[i] = min(prof) / max(noise, 1e-12)
   return out
+
+
+ZONE_CENTRE, ZONE_CORNER = 0.3, 0.7  # aberration zones (issue 15): field radius < 0.3, > 0.7
+MEASURE_BOX, MEASURE_APERTURE = 25, 10.0  # px: fit box and flux aperture of aberrated stars
+
+
+def zones(xy: np.ndarray, hw) -> dict:
+  """``(n,) bool`` masks of issue 15's zones for ``(n, 2)`` (x, y) star positions on a frame
+  of ``hw`` px: ``centre`` (field radius < ``ZONE_CENTRE``), ``corner`` (> ``ZONE_CORNER``)
+  and ``all``."""
+  radius = field_radius_px(xy, hw)
+  return {"centre": radius < ZONE_CENTRE, "corner": radius > ZONE_CORNER,
+          "all": np.ones(len(xy), bool)}
+
+
+def zone_metrics(image: np.ndarray, xy: np.ndarray, reference: np.ndarray, masks: dict,
+                 noise: float) -> dict:
+  """Star metrics of one image per zone, against the same stars in the truth.
+
+  Args:
+    image, reference: ``(H, W)`` linear frames (the truth: the stars through the target PSF).
+    xy: ``(n, 2)`` star positions, px, at least ``MEASURE_BOX // 2`` and 12 px (``ringing``)
+      inside the border.
+    masks: zone name → ``(n,) bool`` (:func:`zones`).
+    noise: pixel noise σ, the frames' unit.
+  Returns:
+    zone → ``fwhm_px`` median FWHM (:func:`measure`, elliptical Moffat, ``MEASURE_BOX`` px),
+    ``ellipticity`` median ``1 − b/a``, ``flux_ratio`` median aperture flux image / reference
+    (``MEASURE_APERTURE`` px radius), ``ringing_sigma`` the lowest star's :func:`ringing`
+    (noise σ; ≲ −3: dark halos), ``stars`` count; NaN for a zone without a fitted star.
+  """
+  m = measure(image, xy, box=MEASURE_BOX, aperture=MEASURE_APERTURE)
+  ref = measure(reference, xy, box=MEASURE_BOX, aperture=MEASURE_APERTURE)
+  ratio = m["flux"] / np.where(ref["flux"] > 0, ref["flux"], np.nan)
+  ring = ringing(image, xy, noise)
+  med = lambda v: float(np.nanmedian(v)) if np.isfinite(v).any() else float("nan")
+  out = {}
+  for name, z in masks.items():
+    out[name] = {"fwhm_px": med(m["fwhm"][z]), "ellipticity": med(m["ellipticity"][z]),
+                 "flux_ratio": med(ratio[z]),
+                 "ringing_sigma": float(np.nanmin(ring[z])) if np.isfinite(ring[z]).any()
+                 else float("nan"),
+                 "stars": int(np.isfinite(m["fwhm"][z]).sum())}
+  return out

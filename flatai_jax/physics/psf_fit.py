@@ -346,8 +346,15 @@ def render_stars(hw, xy: np.ndarray, flux: np.ndarray, params: FieldParams, cfg)
   coeffs = field_model(params, jnp.asarray(field_of(xy, hw)), spec.num_modes, spec.obstruction)
   ij = np.rint(xy).astype(int)
   stamps = np.asarray(unit_stamps(coeffs, jnp.asarray(xy - ij, jnp.float32), spec, k))
+  return place_stamps(hw, xy, flux, stamps)
+
+
+def place_stamps(hw, xy: np.ndarray, flux: np.ndarray, stamps: np.ndarray) -> np.ndarray:
+  """``(H, W) float64``: ``flux_i · stamps_i`` (``(n, k, k)``, centred on pixel ``k // 2``)
+  added at the rounded ``(n, 2)`` (x, y) positions ``xy``; the light beyond the border is lost."""
+  k = stamps.shape[-1]
   m = k // 2
   out = np.zeros((hw[0] + 2 * m, hw[1] + 2 * m), np.float64)  # light beyond the border is lost
-  for (x, y), s, f in zip(ij, stamps, flux):
+  for (x, y), s, f in zip(np.rint(xy).astype(int), stamps, flux):
     out[y:y + k, x:x + k] += f * s
   return out[m:m + hw[0], m:m + hw[1]]
