@@ -224,7 +224,7 @@ def test_a_frame_filling_nebula_that_barely_moves_is_no_worse_than_single_frame_
 def test_joint_fit_recovers_the_flat_under_a_frame_filling_nebula():
   """Self-calibration (``flatai_jax.selfcal``): the same nebula dithered by ±30 px. The offsets
   are measured exactly; F's small scales (the donuts: F over its own 40-px smoothing) come back
-  to 0.24 % RMS from 1.82 % (8-px smoothing), and F as a whole to 2.6 % from 7.1 % — 0.2 % less
+  to 0.22 % RMS from 1.82 % (8-px smoothing), and F as a whole to 2.6 % from 7.1 % — 0.2 % less
   its tilt, which the fit leaves to the frames' gains (alternating rounds alone, the previous
   design: 6.2 %, small scales 1.45 %)."""
   from flatai_jax import selfcal
