@@ -36,8 +36,9 @@ measures the flat's change over the dither. :func:`fit` solves it in two steps:
       ``SPLIT_PX`` replaced by step 1's, median 1.
 
    Alternating alone passes information over one dither per round and drifts (a 30 % vignetting
-   under a nebula: 6.2 % RMS left of 7.1 % after 60 rounds); with step 1 first, 0.3 % — and
-   more rounds drift again (0.2 % after 5, 1.0 % after 60), hence few.
+   under a nebula: 6.2 % RMS left of 7.1 % after 60 rounds); with step 1 first, 2.6 %, 0.2 %
+   less its tilt — and more rounds drift again (with F's tilt fitted: 0.2 % after 5 rounds,
+   1.0 % after 60), hence few.
 
 Host-side NumPy: a session is a loop over files, not a training step.
 """
