@@ -108,7 +108,7 @@ def luminance(mosaic: np.ndarray, gains=None) -> tuple[np.ndarray, np.ndarray]:
 
   Args:
     mosaic: ``(H, W, 1) float32`` linear raw frame; NaN allowed.
-    gains: the four sub-planes' gains (default: their medians, :func:`gains`); a session
+    gains: the four sub-planes' gains (default: their medians, :func:`colour_gains`); a session
       passes its first frame's to every frame, so that its frames keep their relative levels.
   Returns:
     planes ``(4, ⌈H/2⌉, ⌈W/2⌉)`` and the mono plane ``(⌈H/2⌉, ⌈W/2⌉, 1)``.

@@ -149,20 +149,13 @@ def fit(planes: np.ndarray, iterations: int = ITERATIONS, smooth_px: float = SMO
   n, h, w = obs.shape
   d = offsets(obs, subpixel=True) if frame_offsets is None else np.asarray(frame_offsets)
   obs, d = align(obs, d)
-  sky_hw = (h + int(d[:, 0].max()), w + int(d[:, 1].max()))
   basis = sky_surface.legendre_basis((h, w), g_degree)
   F, G, gains = large_scales(obs, d, g_degree=g_degree)
   # the alternating rounds see every frame at the same transparency; G goes back at the end
   obs, G = obs / gains[:, None, None], G / gains[:, None, None]
   large = ndimage.gaussian_filter(F, SPLIT_PX, mode="nearest")
-  stack = np.empty((n,) + sky_hw)
   for it in range(iterations):
-    stack.fill(np.nan)
-    for i, (dy, dx) in enumerate(d):
-      stack[i, dy:dy + h, dx:dx + w] = (obs[i] - G[i]) / F
-    with warnings.catch_warnings():
-      warnings.simplefilter("ignore", RuntimeWarning)  # sky corners no frame saw: NaN
-      T = np.nanmedian(stack, axis=0)
+    T = _registered_median((obs - G) / F, d, smooth_px=0.0)
     sky = np.stack([T[dy:dy + h, dx:dx + w] for dy, dx in d])
     coef, *_ = np.linalg.lstsq(basis, (obs - sky * F).reshape(n, -1).T, rcond=None)
     coef -= coef.mean(axis=1, keepdims=True)
@@ -252,9 +245,10 @@ def large_scales(obs: np.ndarray, d: np.ndarray, degree: int = LARGE_DEGREE,
   return F / np.median(F), G, gains / np.median(gains)
 
 
-def _registered_median(c: np.ndarray, d: np.ndarray) -> np.ndarray:
+def _registered_median(c: np.ndarray, d: np.ndarray, smooth_px: float = SKY_SMOOTH_PX
+                       ) -> np.ndarray:
   """The sky: the median over ``(n, h, w)`` frames ``c`` registered by offsets ``d``, smoothed
-  by ``SKY_SMOOTH_PX`` (NaN where no frame saw it)."""
+  by ``smooth_px`` (0: not), NaN where no frame saw it."""
   n, h, w = c.shape
   stack = np.full((n, h + int(d[:, 0].max()), w + int(d[:, 1].max())), np.nan)
   for i, (dy, dx) in enumerate(d):
@@ -262,9 +256,11 @@ def _registered_median(c: np.ndarray, d: np.ndarray) -> np.ndarray:
   with warnings.catch_warnings():
     warnings.simplefilter("ignore", RuntimeWarning)  # sky corners no frame saw: NaN
     sky = np.nanmedian(stack, axis=0)
+  if smooth_px <= 0:
+    return sky
   seen = np.isfinite(sky)
-  smooth = ndimage.gaussian_filter(np.where(seen, sky, 0.0), SKY_SMOOTH_PX)
-  weight = ndimage.gaussian_filter(seen.astype(np.float64), SKY_SMOOTH_PX)
+  smooth = ndimage.gaussian_filter(np.where(seen, sky, 0.0), smooth_px)
+  weight = ndimage.gaussian_filter(seen.astype(np.float64), smooth_px)
   return np.where(seen, smooth / np.maximum(weight, 1e-12), np.nan)
 
 

@@ -166,11 +166,14 @@ class SessionFile:
     path: the file.
     cfa: ``--cfa`` (``cfa.MODES``).
     pattern: the session's pattern at pixel (0, 0) (from its first frame), None for mono.
+    gains: the colours' gains of the session's first frame (CFA), None for mono.
+    hw: the session's frame size ``(H, W)`` (its first frame's), px.
   """
   path: str
   cfa: str = "auto"
   pattern: str | None = None
-  gains: tuple | None = None  # the colours' gains of the session's first frame (CFA)
+  gains: tuple | None = None
+  hw: tuple | None = None
 
   def read(self) -> tuple[np.ndarray, object]:
     """``(image (H, W, C) float32 linear, meta)``, the mosaic itself for a CFA frame.
@@ -203,7 +206,7 @@ def session_files(paths, cfa: str = "auto", print_fn=None) -> list[SessionFile]:
   if note and print_fn:
     print_fn(f"session: {note}")
   gains = tuple(bayer.colour_gains(bayer.split(image[..., 0])).tolist()) if pattern else None
-  return [SessionFile(p, cfa, pattern, gains) for p in paths]
+  return [SessionFile(p, cfa, pattern, gains, image.shape[:2]) for p in paths]
 
 
 def _as_frame(item) -> tuple[np.ndarray, object, str]:
@@ -765,10 +768,8 @@ def correct_files(paths, out_dir, grid_hw, print_fn=print, history="flatai corre
   outputs = {"F": out_dir / "session_F.fits", "confidence": out_dir / "session_F_confidence.fits",
              "report": out_dir / "session_report.json"}
   names = " ".join(Path(p).name for p in paths[:3]) + (" …" if len(paths) > 3 else "")
-  mosaic_hw = None
   if pattern:
-    mosaic_hw = files[0].read()[0].shape[:2]
-    as_mosaic = lambda a: bayer.merge(np.stack([a[..., 0]] * 4), mosaic_hw)[..., None]
+    as_mosaic = lambda a: bayer.merge(np.stack([a[..., 0]] * 4), files[0].hw)[..., None]
   else:
     as_mosaic = lambda a: a
   images.write_image(outputs["F"], as_mosaic(flat.F), None, history=f"{history}: shared flat F "
