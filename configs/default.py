@@ -170,6 +170,8 @@ def get_config(arg=None):
   c.model.f_max = 3.0  # F bounded to [1/f_max, f_max]
   c.model.dtype = "float32"  # compute dtype: 'float32' or 'bfloat16'
   c.model.remat = False  # rematerialise residual blocks
+  c.model.input = "observed"  # 'observed' | 'deconvolved': the physics deconvolution first (configs/psf.py)
+  c.model.deconvolve_iterations = 60  # 'deconvolved': cap on the in-step Richardson–Lucy iterations
   c.model.zernike_head = False  # psf/combined: predict Noll coefficients (waves) at degrade.psf.grid nodes
 
   # --- Loss weights ---------------------------------------------------------

@@ -26,6 +26,7 @@ CHOICES = {
     "model.norm": ("group", "layer", "none"),
     "model.up_block": ("conv", "resblock"),
     "model.dtype": ("float32", "bfloat16"),
+    "model.input": ("observed", "deconvolved"),
     "perceptual.lpips_net": ("alex", "vgg"),
     "perceptual.dtype": ("float32", "bfloat16"),
 }

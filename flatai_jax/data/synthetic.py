@@ -15,7 +15,7 @@ import numpy as np
 from flatai_jax import rng
 from flatai_jax.data.augment import augment_clean
 from flatai_jax.models.forward import model_inputs
-from flatai_jax.physics import forward, geometry, normalize, sky
+from flatai_jax.physics import deconvolve, forward, geometry, normalize, optics, sky
 
 
 def example_keys(base_key, step, indices):
@@ -121,6 +121,25 @@ def normalized_targets(clean, f_field, g_field, offset, scale):
   return {"clean": clean_n, "F": f_field, "G": g_n}
 
 
+def deconvolved_pair(observed, clean, psfs, config):
+  """What a ``model.input = 'deconvolved'`` model sees and learns (``configs/psf.py``).
+
+  Args:
+    observed: ``(B, H, W, C) float32`` linear, degraded.
+    clean: ``(B, H, W, C)`` the clean crops.
+    psfs: ``(B, gy, gx, k, k)`` their true PSF fields.
+  Returns:
+    ``observed`` deconvolved to the diffraction-limited target
+    (``deconvolve.sharpen_traced``, at most ``model.deconvolve_iterations`` RL steps) and
+    ``clean`` seen through that target: the input and the truth, both ``(B, H, W, C)``.
+  """
+  target = deconvolve.target_psf("diffraction", config.degrade.psf)
+  iters = int(config.model.deconvolve_iterations)
+  seen = jax.vmap(lambda o, p: deconvolve.sharpen_traced(o, p, target, iters))(observed, psfs)
+  t = jnp.asarray(target)[None, None]
+  return seen, jax.vmap(lambda x: optics.blur(x, t))(clean)
+
+
 def make_batch(base_key, step, inputs, config, augment: bool = False):
   """A full training/eval batch made on device.
 
@@ -134,7 +153,9 @@ def make_batch(base_key, step, inputs, config, augment: bool = False):
     augment: apply ``config.augment`` to the clean crops (training only).
   Returns:
     dict of ``(B, H, W, ·) float32``: ``observed``/``noise`` (normalised model
-    inputs), ``coords``, targets ``clean``/``F``/``G`` (normalised units),
+    inputs; for ``model.input = 'deconvolved'`` the observed crop deconvolved, and
+    ``clean`` the truth through the target PSF: :func:`deconvolved_pair`),
+    ``coords``, targets ``clean``/``F``/``G`` (normalised units),
     ``offset``/``scale``/``saturation`` ``(B, 1, 1, 1)`` and, for the psf and
     combined tasks, the true PSF grid ``psf`` ``(B, gy, gx, k, k)``.
   """
@@ -161,7 +182,10 @@ def make_batch(base_key, step, inputs, config, augment: bool = False):
     return clean, coords, deg
 
   clean, coords, deg = jax.vmap(one)(keys, inputs)
-  inputs_n = model_inputs(deg["observed"])
+  seen = deg["observed"]
+  if config.model.input == "deconvolved":
+    seen, clean = deconvolved_pair(seen, clean, deg["psf"], config)
+  inputs_n = model_inputs(seen)
   targets = normalized_targets(clean, deg["F"], deg["G"], inputs_n["offset"], inputs_n["scale"])
   extra = {"psf": deg["psf"]} if "psf" in deg else {}
   return {**inputs_n, "coords": coords, **targets, **extra,

@@ -117,10 +117,11 @@ def target_psf(target, cfg, centre_coeffs=None) -> np.ndarray:
     centre_coeffs: ``(J,)`` Noll coefficients on the axis (``"centre"`` only).
   """
   spec = cfg if isinstance(cfg, psf.PSFSpec) else psf.PSFSpec.from_config(cfg)
-  if target == "diffraction":
-    return np.asarray(optics.render_psfs(jnp.zeros(spec.num_modes), spec))
-  if target == "centre":
-    return np.asarray(optics.render_psfs(jnp.asarray(centre_coeffs), spec))
+  with jax.ensure_compile_time_eval():  # a constant also when called inside a trace
+    if target == "diffraction":
+      return np.asarray(optics.render_psfs(jnp.zeros(spec.num_modes), spec))
+    if target == "centre":
+      return np.asarray(optics.render_psfs(jnp.asarray(centre_coeffs), spec))
   return gaussian_psf(float(target), spec.kernel_size)
 
 
@@ -299,6 +300,41 @@ def _tile_psfs(psfs: np.ndarray, n: tuple[int, int], origins, length: tuple[int,
                    np.asarray(psfs, np.float64)).astype(np.float32)
 
 
+def _rl_frame(image, sky, sigma):
+  """What RL runs on (module docstring): ``y`` the frame minus its sky plus ``PEDESTAL_SIGMA``
+  σ, kept ≥ 1e-3 σ; ``signal`` the pixels ``SIGNAL_SIGMA`` σ above the pedestal; the
+  pedestal. ``image (H, W, C)``, ``sky`` and ``sigma (C,)``; NumPy or JAX arrays."""
+  xp = jnp if isinstance(image, jax.Array) else np
+  pedestal = PEDESTAL_SIGMA * sigma
+  y = xp.maximum(image - sky + pedestal, 1e-3 * sigma)
+  return y, y > pedestal + SIGNAL_SIGMA * sigma, pedestal
+
+
+def sharpen_traced(image, psfs, target, max_iter: int):
+  """:func:`sharpen` of one crop inside a trace (the training step's deconvolved model
+  input, ``data.synthetic``): the same RL and target, the crop's sky its median and its noise
+  σ ``noise.second_difference_sigma`` against that median (``sharpen`` takes both from
+  ``sep``'s background on the host), never tiled.
+
+  Args:
+    image: ``(H, W, C) float32`` linear, finite.
+    psfs: ``(gy, gx, k, k)`` the crop's PSF field, each summing to 1.
+    target: ``(kt, kt)`` the target PSF (:func:`target_psf`), summing to 1; compensated
+      for the pixel grid here, as in ``sharpen``.
+    max_iter: static cap on the RL iterations.
+  Returns:
+    ``(H, W, C) float32`` the crop with PSF ``target`` everywhere, its sky level kept.
+  """
+  planes = jnp.moveaxis(image, -1, 0)
+  sky = jnp.median(planes.reshape(planes.shape[0], -1), axis=1)
+  sigma = jnp.stack([noise.second_difference_sigma(p, p - s) for p, s in zip(planes, sky)])
+  sigma = jnp.maximum(sigma, 1e-12 * jnp.maximum(jnp.max(jnp.abs(image)), 1e-30))
+  y, signal, pedestal = _rl_frame(image, sky, sigma)
+  t = jnp.asarray(pixel_compensated(np.asarray(target)), jnp.float32)
+  x, _, _ = richardson_lucy(y, psfs, sigma, signal, max_iter=max_iter)
+  return optics.blur(x, t[None, None]) + (sky - pedestal)
+
+
 @functools.partial(jax.jit, static_argnames=("max_iter",))
 def _sharpen_tile(y, psfs, sigma, signal, target, max_iter: int):
   """:func:`richardson_lucy` then the target, on one tile (or the whole frame).
@@ -340,9 +376,7 @@ def sharpen(image: np.ndarray, psfs: np.ndarray, target: np.ndarray,
     sky[c] = np.median(image[..., c] - data)
     sigma[c] = star_detect.sky_noise(image[..., c])
   sigma = np.maximum(sigma, 1e-12 * np.maximum(np.abs(image).max(), 1e-30))
-  pedestal = PEDESTAL_SIGMA * sigma
-  y = np.maximum(image - sky + pedestal, 1e-3 * sigma)
-  signal = y > pedestal + SIGNAL_SIGMA * sigma
+  y, signal, pedestal = _rl_frame(image, sky, sigma)
   h, w, c = image.shape
   target = jnp.asarray(pixel_compensated(target), jnp.float32)
   sigma = jnp.asarray(sigma)

@@ -11,6 +11,8 @@ import numpy as np
 import sep
 from scipy.spatial import cKDTree
 
+from flatai_jax.physics import noise
+
 
 def background(plane: np.ndarray) -> tuple[np.ndarray, float]:
   """``(H, W)`` plane minus its ``sep`` background (mesh of ``max(16, min(H, W) // 8)`` px),
@@ -22,19 +24,12 @@ def background(plane: np.ndarray) -> tuple[np.ndarray, float]:
 
 
 def sky_noise(plane: np.ndarray) -> float:
-  """Pixel noise σ of a plane with white noise: 1.4826 × the median absolute second
-  difference ``a − 2b + c`` along rows, / √6, over the fainter half of the pixel triples (their
-  sum ``a + b + c`` below its median, the plane minus its ``sep`` background). Unlike ``sep``'s
-  global RMS it is not inflated by the wide halos of aberrated stars, which can cover half of
-  a crowded frame. The triple's sum is uncorrelated with its second difference (independent
-  for Gaussian noise), so the selection does not bias σ; selecting on the centre pixel ``b``
-  alone did: 0.74 σ on pure white noise."""
+  """Pixel noise σ of a plane with white noise (``noise.second_difference_sigma`` against its
+  ``sep`` background). Unlike ``sep``'s global RMS it is not inflated by the wide halos of
+  aberrated stars, which can cover half of a crowded frame."""
   p = np.asarray(plane, np.float64)
   data, _ = background(p)
-  triple = data[:, :-2] + data[:, 1:-1] + data[:, 2:]
-  d = (p[:, :-2] - 2.0 * p[:, 1:-1] + p[:, 2:])[triple < np.median(triple)]
-  d = d[np.isfinite(d)]
-  return float(1.4826 * np.median(np.abs(d - np.median(d))) / np.sqrt(6.0))
+  return float(noise.second_difference_sigma(p, data))
 
 
 def find_stars(plane: np.ndarray, noise_rms: float, usable: np.ndarray | None = None,
