@@ -12,11 +12,12 @@ Submodules load on first use, so ``import flatai_jax`` stays light (no JAX impor
 """
 
 
-def load(checkpoint_dir=None, step=None):
+def load(checkpoint_dir=None, step=None, task=None):
   """A :class:`flatai_jax.correct.Corrector` for an exported model or a run directory's
-  checkpoint (``None``: the small model shipped with the package)."""
+  checkpoint (``None``: a model shipped with the package — ``task`` None/``flat`` the
+  whole-frame flat model, ``psf`` the aberration model, ``combined`` both chained)."""
   from flatai_jax import correct
-  return correct.load(checkpoint_dir, step)
+  return correct.load(checkpoint_dir, step, task)
 
 
 def evaluate(checkpoint_dir, step=None, output_dir=None, **kwargs):

@@ -35,6 +35,7 @@ class Correction:
   G: np.ndarray | None
   confidence: np.ndarray | None = None
   notes: tuple[str, ...] = ()  # one-line decisions worth telling the user
+  aberration: object | None = None  # correct_psf.PhysicsCorrection of a model that deconvolves first
 
 
 def tile_origins(size: int, tile: int, stride: int) -> list[int]:
@@ -550,9 +551,17 @@ class Corrector:
     checkpoint: the run directory it came from.
   """
 
-  def __init__(self, config, graphdef, params, step: int, checkpoint: str):
+  def __init__(self, config, graphdef, params, step: int, checkpoint: str, flat=None):
     self.config, self.graphdef, self.params = config, graphdef, params
     self.step, self.checkpoint = step, str(checkpoint)
+    self.flat = flat  # combined = this flat Corrector, then this (a psf model) on its output
+    if flat is not None and config.model.input != "deconvolved":
+      raise ValueError("a flat stage chains only before a model that deconvolves first")
+
+  @property
+  def task(self) -> str:
+    """``flat``, ``psf`` or ``combined`` (a model's own, or a flat model chained before it)."""
+    return "combined" if self.flat is not None else self.config.task
 
   def correct(self, image: np.ndarray, *, task: str | None = None, tile: int | None = None,
               overlap: int | None = None, progress=None, strength: float = 1.0) -> Correction:
@@ -573,6 +582,8 @@ class Corrector:
     image = np.asarray(image, np.float32)
     if image.ndim == 2:
       image = image[:, :, None]
+    if self.config.model.input == "deconvolved":
+      return self._correct_aberrations(image, task, tile, overlap, progress, strength)
     model_c = self.config.data.channels
     if image.ndim != 3 or image.shape[-1] not in (model_c, 3 if model_c == 1 else model_c):
       raise ValueError(f"image of shape {image.shape}: this model corrects "
@@ -580,9 +591,8 @@ class Corrector:
     if np.isnan(image).all():
       raise ValueError("all pixels are NaN")
     filled, mask = fill_masked(image)
-    planes = [filled] if filled.shape[-1] == model_c else [filled[..., i:i + 1] for i in range(3)]
     parts = [correct_image(self.graphdef, self.params, self.config, plane, tile, overlap,
-                           progress=progress, task=task) for plane in planes]
+                           progress=progress, task=task) for plane in self._planes(filled)]
     join = lambda k: None if getattr(parts[0], k) is None else np.concatenate(
         [getattr(r, k) for r in parts], axis=-1)
     out = Correction(corrected=join("corrected"), F=join("F"), G=join("G"),
@@ -592,6 +602,48 @@ class Corrector:
     if mask is not None:
       out.corrected[mask] = np.nan
     return out
+
+  def _planes(self, image: np.ndarray) -> list[np.ndarray]:
+    """The frame as this model takes it: whole, or each RGB channel alone for a mono model."""
+    if image.shape[-1] == self.config.data.channels:
+      return [image]
+    return [image[..., i:i + 1] for i in range(image.shape[-1])]
+
+  def cleanup(self, deconvolved: np.ndarray, tile=None, overlap=None, progress=None):
+    """The network of a ``model.input = 'deconvolved'`` model (``configs/psf.py``) on a frame
+    already deconvolved to the target PSF: ``(H, W, C) float32`` in, the same out."""
+    parts = [correct_image(self.graphdef, self.params, self.config, plane, tile, overlap,
+                           progress=progress, task="psf").corrected
+             for plane in self._planes(deconvolved)]
+    return np.concatenate(parts, axis=-1)
+
+  def _correct_aberrations(self, image, task, tile, overlap, progress, strength) -> Correction:
+    """A model that deconvolves first: the PSF field fitted to the frame's stars, Richardson–Lucy
+    to the diffraction-limited target (``correct_psf.correct_physics``), then :meth:`cleanup`;
+    with a chained flat model (``task`` combined) the flat correction first. ``strength``
+    blends each stage towards none."""
+    from flatai_jax import correct_psf
+    task = task or self.task
+    if task not in ("psf", self.task) and not (self.task == "combined" and task == "flat"):
+      raise ValueError(f"a {self.task} model cannot apply --task={task}")
+    if np.isnan(image).all():
+      raise ValueError("all pixels are NaN")
+    flat_out = None
+    if task in ("flat", "combined") and self.flat is not None:
+      flat_out = self.flat.correct(image, progress=progress, strength=strength)
+      if task == "flat":
+        return flat_out
+      image = flat_out.corrected
+    filled, mask = fill_masked(image)
+    cleanup = lambda x: self.cleanup(x, tile, overlap, progress)
+    phys = correct_psf.correct_physics(filled, self.config.degrade.psf, cleanup=cleanup)
+    out = Correction(corrected=phys.corrected, F=None, G=None, aberration=phys)
+    out = apply_strength(filled, out, strength)
+    if mask is not None:
+      out.corrected[mask] = np.nan
+    if flat_out is None:
+      return out
+    return dataclasses.replace(flat_out, corrected=out.corrected, aberration=phys)
 
   def correct_session(self, frames, out_dir=None, print_fn=print, cfa: str = "auto"):
     """Session mode (:mod:`flatai_jax.session`): one flat F for a dithered sequence of one
@@ -624,7 +676,7 @@ class Corrector:
       layout = (f"tile={tile or c.predict.tile} "
                 f"overlap={c.predict.overlap if overlap is None else overlap}")
     return (f"flatai correct: model={Path(self.checkpoint).name} step={self.step} "
-            f"task={task or c.task} {layout} input={Path(input_path).name}")
+            f"task={task or self.task} {layout} input={Path(input_path).name}")
 
   def correct_file(self, input_path, output=None, out_dir=None, reference=None, task=None,
                    tile=None, overlap=None, print_fn=print, strength: float = 1.0,
@@ -655,6 +707,9 @@ class Corrector:
                                                      meta.source_dtype, image)
     except ValueError as e:
       raise images.ImageError(input_path, str(e)) from None
+    if pattern and self.config.model.input == "deconvolved":
+      raise images.ImageError(input_path, f"a {pattern} Bayer mosaic: aberrations are corrected "
+                              "on debayered frames (or pass --cfa=none to treat it as mono)")
     for note in (cfa_note, stretch_note):
       if note:
         print_fn(f"{input_path}: {note}")
@@ -698,6 +753,16 @@ class Corrector:
       images.write_image(paths["confidence"], out.confidence, meta,
                          history=history + " (confidence of F and G, 0..1)",
                          protect=[input_path], carry_hdus=False)
+    written = {"corrected": True, "preview": True, "F": out.F is not None,
+               "G": out.G is not None, "confidence": out.confidence is not None}
+    if out.aberration is not None:
+      from flatai_jax import correct_psf
+      field_paths = correct_psf.output_paths(input_path, output, out_dir)
+      correct_psf.write_field(field_paths, linear, out.aberration, history, [input_path],
+                              {"target": "diffraction",
+                               "cleanup_model": f"{Path(self.checkpoint).name} step {self.step}"})
+      paths.update({k: field_paths[k] for k in ("psf", "psf_json", "psf_field")})
+      written.update(psf=True, psf_json=True, psf_field=True)
     save_preview(paths["preview"], image, out)
     report = {"input": str(input_path),
               "background_nonuniformity_before": background_nonuniformity(
@@ -709,8 +774,9 @@ class Corrector:
       after = error_vs_reference(_nan_to_median(out.corrected), _nan_to_median(ref))
       report.update({"mae_before": before["mae"], "mae_after": after["mae"],
                      "psnr_before": before["psnr"], "psnr_after": after["psnr"]})
-    written = {"corrected": True, "preview": True, "F": out.F is not None,
-               "G": out.G is not None, "confidence": out.confidence is not None}
+    if out.aberration is not None:
+      from flatai_jax import correct_psf
+      report.update(correct_psf.report(out.aberration))
     report["outputs"] = {k: str(v) for k, v in paths.items() if written[k]}
     return report
 
@@ -718,25 +784,40 @@ class Corrector:
 ASSETS = Path(__file__).resolve().parent / "assets"
 DEFAULT_MODEL = ASSETS / "frame_model"  # the whole-frame flat model (configs/frame.py)
 TILE_MODEL = ASSETS / "default_model"  # the earlier 64-px tile model (configs/default.py)
+PSF_MODEL = ASSETS / "psf_model"  # the aberration model: deconvolution + cleanup (configs/psf.py)
 
 
-def load(checkpoint_dir=None, step: int | None = None) -> Corrector:
+def load(checkpoint_dir=None, step: int | None = None, task: str | None = None) -> Corrector:
   """The model of a checkpoint as a :class:`Corrector`: an exported inference checkpoint, or a
   run directory (its latest checkpoint, or ``step``). Only the parameters are read.
 
-  ``checkpoint_dir=None`` loads the whole-frame flat model shipped with the package
-  (``data_pipelines/train_frame_model.sh`` trains and exports it).
+  ``checkpoint_dir=None`` loads a model shipped with the package: for ``task`` None or
+  ``flat`` the whole-frame flat model (``data_pipelines/train_frame_model.sh``), for ``psf``
+  the aberration model (``data_pipelines/train_psf_model.sh``: the physics deconvolution and
+  its learned cleanup), for ``combined`` the flat model chained before the aberration model.
   """
   _persistent_compilation_cache()
   if checkpoint_dir is None:
-    if not checkpointing.is_inference(DEFAULT_MODEL):
-      raise FileNotFoundError(f"{DEFAULT_MODEL}: no shipped model in this install; pass "
+    if task not in (None, "flat", "psf", "combined"):
+      raise ValueError(f"unknown task {task!r}; expected flat, psf or combined")
+    if task == "combined":
+      return _chained()
+    checkpoint_dir = PSF_MODEL if task == "psf" else DEFAULT_MODEL
+    if not checkpointing.is_inference(checkpoint_dir):
+      raise FileNotFoundError(f"{checkpoint_dir}: no shipped model in this install; pass "
                               "--checkpoint=RUN_DIR of a trained run")
-    checkpoint_dir = DEFAULT_MODEL
   config = checkpointing.load_config(checkpoint_dir, step)
   graphdef, abstract = abstract_params(config)
   params, restored_step = checkpointing.restore_params(checkpoint_dir, abstract, step)
   return Corrector(config, graphdef, params, restored_step, checkpoint_dir)
+
+
+def _chained() -> Corrector:
+  """The shipped ``combined`` correction: the flat model, then the aberration model on its
+  output (the forward model is ``(clean ⊛ PSF)·F + G``: F and G come off first)."""
+  psf_model = load(None, None, "psf")
+  return Corrector(psf_model.config, psf_model.graphdef, psf_model.params, psf_model.step,
+                   psf_model.checkpoint, flat=load(None, None, "flat"))
 
 
 def _persistent_compilation_cache():

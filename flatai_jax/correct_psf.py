@@ -31,7 +31,9 @@ class PhysicsCorrection:
     target: ``(k, k)`` the target PSF.
     iterations: Richardson–Lucy iterations run (the early stop).
     chi2: the last χ² per signal pixel of the RL model, in noise σ² (≫ 1: PSF-model error).
-    seconds: wall-clock seconds of the steps, ``{"fit": …, "deconvolve": …}`` (JIT included).
+    seconds: wall-clock seconds of the steps, ``{"fit": …, "deconvolve": …[, "cleanup": …]}``
+      (JIT included).
+    deconvolved: with a cleanup, the frame before it (``(H, W, C)``); else None.
   """
   corrected: np.ndarray
   field: psf_fit.PSFField
@@ -39,10 +41,12 @@ class PhysicsCorrection:
   iterations: int
   chi2: float
   seconds: dict
+  deconvolved: np.ndarray | None = None
 
 
 def correct_physics(image: np.ndarray, cfg, target="diffraction", grid=DEFAULT_GRID,
-                    max_iter: int = deconvolve.MAX_ITER, **fit_kw) -> PhysicsCorrection:
+                    max_iter: int = deconvolve.MAX_ITER, cleanup=None,
+                    **fit_kw) -> PhysicsCorrection:
   """Fits the PSF field of a frame and deconvolves it to ``target``.
 
   Args:
@@ -53,6 +57,8 @@ def correct_physics(image: np.ndarray, cfg, target="diffraction", grid=DEFAULT_G
       (``deconvolve.target_psf``).
     grid: PSF nodes ``(gy, gx)``.
     max_iter: cap on the Richardson–Lucy iterations (``deconvolve.sharpen``).
+    cleanup: optional ``(H, W, C) -> (H, W, C)`` run on the deconvolved frame (the learned
+      cleanup of a ``configs/psf.py`` model: ``correct.Corrector.cleanup``).
     fit_kw: passed to ``psf_fit.fit_psf_field`` (``stamp``, ``snr``, ``steps``, …).
   Raises:
     ValueError: one line, e.g. too few measurable stars.
@@ -68,10 +74,15 @@ def correct_physics(image: np.ndarray, cfg, target="diffraction", grid=DEFAULT_G
   t = deconvolve.target_psf(target, cfg, centre_coeffs=centre)
   fitted = time.perf_counter()
   out, iterations, chi2 = deconvolve.sharpen(filled, field.psfs, t, max_iter)
-  seconds = {"fit": fitted - start, "deconvolve": time.perf_counter() - fitted}
+  done = time.perf_counter()
+  seconds = {"fit": fitted - start, "deconvolve": done - fitted}
+  deconvolved = None
+  if cleanup is not None:
+    deconvolved, out = out, np.asarray(cleanup(out), np.float32)
+    seconds["cleanup"] = time.perf_counter() - done
   if mask is not None:
     out[mask] = np.nan
-  return PhysicsCorrection(out, field, t, iterations, chi2, seconds)
+  return PhysicsCorrection(out, field, t, iterations, chi2, seconds, deconvolved)
 
 
 def output_paths(input_path, output=None, out_dir=None) -> dict[str, Path]:
@@ -103,6 +114,19 @@ def psf_field_panels(image: np.ndarray, out: PhysicsCorrection) -> dict:
           "bottom-right after": (cut(out.corrected, h - z, w - z), "image")}
 
 
+def write_field(paths: dict, image: np.ndarray, out: PhysicsCorrection, history: str,
+                protect, extra: dict | None = None) -> None:
+  """Writes the fitted PSF field beside a corrected frame (atomic, never over ``protect``):
+  the node PSFs as a FITS mosaic, the JSON of the field (``extra`` added) and its picture.
+  ``paths`` from :func:`output_paths`."""
+  images.write_image(paths["psf"], metrics.psf_mosaic(out.field.psfs[None])[0],
+                     history=history + " (fitted PSF grid, nodes as tiles)", protect=protect)
+  atomic.write_text_atomic(paths["psf_json"], psf_fit.field_json(out.field, {
+      "rl_iterations": out.iterations, "rl_chi2": round(out.chi2, 3),
+      "psf_mosaic": paths["psf"].name, **(extra or {})}))
+  metrics.save_panel_grid(paths["psf_field"], psf_field_panels(image, out), cols=3)
+
+
 def correct_file(input_path, cfg, output=None, out_dir=None, target="diffraction",
                  grid=DEFAULT_GRID) -> dict:
   """Reads, corrects and writes one frame (atomic writes, never over the input).
@@ -127,14 +151,13 @@ def correct_file(input_path, cfg, output=None, out_dir=None, target="diffraction
              f"stars={len(out.field.stars)} input={Path(input_path).name}")
   images.write_image(paths["corrected"], out.corrected, meta, history=history,
                      protect=[input_path])
-  images.write_image(paths["psf"], metrics.psf_mosaic(out.field.psfs[None])[0],
-                     history=history + " (fitted PSF grid, nodes as tiles)", protect=[input_path])
-  atomic.write_text_atomic(paths["psf_json"], psf_fit.field_json(out.field, {
-      "target": str(target), "rl_iterations": out.iterations, "rl_chi2": round(out.chi2, 3),
-      "psf_mosaic": paths["psf"].name}))
-  metrics.save_panel_grid(paths["psf_field"], psf_field_panels(image, out), cols=3)
+  write_field(paths, image, out, history, [input_path], {"target": str(target)})
   correct.save_preview(paths["preview"], image, correct.Correction(out.corrected, None, None))
-  return {"input": str(input_path), "stars": len(out.field.stars),
-          "residual_rms_sigma": out.field.rms, "rl_iterations": out.iterations,
-          "seconds": {k: round(v, 2) for k, v in out.seconds.items()},
-          "outputs": {k: str(v) for k, v in paths.items()}}
+  return {"input": str(input_path), **report(out), "outputs": {k: str(v) for k, v in paths.items()}}
+
+
+def report(out: PhysicsCorrection) -> dict:
+  """The numbers ``flatai correct`` prints of an aberration correction."""
+  return {"stars": len(out.field.stars), "residual_rms_sigma": out.field.rms,
+          "rl_iterations": out.iterations,
+          "seconds": {k: round(v, 2) for k, v in out.seconds.items()}}

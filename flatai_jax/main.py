@@ -363,16 +363,28 @@ def _evaluate():
 
 
 def _evaluate_psf(checkpoint):
-  """``--task=psf``: the aberration evaluation (``evaluation.aberration``); no model."""
+  """``--task=psf``: the aberration evaluation (``evaluation.aberration``) of the correction
+  methods and of an aberration model: ``--checkpoint`` or the shipped one."""
+  from flatai_jax import correct
   if FLAGS.task != "psf":
     raise app.UsageError(f"--task={FLAGS.task}: only --task=psf has a task evaluation "
                          "(score a flat or combined model with --checkpoint)")
-  if checkpoint or FLAGS.real_dir or FLAGS.step is not None:
+  if FLAGS.real_dir:
     raise app.UsageError("--task=psf scores the correction methods on a synthetic star field; "
-                         "drop --checkpoint/--workdir/--real_dir/--step")
+                         "drop --real_dir")
+  try:
+    corrector = correct.load(checkpoint, FLAGS.step, task=None if checkpoint else "psf")
+  except FileNotFoundError as e:
+    if checkpoint:
+      raise app.UsageError(str(e))
+    print(f"no model row: {e}")
+    corrector = None
+  if corrector is not None and corrector.config.model.input != "deconvolved":
+    raise app.UsageError(f"--checkpoint={checkpoint}: a {corrector.config.task} model that does "
+                         "not deconvolve first; --task=psf scores configs/psf.py models")
   from flatai_jax.evaluation import aberration
   try:
-    report = aberration.evaluate(FLAGS.size)
+    report = aberration.evaluate(FLAGS.size, corrector=corrector)
   except ValueError as e:
     raise app.UsageError(str(e))
   paths = aberration.write(report, FLAGS.output_dir or "eval_psf")
@@ -399,13 +411,15 @@ def _correct(argv):
     return _correct_session(inputs)
   if FLAGS.method == "physics":
     return _correct_physics(inputs)
-  corrector = correct.load(FLAGS.checkpoint, FLAGS.step)
+  corrector = correct.load(FLAGS.checkpoint, FLAGS.step,
+                           task=None if FLAGS.checkpoint else FLAGS.task)
   checkpoint = corrector.checkpoint
   try:
-    task = correct.resolve_task(corrector.config.task, FLAGS.task)
+    task = correct.resolve_task(corrector.task, FLAGS.task)
   except ValueError as e:
     raise app.UsageError(str(e))
-  print(f"model: {corrector.config.task} task, step {corrector.step}, from {checkpoint}; "
+  chained = f" after the flat model {corrector.flat.checkpoint}" if corrector.flat else ""
+  print(f"model: {corrector.task} task, step {corrector.step}, from {checkpoint}{chained}; "
         f"applying {task}")
   def one(path):
     report = corrector.correct_file(path, FLAGS.output, FLAGS.out, FLAGS.reference, task,
@@ -414,6 +428,10 @@ def _correct(argv):
     print(f"{path}: background non-uniformity: before "
           f"{report['background_nonuniformity_before']:.4f}"
           f"  after {report['background_nonuniformity_after']:.4f}")
+    if "stars" in report:
+      print(f"{path}: PSF field from {report['stars']} stars, residual "
+            f"{report['residual_rms_sigma']:.2f} σ, {report['rl_iterations']} Richardson–Lucy "
+            f"iterations, then the learned cleanup")
     if "mae_before" in report:
       print(f"error vs reference: MAE {report['mae_before']:.5f} → {report['mae_after']:.5f}"
             f"   PSNR {report['psnr_before']:.2f} → {report['psnr_after']:.2f} dB")

@@ -42,6 +42,7 @@ SECOND_NOISE_SEED = 99  # the noise draw of the noise-gain run
 METHODS = {  # key → row label; the order of the table
     "uncorrected": "uncorrected",
     "physics": "physics: fitted field + RL (`--method=physics`)",
+    "model": "shipped model: physics + learned cleanup (`--task=psf`)",
     "wiener_one_psf": "Wiener, one PSF (fitted on-axis)",
     "rl_one_psf": "Richardson–Lucy, one PSF (fitted on-axis)",
     "rl_true_field": "Richardson–Lucy, TRUE field (reference)",
@@ -52,21 +53,24 @@ CASES = {"flatai": "PSFs by the project's optics (physics/psf.py)",
          "hcipy": "PSFs by hcipy (independent optics code), same Zernike coefficients"}
 
 
-def _methods(phys: correct_psf.PhysicsCorrection, true_psfs: np.ndarray) -> dict:
+def _methods(phys: correct_psf.PhysicsCorrection, true_psfs: np.ndarray, cleanup=None) -> dict:
   """Key → the method as a function ``(H, W) -> (H, W)`` of an observed frame (``ideal``
-  excluded); ``phys`` gives the fitted field and the target, ``true_psfs`` ``(gy, gx, k, k)``."""
+  excluded); ``phys`` gives the fitted field and the target, ``true_psfs`` ``(gy, gx, k, k)``;
+  ``cleanup`` (``correct.Corrector.cleanup``) adds ``model``."""
   gy, gx = phys.field.psfs.shape[:2]
   on_axis = phys.field.psfs[gy // 2:gy // 2 + 1, gx // 2:gx // 2 + 1]
   one_wiener, _ = deconvolve.wiener_kernels(on_axis, phys.target, lam=WIENER_LAM)
   true_wiener, _ = deconvolve.wiener_kernels(true_psfs, phys.target, lam=WIENER_LAM)
   rl = lambda psfs: lambda im: deconvolve.sharpen(im[..., None], psfs, phys.target)[0][..., 0]
   wiener = lambda k: lambda im: deconvolve.deconvolve(im[..., None], k)[..., 0]
-  return {"uncorrected": lambda im: im, "physics": rl(phys.field.psfs),
-          "wiener_one_psf": wiener(one_wiener), "rl_one_psf": rl(on_axis),
+  methods = {"uncorrected": lambda im: im, "physics": rl(phys.field.psfs)}
+  if cleanup is not None:
+    methods["model"] = lambda im: cleanup(methods["physics"](im)[..., None])[..., 0]
+  return {**methods, "wiener_one_psf": wiener(one_wiener), "rl_one_psf": rl(on_axis),
           "rl_true_field": rl(true_psfs), "wiener_true_field": wiener(true_wiener)}
 
 
-def score_case(field: star_field.StarField, cfg, renderer=None, grid=GRID) -> dict:
+def score_case(field: star_field.StarField, cfg, renderer=None, grid=GRID, cleanup=None) -> dict:
   """Every method of :data:`METHODS` on one star field.
 
   Args:
@@ -75,6 +79,8 @@ def score_case(field: star_field.StarField, cfg, renderer=None, grid=GRID) -> di
     renderer: the ``star_field.Renderer`` that made ``field`` (None: the project's); it makes
       the true node PSFs of the references.
     grid: PSF nodes ``(gy, gx)`` of the fitted and of the true field.
+    cleanup: the learned cleanup of an aberration model (``correct.Corrector.cleanup``), or
+      None (no ``model`` row).
   Returns:
     ``methods``: key → ``label``, ``zones`` (``stars.zone_metrics``), ``fwhm_ratio`` (corner /
     centre median FWHM), ``noise_gain_inner``, ``noise_gain_sky`` (None for ``ideal``);
@@ -94,8 +100,9 @@ def score_case(field: star_field.StarField, cfg, renderer=None, grid=GRID) -> di
   phys = correct_psf.correct_physics(observed, cfg, grid=grid)
   true_psfs = star_field.node_psfs(hw, grid, star_field.TRUTH, cfg, renderer)
   outputs = {}
-  for key, fn in _methods(phys, true_psfs).items():
-    first = phys.corrected[..., 0] if key == "physics" else fn(observed)
+  for key, fn in _methods(phys, true_psfs, cleanup).items():
+    first = phys.corrected[..., 0] if key == "physics" else (
+        cleanup(phys.corrected)[..., 0] if key == "model" else fn(observed))
     outputs[key] = (first, fn(second))
   outputs["ideal"] = (field.ideal, None)
   methods = {}
@@ -114,11 +121,13 @@ def score_case(field: star_field.StarField, cfg, renderer=None, grid=GRID) -> di
           "empty_sky_px": int(sky.sum()), "inner_px": int(inner.sum())}
 
 
-def evaluate(size: int = 256, seed: int = 0, cases=tuple(CASES)) -> dict:
+def evaluate(size: int = 256, seed: int = 0, cases=tuple(CASES), corrector=None) -> dict:
   """The aberration evaluation: each case of :data:`CASES` on a ``size²`` star field.
 
+  ``corrector``: an aberration model (``correct.load(task="psf")``) scored as ``model``.
+
   Returns:
-    ``size``, ``seed``, ``grid``, ``cases``: name → :func:`score_case`'s dict plus
+    ``size``, ``seed``, ``grid``, ``model``, ``cases``: name → :func:`score_case`'s dict plus
     ``description`` and ``seconds``; or ``{"description", "skipped": reason}`` (hcipy not
     installed), ``{"description", "failed": reason}`` (the PSF-field fit found too few stars).
   Raises:
@@ -128,7 +137,9 @@ def evaluate(size: int = 256, seed: int = 0, cases=tuple(CASES)) -> dict:
   if unknown:
     raise ValueError(f"unknown case(s) {sorted(unknown)}; known: {list(CASES)}")
   cfg = star_field.optics_cfg()
-  report = {"size": size, "seed": seed, "grid": list(GRID), "cases": {}}
+  report = {"size": size, "seed": seed, "grid": list(GRID), "cases": {},
+            "model": None if corrector is None else f"{corrector.checkpoint} step {corrector.step}"}
+  cleanup = None if corrector is None else corrector.cleanup
   for name in cases:
     entry = {"description": CASES[name]}
     reason = hcipy_optics.missing() if name == "hcipy" else None
@@ -139,7 +150,7 @@ def evaluate(size: int = 256, seed: int = 0, cases=tuple(CASES)) -> dict:
     start = time.perf_counter()
     field = star_field.make(size, seed, cfg=cfg, renderer=renderer)
     try:
-      entry.update(score_case(field, cfg, renderer))
+      entry.update(score_case(field, cfg, renderer, cleanup=cleanup))
     except ValueError as e:  # the fit found too few stars on this case's frame: a result
       report["cases"][name] = {**entry, "failed": str(e)}
       continue

@@ -1,0 +1,121 @@
+"""The aberration model (``configs/psf.py``): the physics deconvolution run inside the training
+step (``deconvolve.sharpen_traced`` against the host's ``sharpen``), the noise σ shared by both
+(``noise.second_difference_sigma``), the deconvolved training pair, and the correction path —
+the fitted field, RL, the learned cleanup, and a flat model chained before it (``combined``),
+through the API and the files it writes."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from flatai_jax import correct
+from flatai_jax.data import synthetic
+from flatai_jax.evaluation import star_field
+from flatai_jax.io import images
+from flatai_jax.physics import deconvolve, noise, normalize, optics
+from flatai_jax.train_step import split_model
+
+
+def _psf_config(**overrides):
+  """``configs/psf.py:tiny``: the shipped design on 32-px crops, 3 RL steps in the batch."""
+  from configs.psf import get_config
+  c = get_config("tiny")
+  c.data.crop_size = 64
+  c.degrade.psf.oversample = 2
+  c.model.deconvolve_iterations = 3
+  for k, v in overrides.items():
+    node = c
+    *parents, leaf = k.split(".")
+    for p in parents:
+      node = node[p]
+    node[leaf] = v
+  return c
+
+
+def _stars(hw=(128, 128), seed=0):
+  """``(H, W, 1) float32``: a sky of 10, σ = 1, six stars blurred by a 3-px Gaussian."""
+  rng = np.random.default_rng(seed)
+  yy, xx = np.mgrid[:hw[0], :hw[1]]
+  img = 10.0 + rng.normal(0.0, 1.0, hw)
+  for x, y in rng.uniform(16, min(hw) - 16, (6, 2)):
+    img += 300.0 * np.exp(-((xx - x) ** 2 + (yy - y) ** 2) / (2 * 1.3 ** 2))
+  return img[..., None].astype(np.float32)
+
+
+@pytest.mark.parametrize("sigma", [0.01, 1.0, 100.0])
+def test_noise_sigma_is_one_definition_on_host_and_device(sigma):
+  """The same σ from NumPy (``star_detect.sky_noise``'s path) and from JAX (the in-step RL)."""
+  rng = np.random.default_rng(3)
+  plane = 10.0 + rng.normal(0.0, sigma, (200, 200))
+  data = plane - np.median(plane)
+  host = noise.second_difference_sigma(plane, data)
+  device = float(jax.jit(noise.second_difference_sigma)(jnp.asarray(plane), jnp.asarray(data)))
+  assert abs(host / sigma - 1.0) < 0.03, host / sigma
+  assert abs(device / host - 1.0) < 1e-4, (device, host)
+
+
+def test_traced_sharpen_is_the_host_sharpen():
+  """In a trace (sky from the median, σ in JAX) the same RL and target as ``sharpen`` (sky and
+  σ from ``sep``): they differ by the two sky and σ estimates only."""
+  image = _stars()
+  psfs = np.broadcast_to(deconvolve.gaussian_psf(3.0, 15), (3, 3, 15, 15)).copy()
+  target = deconvolve.gaussian_psf(1.5, 15)
+  host, iters, _ = deconvolve.sharpen(image, psfs, target)
+  traced = np.asarray(jax.jit(lambda im: deconvolve.sharpen_traced(
+      im, jnp.asarray(psfs), target, deconvolve.MAX_ITER))(jnp.asarray(image)))
+  print(f"{iters} RL iterations; max |traced − host| {np.abs(traced - host).max():.3f} σ")
+  assert iters > 3
+  assert np.abs(traced - host).max() < 0.01 * (host.max() - 10.0), np.abs(traced - host).max()
+  np.testing.assert_allclose(traced.sum(), image.sum(), rtol=2e-3)
+
+
+def test_training_pair_is_deconvolved_input_and_truth_through_the_target():
+  """``model.input = 'deconvolved'``: the batch's input is the degraded crop deconvolved (its
+  flux kept), the truth the clean crop through the target PSF (flux kept); both normalised
+  with the input's offset and scale."""
+  c = _psf_config()
+  batch = jax.jit(lambda i: synthetic.make_batch(jax.random.key(0), jnp.int32(0), i, c))(
+      jnp.arange(2, dtype=jnp.int32))
+  seen = normalize.denormalize(batch["observed"], batch["offset"], batch["scale"])
+  truth = normalize.denormalize(batch["clean"], batch["offset"], batch["scale"])
+  assert seen.shape == truth.shape == (2, 64, 64, 1)
+  assert np.all(np.isfinite(seen)) and np.all(np.isfinite(truth))
+  # the same sky within the noise, the same total light within a few per cent (RL and the
+  # target both keep flux; the noise and the crop's reflected border do not quite)
+  np.testing.assert_allclose(np.sum(seen, axis=(1, 2, 3)), np.sum(truth, axis=(1, 2, 3)),
+                             rtol=0.05)
+  t = deconvolve.target_psf("diffraction", c.degrade.psf)
+  assert abs(float(optics.blur(jnp.ones((32, 32, 1)), jnp.asarray(t)[None, None]).mean())
+             - 1.0) < 1e-5
+
+
+def _untrained(config):
+  """An untrained model of ``config``: its zero-initialised head returns the input unchanged."""
+  graphdef, params = split_model(config)
+  return correct.Corrector(config, graphdef, params, 0, "untrained")
+
+
+def test_combined_correction_writes_fields_and_psf_field(tmp_path):
+  """The shipped flat model chained before an untrained aberration model (whose cleanup is the
+  identity): F, G and confidence from the flat model, the corrected frame exactly the physics
+  deconvolution of the flat-corrected frame, and the PSF field files beside them."""
+  if not (correct.DEFAULT_MODEL / "model.json").is_file():
+    pytest.skip("the shipped flat model is not in this install")
+  psf_model = _untrained(_psf_config())
+  chained = correct.Corrector(psf_model.config, psf_model.graphdef, psf_model.params, 0,
+                              "untrained", flat=correct.load())
+  assert chained.task == "combined"
+  field = star_field.make(256, 0, cfg=star_field.optics_cfg())
+  path = tmp_path / "field.fits"
+  images.write_image(path, field.observed[..., None].astype(np.float32))
+  report = chained.correct_file(path, out_dir=tmp_path, print_fn=lambda *a, **k: None)
+  for key in ("corrected", "F", "G", "confidence", "psf", "psf_json", "psf_field", "preview"):
+    assert key in report["outputs"] and (tmp_path / report["outputs"][key]).is_file(), key
+  assert report["stars"] >= 20 and report["rl_iterations"] > 0
+  out = chained.correct(field.observed)
+  written, _ = images.read_image(tmp_path / report["outputs"]["corrected"])
+  np.testing.assert_allclose(written, out.corrected, rtol=1e-5, atol=1e-4)  # the fit is repeatable
+  np.testing.assert_array_equal(out.F, correct.load().correct(field.observed).F)
+  np.testing.assert_allclose(out.corrected, out.aberration.deconvolved, rtol=1e-5, atol=1e-4)
+  with pytest.raises(ValueError, match="cannot apply --task=bad"):
+    chained.correct(field.observed, task="bad")
