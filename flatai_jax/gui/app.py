@@ -156,6 +156,9 @@ class Worker:
         source = self.checkpoint
       elif key == "tile":
         source = correct.TILE_MODEL
+      elif key in ("psf", "combined"):  # the shipped aberration model, alone or after the flat one
+        self.correctors[key] = correct.load(task=key)
+        return self.correctors[key]
       else:
         source = Path(key).expanduser()
         if not source.exists():
@@ -181,7 +184,7 @@ class Worker:
     if o.get("model") == PHYSICS:
       return self._run_physics(job)
     corrector = self.corrector(o.get("model", "default"))
-    task = correct.resolve_task(corrector.config.task, o.get("task") or None)
+    task = correct.resolve_task(corrector.task, o.get("task") or None)
 
     def progress(done, total):
       job.done, job.total = done, total
