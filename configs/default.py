@@ -172,6 +172,7 @@ def get_config(arg=None):
   c.model.remat = False  # rematerialise residual blocks
   c.model.input = "observed"  # 'observed' | 'deconvolved': the physics deconvolution first (configs/psf.py)
   c.model.deconvolve_iterations = 60  # 'deconvolved': cap on the in-step Richardson–Lucy iterations
+  c.model.residual_bound = 0.0  # psf: > 0 bounds the residual to ± this many noise σ (configs/psf.py)
   c.model.zernike_head = False  # psf/combined: predict Noll coefficients (waves) at degrade.psf.grid nodes
 
   # --- Loss weights ---------------------------------------------------------

@@ -152,6 +152,10 @@ class AttentionResUNet(nnx.Module):
     attention_gates: gate the skip connections.
     bottleneck_heads: self-attention heads at the bottleneck (0 = none).
     f_max: F is bounded to [1/f_max, f_max] by F = exp(tanh(a)·ln f_max).
+    residual_bound: > 0: the residual is ``b·σ·tanh(a/b)``, ``a`` the head's output in units
+      of ``σ`` (the median of the crop's noise map), so it changes no pixel by more than
+      ``b`` noise σ (the aberration cleanup: it removes the deconvolution's noise and ringing,
+      and cannot dig holes next to a star 10⁴ σ bright); 0: unbounded.
     zernike_grid: ``(gy, gx)`` PSF nodes of the Zernike head, or None (no head).
     num_modes: Noll modes j = 1 … num_modes predicted by the Zernike head.
     dtype: compute dtype (params are float32); outputs are float32.
@@ -161,12 +165,15 @@ class AttentionResUNet(nnx.Module):
   def __init__(self, channels: int, task: str, widths, *, norm="group", groups=32,
                up_block="conv", coord_inputs=True, noise_input=True, attention_gates=True,
                bottleneck_heads=0, f_max=3.0, zernike_grid=None, num_modes=11,
-               dtype=jnp.float32, remat=False, rngs: nnx.Rngs):
+               residual_bound=0.0, dtype=jnp.float32, remat=False, rngs: nnx.Rngs):
     if task not in TASK_HEADS:
       raise ValueError(f"unknown task {task!r}; expected one of {sorted(TASK_HEADS)}")
     if up_block not in UP_BLOCKS:
       raise ValueError(f"unknown up_block {up_block!r}; expected one of {UP_BLOCKS}")
     self.task, self.channels, self.f_max, self.remat = task, channels, f_max, remat
+    if residual_bound and not noise_input:
+      raise ValueError("residual_bound counts in the noise map's σ: needs noise_input")
+    self.residual_bound = float(residual_bound)
     self.coord_inputs, self.noise_input = coord_inputs, noise_input
     self.depth = len(widths) - 1
     kw = dict(dtype=dtype, rngs=rngs)
@@ -239,8 +246,13 @@ class AttentionResUNet(nnx.Module):
       result["confidence"] = nnx.sigmoid(parts["confidence"])
       clean = invert_flat(observed, result["F"], result["G"])
     if "residual" in parts:
-      result["residual"] = parts["residual"]
-      clean = clean + parts["residual"]
+      residual = parts["residual"]
+      if self.residual_bound:  # at most ± bound × the crop's typical noise σ, smoothly
+        sigma = jnp.median(noise_map, axis=(1, 2), keepdims=True).astype(jnp.float32)
+        b = self.residual_bound
+        residual = b * sigma * jnp.tanh(residual / b)
+      result["residual"] = residual
+      clean = clean + residual
     result["clean"] = clean
     return result
 
@@ -260,7 +272,7 @@ def build_model(config, rngs: nnx.Rngs) -> AttentionResUNet:
         channels=config.data.channels, task=config.task, widths=model_widths(m), norm=m.norm,
         groups=m.groups, up_block=m.up_block, coord_inputs=m.coord_inputs,
         noise_input=m.noise_input, attention_gates=m.attention_gates,
-        bottleneck_heads=m.bottleneck_heads, f_max=m.f_max,
+        bottleneck_heads=m.bottleneck_heads, f_max=m.f_max, residual_bound=m.residual_bound,
         zernike_grid=tuple(config.degrade.psf.grid) if zernike else None,
         num_modes=config.degrade.psf.num_modes, dtype=jnp.dtype(m.dtype), remat=m.remat,
         rngs=rngs)
