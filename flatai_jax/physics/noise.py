@@ -13,9 +13,8 @@ counts), i.e. shot noise ``∝ signal`` plus a constant read-noise floor.
 """
 from __future__ import annotations
 
-from typing import NamedTuple
-
 import math
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
