@@ -124,3 +124,20 @@ def test_combined_correction_writes_fields_and_psf_field(tmp_path, monkeypatch):
   np.testing.assert_allclose(f_written, flat_model.correct(field.observed).F, rtol=1e-6)
   with pytest.raises(ValueError, match="cannot apply --task=bad"):
     chained.correct(field.observed, task="bad")
+
+
+def test_bounded_residual_moves_no_pixel_beyond_the_bound():
+  """``model.residual_bound = b``: however large the head's output, ``|clean − input| < b·σ``
+  with σ the median of the crop's noise map; an untrained head changes nothing."""
+  from flatai_jax.models import forward
+  c = _psf_config(**{"model.residual_bound": 2.0})
+  graphdef, params = split_model(c)
+  x = jax.random.normal(jax.random.key(1), (2, 64, 64, 1))
+  noise_map = jnp.abs(jax.random.normal(jax.random.key(2), x.shape)) + 0.5
+  batch = {"observed": x, "coords": jnp.zeros((2, 64, 64, 2)), "noise": noise_map}
+  np.testing.assert_array_equal(forward(graphdef, params, batch)["clean"], x)
+  kernel = params["head"]["kernel"]
+  kernel[...] = 50.0 * jax.random.normal(jax.random.key(3), kernel[...].shape)
+  change = np.abs(np.asarray(forward(graphdef, params, batch)["clean"] - x))
+  sigma = np.median(np.asarray(noise_map), axis=(1, 2), keepdims=True)
+  assert np.all(change < 2.0 * sigma + 1e-6) and change.max() > 1.5 * sigma.min(), change.max()
