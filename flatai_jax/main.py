@@ -2,10 +2,11 @@
 
   flatai train    --config=configs/default.py:flat,quickstart --workdir=runs/x [--config.train.steps=200]
   flatai evaluate --checkpoint=runs/x [--step=N] [--output_dir=runs/x/eval]   (--workdir: same)
-  flatai evaluate --task=psf [--output_dir=eval_psf] [--size=256]   (aberrations, no model)
+  flatai evaluate --task=psf [--checkpoint=…] [--output_dir=eval_psf] [--size=256]   (aberrations)
   flatai correct  IMAGE... [--checkpoint=runs/x] [--out=DIR | --output=out.fits] [--task=flat]
                   [--reference=clean.fits] [--cfa=auto|none|RGGB|…] [--input_stretch=auto|…]
   flatai correct  --session FRAME... --out=DIR   (one flat for a dithered sequence)
+  flatai correct  IMAGE... --task=psf|combined   (the shipped aberration model; combined: flat first)
   flatai correct  IMAGE... --task=psf --method=physics [--target=diffraction|centre|FWHM_PX]
   flatai synth    --config=configs/default.py:flat,quickstart --output_dir=synth [--num=8] [--full_frame]
   flatai export   --checkpoint=runs/x --output=models/x   (parameters + config only)
@@ -98,22 +99,24 @@ COMMANDS = {
     "evaluate": Command(
         "Score a checkpoint on full frames against classical baselines; writes a report.",
         "--checkpoint=RUN_DIR [--step=N] [--output_dir=DIR] | --real_dir=DIR [--checkpoint=…] "
-        "| --task=psf [--output_dir=DIR] [--size=PX]",
+        "| --task=psf [--checkpoint=…] [--output_dir=DIR] [--size=PX]",
         {"checkpoint": "Run directory or exported model to evaluate (with --real_dir: default "
                        "the shipped model).", "workdir": "Same as --checkpoint.",
          "step": None, "output_dir": "Report folder; default: <checkpoint>/eval (--task=psf: "
                                      "eval_psf).",
          "real_dir": None,
          "task": "psf: the aberration evaluation (issue 15) on a synthetic star field with a "
-                 "known PSF field, no model: uncorrected, --method=physics, Richardson–Lucy / "
-                 "Wiener with one PSF and with the true field; writes psf_eval.json and .md.",
+                 "known PSF field: uncorrected, --method=physics, the aberration model "
+                 "(--checkpoint, default the shipped one), Richardson–Lucy / Wiener with one PSF "
+                 "and with the true field; writes psf_eval.json and .md.",
          "size": None}),
     "correct": Command(
         "Correct FITS/XISF/TIFF/PNG/JPEG frames; writes corrected image, F, G and preview.",
         "IMAGE... [--checkpoint=RUN_DIR] [--out=DIR | --output=FILE] | --session FRAME... "
         "--out=DIR",
-        {"checkpoint": "Run directory or exported model; default: the small flat model shipped "
-                       "with the package.",
+        {"checkpoint": "Run directory or exported model; default: the flat model shipped "
+                       "with the package (--task=psf: the aberration model; --task=combined: "
+                       "both, flat first).",
          "step": None,
          "output": "Output image (one input only); default: <input>_corrected.<ext>.",
          "out": None, "task": None, "reference": None, "tile": None, "overlap": None,
