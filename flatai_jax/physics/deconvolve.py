@@ -303,11 +303,13 @@ def _tile_psfs(psfs: np.ndarray, n: tuple[int, int], origins, length: tuple[int,
 def _rl_frame(image, sky, sigma):
   """What RL runs on (module docstring): ``y`` the frame minus its sky plus ``PEDESTAL_SIGMA``
   σ, kept ≥ 1e-3 σ; ``signal`` the pixels ``SIGNAL_SIGMA`` σ above the pedestal; the
-  pedestal. ``image (H, W, C)``, ``sky`` and ``sigma (C,)``; NumPy or JAX arrays."""
+  pedestal; and σ itself, kept above 1e-12 of the frame's largest value (a noise-free frame).
+  ``image (H, W, C)``, ``sky`` and ``sigma (C,)``; NumPy or JAX arrays."""
   xp = jnp if isinstance(image, jax.Array) else np
+  sigma = xp.maximum(sigma, 1e-12 * xp.maximum(xp.abs(image).max(), 1e-30))
   pedestal = PEDESTAL_SIGMA * sigma
   y = xp.maximum(image - sky + pedestal, 1e-3 * sigma)
-  return y, y > pedestal + SIGNAL_SIGMA * sigma, pedestal
+  return y, y > pedestal + SIGNAL_SIGMA * sigma, pedestal, sigma
 
 
 def sharpen_traced(image, psfs, target, max_iter: int):
@@ -328,11 +330,10 @@ def sharpen_traced(image, psfs, target, max_iter: int):
   planes = jnp.moveaxis(image, -1, 0)
   sky = jnp.median(planes.reshape(planes.shape[0], -1), axis=1)
   sigma = jnp.stack([noise.second_difference_sigma(p, p - s) for p, s in zip(planes, sky)])
-  sigma = jnp.maximum(sigma, 1e-12 * jnp.maximum(jnp.max(jnp.abs(image)), 1e-30))
-  y, signal, pedestal = _rl_frame(image, sky, sigma)
+  y, signal, pedestal, sigma = _rl_frame(image, sky, sigma)
   t = jnp.asarray(pixel_compensated(np.asarray(target)), jnp.float32)
-  x, _, _ = richardson_lucy(y, psfs, sigma, signal, max_iter=max_iter)
-  return optics.blur(x, t[None, None]) + (sky - pedestal)
+  out, _, _ = _sharpen_tile(y, psfs, sigma, signal, t, max_iter=max_iter)
+  return out + (sky - pedestal)
 
 
 @functools.partial(jax.jit, static_argnames=("max_iter",))
@@ -375,8 +376,7 @@ def sharpen(image: np.ndarray, psfs: np.ndarray, target: np.ndarray,
     data, _ = star_detect.background(image[..., c])
     sky[c] = np.median(image[..., c] - data)
     sigma[c] = star_detect.sky_noise(image[..., c])
-  sigma = np.maximum(sigma, 1e-12 * np.maximum(np.abs(image).max(), 1e-30))
-  y, signal, pedestal = _rl_frame(image, sky, sigma)
+  y, signal, pedestal, sigma = _rl_frame(image, sky, sigma)
   h, w, c = image.shape
   target = jnp.asarray(pixel_compensated(target), jnp.float32)
   sigma = jnp.asarray(sigma)
