@@ -582,14 +582,14 @@ class Corrector:
     image = np.asarray(image, np.float32)
     if image.ndim == 2:
       image = image[:, :, None]
-    if self.config.model.input == "deconvolved":
-      return self._correct_aberrations(image, task, tile, overlap, progress, strength)
     model_c = self.config.data.channels
     if image.ndim != 3 or image.shape[-1] not in (model_c, 3 if model_c == 1 else model_c):
       raise ValueError(f"image of shape {image.shape}: this model corrects "
                        f"{model_c}-channel frames (H, W{', 3' if model_c == 3 else '[, 1|3]'})")
     if np.isnan(image).all():
       raise ValueError("all pixels are NaN")
+    if self.config.model.input == "deconvolved":
+      return self._correct_aberrations(image, task, tile, overlap, progress, strength)
     filled, mask = fill_masked(image)
     parts = [correct_image(self.graphdef, self.params, self.config, plane, tile, overlap,
                            progress=progress, task=task) for plane in self._planes(filled)]
@@ -626,8 +626,6 @@ class Corrector:
     task = task or self.task
     if task not in ("psf", self.task) and not (self.task == "combined" and task == "flat"):
       raise ValueError(f"a {self.task} model cannot apply --task={task}")
-    if np.isnan(image).all():
-      raise ValueError("all pixels are NaN")
     flat_out = None
     if task in ("flat", "combined") and self.flat is not None:
       flat_out = self.flat.correct(image, progress=progress, strength=strength)
@@ -755,8 +753,10 @@ class Corrector:
                          protect=[input_path], carry_hdus=False)
     written = {"corrected": True, "preview": True, "F": out.F is not None,
                "G": out.G is not None, "confidence": out.confidence is not None}
+    field_report = {}
     if out.aberration is not None:
       from flatai_jax import correct_psf
+      field_report = correct_psf.report(out.aberration)
       field_paths = correct_psf.output_paths(input_path, output, out_dir)
       correct_psf.write_field(field_paths, linear, out.aberration, history, [input_path],
                               {"target": "diffraction",
@@ -774,9 +774,7 @@ class Corrector:
       after = error_vs_reference(_nan_to_median(out.corrected), _nan_to_median(ref))
       report.update({"mae_before": before["mae"], "mae_after": after["mae"],
                      "psnr_before": before["psnr"], "psnr_after": after["psnr"]})
-    if out.aberration is not None:
-      from flatai_jax import correct_psf
-      report.update(correct_psf.report(out.aberration))
+    report.update(field_report)
     report["outputs"] = {k: str(v) for k, v in paths.items() if written[k]}
     return report
 
