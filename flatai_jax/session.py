@@ -85,7 +85,7 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage
 
-from flatai_jax import correct, sky_surface, working_grid
+from flatai_jax import correct, scores, sky_surface, working_grid
 from flatai_jax.io import images
 
 FINE_CELLS = 512  # fine grid: at most this many cells along the frame's long side
@@ -126,8 +126,9 @@ class SessionFlat:
     mode: ``both`` / ``large`` / ``small`` (the parts of the session F used) or ``single``
       (each frame its own single-frame correction); set by :func:`choose`; ``joint``: F from
       the joint self-calibration (:func:`joint_estimate`).
-    joint: for ``joint``: ``G`` ``(n, h', w')`` each frame's G and ``S`` ``(n, h', w')`` its part
-      of the sky surface of T, on the fitted (binned by ``bin``) grid.
+    joint: for ``joint``, on the fitted grid (binned by ``bin``): ``coef`` ``(n, K)`` each frame's
+      G as Legendre coefficients (``selfcal.G_DEGREE``), ``gains`` ``(n,)`` its transparency,
+      ``origins`` ``(n, 2)`` its place on the sky canvas, ``S`` the sky surface of T on the canvas.
   """
   F: np.ndarray
   confidence: np.ndarray
@@ -443,6 +444,8 @@ def _combine_large(num, den, weight_total, frames):
 
 JOINT_BYTES = 1 << 30  # the joint fit holds the frames binned to at most this (float64, ×3)
 JOINT_MIN_DITHER = 4.0  # … and needs frames spread by this × selfcal.SMOOTH_PX (fitted px)
+JOINT_MIN_FRAMES = 8  # a joint fit on a subset of the frames (a long session) needs this many
+G_CLIP = 4.0  # a frame fitted to the joint sky drops pixels off by this many σ (stars, defects)
 
 
 def _joint_bin(n: int, hw) -> int:
@@ -451,6 +454,11 @@ def _joint_bin(n: int, hw) -> int:
   while 3 * 8 * n * (-(-hw[0] // b)) * (-(-hw[1] // b)) > JOINT_BYTES:
     b += 1
   return b
+
+
+def _joint_frames(b: int, hw) -> int:
+  """How many frames of ``hw`` binned ``b × b`` fit within ``JOINT_BYTES`` (:func:`_joint_bin`)."""
+  return JOINT_BYTES // (3 * 8 * (-(-hw[0] // b)) * (-(-hw[1] // b)))
 
 
 def _bin_mean(plane: np.ndarray, b: int) -> np.ndarray:
@@ -483,11 +491,80 @@ def _unbin(a: np.ndarray, b: int, hw) -> np.ndarray:
   return along(np.ascontiguousarray(along(np.asarray(a, np.float32).T, hw[1]).T), hw[0])
 
 
+def _binned_planes(frames, indices, b: int | None, shape=None):
+  """The frames at ``indices`` read, checked against ``shape`` (the first one's when None) and
+  binned ``b × b`` (:func:`_bin_mean`, NaN → the frame's median; None: :func:`_joint_bin` of
+  all the frames at the first one's size): ``(planes (m, h', w') float64, or None for colour
+  frames; metas; names; shape; b)``."""
+  planes, metas, names = [], [], []
+  for i in indices:
+    image, meta, name = _as_frame(frames[i])
+    shape = shape or image.shape
+    b = b or _joint_bin(len(frames), shape[:2])
+    _check_shape(image, name, shape)
+    if shape[2] != 1:
+      return None, metas, names, shape, b
+    plane = image[..., 0]
+    planes.append(_bin_mean(np.where(np.isfinite(plane), plane, np.nanmedian(plane)), b))
+    metas.append(meta)
+    names.append(name)
+  return np.stack(planes), metas, names, shape, b
+
+
+def _subset_plan(n: int, hw, spread_px: float) -> tuple[int, np.ndarray] | None:
+  """For a session whose memory binning (:func:`_joint_bin`) leaves its dither of ``spread_px``
+  (full-resolution px) below ``JOINT_MIN_DITHER × selfcal.SMOOTH_PX`` binned px: the coarsest
+  binning that keeps it, and the frames (evenly spread over the sequence) that ``JOINT_BYTES``
+  holds there — or None when that is under ``JOINT_MIN_FRAMES`` frames or no binning keeps it."""
+  from flatai_jax import selfcal
+  b = int(spread_px // (JOINT_MIN_DITHER * selfcal.SMOOTH_PX))
+  if b < 1:
+    return None
+  m = min(n, _joint_frames(b, hw))
+  if m < JOINT_MIN_FRAMES or m >= n:
+    return None
+  return b, np.unique(np.round(np.linspace(0, n - 1, m)).astype(int))
+
+
+def _fit_to_sky(plane: np.ndarray, sky: np.ndarray, F: np.ndarray, basis: np.ndarray):
+  """A frame outside the joint fit, against its result: ``plane ≈ a·sky·F + basis @ c`` by least
+  squares over the pixels where ``sky`` is known, twice with pixels off by ``G_CLIP`` robust σ
+  dropped (stars the registration leaves, defects). Returns ``(a, c)``."""
+  design = np.concatenate([(sky * F).reshape(-1, 1), basis], 1)
+  values = plane.ravel()
+  keep = np.isfinite(design[:, 0])
+  for _ in range(3):
+    sol, *_ = np.linalg.lstsq(design[keep], values[keep], rcond=None)
+    residual = values - np.nan_to_num(design) @ sol
+    sigma = float(scores.robust_sigma(residual[keep]))
+    keep = np.isfinite(design[:, 0]) & (np.abs(residual) < G_CLIP * max(sigma, 1e-30))
+  return float(sol[0]), sol[1:]
+
+
+def _sky_window(canvas: np.ndarray, origin, hw) -> np.ndarray:
+  """``canvas[y:y + h, x:x + w]`` at ``origin = (y, x)``, NaN where the window leaves it."""
+  (y, x), (h, w) = origin, hw
+  out = np.full((h, w), np.nan)
+  ys, xs = max(y, 0), max(x, 0)
+  ye, xe = min(y + h, canvas.shape[0]), min(x + w, canvas.shape[1])
+  if ye > ys and xe > xs:
+    out[ys - y:ye - y, xs - x:xs - x + (xe - xs)] = canvas[ys:ye, xs:xe]
+  return out
+
+
 def joint_estimate(frames, grid_hw, progress=None) -> SessionFlat | None:
   """Pass 1 by joint self-calibration (:mod:`flatai_jax.selfcal`): F, every frame's G and the
   sky, fitted together on the frames binned to ``JOINT_BYTES``; then the sky surface of the
   fitted sky (``correct.sky_background``, ramped down by its structure) decides the G common to
   all frames, which the sequence cannot tell from the sky.
+
+  A long session whose frames that budget would bin so coarsely that the dither falls under
+  ``JOINT_MIN_DITHER × selfcal.SMOOTH_PX`` binned px (100 frames of 24 Mpx binned 8 × 8 keep a
+  ±40 px dither as ±5 px) is fitted on a subset (:func:`_subset_plan`: the coarsest binning
+  that keeps the dither, as many frames, evenly spread over the sequence, as the budget holds
+  there); every other frame is then registered on the fitted sky and fitted to it
+  (:func:`_fit_to_sky`: its transparency and its G, with the fitted F and sky held), so that
+  adding frames never coarsens the fit.
 
   Returns None — the scale-split path (:func:`estimate`, :func:`choose`) then runs — for
   colour frames, for frames dithered by less than ``JOINT_MIN_DITHER × selfcal.SMOOTH_PX``
@@ -502,34 +579,40 @@ def joint_estimate(frames, grid_hw, progress=None) -> SessionFlat | None:
     progress: optional ``callable(line)``.
   """
   from flatai_jax import selfcal
-  if len(frames) < 2:
-    raise ValueError(f"a session needs at least 2 frames, got {len(frames)}")
-  planes, metas, names, shape = [], [], [], None
-  for item in frames:
-    image, meta, name = _as_frame(item)
-    if shape is None:
-      shape = image.shape
-      b = _joint_bin(len(frames), shape[:2])
-    _check_shape(image, name, shape)
-    if shape[2] != 1:
-      return None
-    plane = image[..., 0]
-    planes.append(_bin_mean(np.where(np.isfinite(plane), plane, np.nanmedian(plane)), b))
-    metas.append(meta)
-    names.append(name)
-  report = (lambda done, total: progress(f"  joint fit: small scales, round {done}/{total}")
-            if progress else None)
-  planes = np.stack(planes)
-  frame_offsets = selfcal.offsets(planes, subpixel=True)
-  spread = int(round(float(np.ptp(frame_offsets, 0).max())))
-  if spread < JOINT_MIN_DITHER * selfcal.SMOOTH_PX:
-    if progress:
-      progress(f"session: the frames are dithered by {spread * b} px at most: too little for "
-               "the joint fit; the scale-split flat")
+  n = len(frames)
+  if n < 2:
+    raise ValueError(f"a session needs at least 2 frames, got {n}")
+  planes, metas, names, shape, b = _binned_planes(frames, range(n), None)
+  if planes is None:
     return None
+  frame_offsets = selfcal.offsets(planes, subpixel=True)
+  spread = float(np.ptp(frame_offsets, 0).max())
+  fitted = np.arange(n)
+  if spread < JOINT_MIN_DITHER * selfcal.SMOOTH_PX:
+    plan = _subset_plan(n, shape[:2], spread * b)
+    if plan is None:
+      if progress:
+        progress(f"session: the frames are dithered by {int(round(spread * b))} px at most: too "
+                 "little for the joint fit; the scale-split flat")
+      return None
+    b, fitted = plan
+    del planes
+    planes = _binned_planes(frames, fitted, b, shape)[0]
+    frame_offsets = selfcal.offsets(planes, subpixel=True)
+    spread = float(np.ptp(frame_offsets, 0).max())
+    if spread < JOINT_MIN_DITHER * selfcal.SMOOTH_PX:
+      if progress:
+        progress(f"session: the {len(fitted)} frames the joint fit can hold are dithered by "
+                 f"{int(round(spread * b))} px at most: too little; the scale-split flat")
+      return None
+    if progress:
+      progress(f"  joint fit: {len(fitted)} of {n} frames, binned {b}×{b} (the memory budget "
+               f"holds no more at a binning that keeps the dither)")
   if progress:
     progress(f"  joint fit: large scales by least squares over {len(selfcal.pairs(len(planes)))} "
              f"frame pairs ({planes.shape[1]} × {planes.shape[2]} px each, binned {b}×{b})")
+  report = (lambda done, total: progress(f"  joint fit: small scales, round {done}/{total}")
+            if progress else None)
   fit = selfcal.fit(planes, frame_offsets=frame_offsets, progress=report)
   sky = np.where(np.isfinite(fit.T), fit.T, np.nanmedian(fit.T))
   work = working_grid.geometry(sky.shape, grid_hw)
@@ -542,38 +625,72 @@ def joint_estimate(frames, grid_hw, progress=None) -> SessionFlat | None:
                f"{correct.SKY_STRUCTURE[0]}): per-frame sky surfaces and the scale-split flat")
     return None
   surface, weight, _ = correct.sky_background(grid[inner], work, structure)
-  s_sky = working_grid.upsample(weight * surface, work)
   h, w = fit.F.shape
-  s_frames = np.stack([a * s_sky[dy:dy + h, dx:dx + w]  # at the frame's transparency
-                       for a, (dy, dx) in zip(fit.gains, fit.offsets)])
+  basis = sky_surface.legendre_basis((h, w), selfcal.G_DEGREE)
+  # every frame as (transparency, origin on the sky canvas, G's Legendre coefficients)
+  gains, origins = np.ones(n), np.zeros((n, 2), int)
+  coefs = np.zeros((n, basis.shape[1]))
+  for k, i in enumerate(fitted):
+    gains[i], origins[i] = fit.gains[k], fit.offsets[k]
+    coefs[i] = np.linalg.lstsq(basis, fit.G[k].ravel(), rcond=None)[0]
+  others = np.setdiff1d(np.arange(n), fitted)
+  if others.size:
+    reference = planes[0]
+    shift0 = frame_offsets[0]  # subset frame 0 in the subset's offsets
+    base = np.round(frame_offsets).astype(int).min(0)  # selfcal.align's integer origin
+    del planes
+    for count, i in enumerate(others):
+      plane = _binned_planes(frames, [i], b, shape)[0][0]
+      pair = selfcal.offsets(np.stack([reference, plane]), subpixel=True)
+      offset = shift0 + pair[1] - pair[0]
+      whole = np.round(offset).astype(int)
+      aligned = ndimage.shift(plane, offset - whole, order=3, mode="nearest")
+      origins[i] = whole - base
+      gains[i], coefs[i] = _fit_to_sky(aligned, _sky_window(fit.T, origins[i], (h, w)), fit.F,
+                                       basis)
+      if progress and ((count + 1) % 10 == 0 or count + 1 == others.size):
+        progress(f"  joint fit: frames outside it fitted to its sky, {count + 1}/{others.size}")
   f_full = _unbin(fit.F, b, shape[:2])
   f_full = f_full / np.median(f_full)
-  info = ndimage.gaussian_filter(sum(fit.sky_of(i) ** 2 for i in range(len(planes))),
+  info = ndimage.gaussian_filter(sum(fit.sky_of(k) ** 2 for k in range(len(fitted))),
                                  selfcal.SMOOTH_PX)
   confidence = np.clip(_unbin(info / np.median(info), b, shape[:2]), 0.0, 1.0)
+  in_fit = set(fitted.tolist())
   numbers = [{"frame": name, "offset_px": [int(dy * b), int(dx * b)],
-              "transparency": float(fit.gains[i]),
-              "g_range": float(np.ptp(fit.G[i])), "sky_structure": structure}
-             for i, (name, (dy, dx)) in enumerate(zip(names, fit.offsets))]
-  line = (f"session: joint self-calibration of {len(planes)} frames (binned {b}×{b}, offsets up "
-          f"to {spread * b} px, sky structure {structure:.1f}, sky "
+              "transparency": float(gains[i]), "in_joint_fit": i in in_fit,
+              "g_range": float(np.ptp(basis @ coefs[i])), "sky_structure": structure}
+             for i, (name, (dy, dx)) in enumerate(zip(names, origins))]
+  subset = f", F from {len(fitted)} of them" if others.size else ""
+  line = (f"session: joint self-calibration of {n} frames (binned {b}×{b}{subset}, offsets up "
+          f"to {int(round(spread * b))} px, sky structure {structure:.1f}, sky "
           f"surface at {weight:.0%})")
   if progress:
     progress(line)
   return SessionFlat(F=f_full[..., None].astype(np.float32),
                      confidence=confidence[..., None].astype(np.float32), frames=numbers,
-                     mode="joint", joint={"G": fit.G, "S": s_frames, "bin": b, "metas": metas,
-                                          "line": line})
+                     mode="joint", joint={"coef": coefs, "gains": gains, "origins": origins,
+                                          "S": working_grid.upsample(weight * surface, work),
+                                          "bin": b, "metas": metas, "line": line})
 
 
 def _correct_joint(image: np.ndarray, flat: SessionFlat, index: int) -> correct.Correction:
   """Pass 2 of frame ``index`` after :func:`joint_estimate`: its G is its fitted G plus its
   part of the sky surface times its transparency and F, and ``corrected = (observed − G) / F``
   exactly."""
-  b, hw = flat.joint["bin"], image.shape[:2]
+  from flatai_jax import selfcal
+  joint, hw = flat.joint, image.shape[:2]
+  b = joint["bin"]
+  h, w = -(-hw[0] // b), -(-hw[1] // b)
+  s_sky = joint["S"]
+  # a frame outside the joint fit may reach past the sky its frames saw: the smooth surface
+  # is taken at the nearest place inside
+  origin = np.clip(joint["origins"][index], 0, np.subtract(s_sky.shape, (h, w)))
+  s_frame = joint["gains"][index] * s_sky[origin[0]:origin[0] + h, origin[1]:origin[1] + w]
+  g_frame = (sky_surface.legendre_basis((h, w), selfcal.G_DEGREE) @ joint["coef"][index]
+             ).reshape(h, w)
   f_plane = flat.F[..., 0]
-  g_full = _unbin(flat.joint["S"][index], b, hw) * f_plane
-  g_full += _unbin(flat.joint["G"][index], b, hw)
+  g_full = _unbin(s_frame, b, hw) * f_plane
+  g_full += _unbin(g_frame, b, hw)
   corrected = (image[..., 0] - g_full) / f_plane
   return correct.Correction(corrected=corrected[..., None].astype(np.float32, copy=False),
                             F=flat.F, G=g_full[..., None].astype(np.float32, copy=False),
@@ -601,7 +718,6 @@ def _fine_flatness(image: np.ndarray, flat: SessionFlat, grid_hw) -> float:
   """Small-scale flatness of a corrected frame (lower is flatter): the robust σ of its
   small-scale ratio ``h`` (:func:`_frame_evidence`, objects masked) over the fine grid, the
   worst channel's — what dust left in it or noise brought into it by F raise."""
-  from flatai_jax import scores
   hw = image.shape[:2]
   work = working_grid.geometry(hw, grid_hw)
   sigma = SPLIT_FRACTION * max(hw) / max(flat.fine.block)
@@ -650,7 +766,6 @@ def choose(flat: SessionFlat, frame_at, single, grid_hw, print_fn=None) -> str:
     means = {name: np.mean(v, 0) for name, v in rows.items()}
     # A half's small scales carry twice the noise variance of all frames' (e² per cell, from
     # the halves' difference: var(a − b) = 2 e²); the full F adds e²/2 less to h than the half.
-    from flatai_jax import scores
     inner = working_grid.inner_cells(flat.fine)
     e2 = max(float(scores.robust_sigma((flat.parts["A"][k][1] - flat.parts["B"][k][1])[inner]))
              ** 2 / 2.0 for k in range(len(flat.parts["A"])))

@@ -279,6 +279,34 @@ def test_a_dithered_nebula_session_takes_the_joint_fit_and_beats_single_frame_mo
                              rtol=1e-5, atol=1e-6)
 
 
+def test_a_long_session_fits_f_on_a_subset_and_every_other_frame_to_its_sky(monkeypatch):
+  """A session too long for the joint fit's memory at a binning that keeps its dither (100
+  frames of 24 Mpx: binned 8 × 8, a ±40 px dither becomes ±5 px, under the fit's 16): F from as
+  many frames, evenly spread, as the budget holds at the coarsest binning that keeps it; every
+  other frame registered on the fitted sky and fitted to it (transparency and G). Here 16
+  frames, ±12 px, a budget of 8 frames at full resolution: F as good as all 16 give (2.58 %
+  RMS both), the frames outside the fit corrected as well as those in it, and far better than
+  single-frame mode; corrected = (observed − G) / F exactly for them too."""
+  clean, observed, f = nebula_session(n=16, dither=12)
+  single = session.single_frame()
+  full, _ = session.correct_arrays(observed, GRID, single=single)
+  monkeypatch.setattr(session, "JOINT_BYTES", 24 * 8 * HW[0] * HW[1])
+  assert session._joint_bin(16, HW) == 2 and session._joint_frames(1, HW) == 8
+  lines = []
+  flat, outs = session.correct_arrays(observed, GRID, single=single, progress=lines.append)
+  assert flat.mode == "joint" and "F from 8 of them" in lines[-1], lines[-1]
+  inside = np.array([fr["in_joint_fit"] for fr in flat.frames])
+  assert inside.sum() == 8
+  assert session.rms_pct(flat.F, f) < session.rms_pct(full.F, f) + 0.1
+  errors = np.array([_truth_scores([o.corrected], [c])[0] for o, c in zip(outs, clean)])
+  assert errors[~inside].mean() < 1.05 * errors[inside].mean(), errors
+  err_single, _ = _truth_scores([single(x).corrected for x in observed], clean)
+  assert errors.mean() < 0.6 * err_single, (errors.mean(), err_single)
+  k = int(np.flatnonzero(~inside)[0])
+  np.testing.assert_allclose(outs[k].corrected, (observed[k] - outs[k].G) / outs[k].F,
+                             rtol=1e-5, atol=1e-6)
+
+
 def test_a_joint_session_of_files_writes_every_frame_and_says_so(tmp_path):
   """The files route of the joint fit: every frame's corrected image and G, the shared F once,
   the report in mode ``joint`` with each frame's measured offset; the inputs untouched."""
