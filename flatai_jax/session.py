@@ -442,7 +442,9 @@ def _combine_large(num, den, weight_total, frames):
   return large, support
 
 
-JOINT_BYTES = 1 << 30  # the joint fit holds the frames binned to at most this (float64, ×3)
+JOINT_COPIES = 8  # float64 copies of the binned frames the joint fit holds at its peak (measured:
+#                  20 frames of 24 Mpx binned 4 × 4 peak at 3.41 GiB, 29 at 4.24: ~90 MB a frame)
+JOINT_BYTES = 9 << 28  # 2.25 GiB for those copies; a 24-Mpx session peaks ≤ 4 GiB in all
 JOINT_MIN_DITHER = 4.0  # … and needs frames spread by this × selfcal.SMOOTH_PX (fitted px)
 JOINT_MIN_FRAMES = 8  # a joint fit on a subset of the frames (a long session) needs this many
 G_CLIP = 4.0  # a frame fitted to the joint sky drops pixels off by this many σ (stars, defects)
@@ -451,14 +453,14 @@ G_CLIP = 4.0  # a frame fitted to the joint sky drops pixels off by this many σ
 def _joint_bin(n: int, hw) -> int:
   """The integer binning that keeps ``n`` frames of ``hw`` within ``JOINT_BYTES``."""
   b = 1
-  while 3 * 8 * n * (-(-hw[0] // b)) * (-(-hw[1] // b)) > JOINT_BYTES:
+  while JOINT_COPIES * 8 * n * (-(-hw[0] // b)) * (-(-hw[1] // b)) > JOINT_BYTES:
     b += 1
   return b
 
 
 def _joint_frames(b: int, hw) -> int:
   """How many frames of ``hw`` binned ``b × b`` fit within ``JOINT_BYTES`` (:func:`_joint_bin`)."""
-  return JOINT_BYTES // (3 * 8 * (-(-hw[0] // b)) * (-(-hw[1] // b)))
+  return JOINT_BYTES // (JOINT_COPIES * 8 * (-(-hw[0] // b)) * (-(-hw[1] // b)))
 
 
 def _bin_mean(plane: np.ndarray, b: int) -> np.ndarray:

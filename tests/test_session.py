@@ -290,7 +290,7 @@ def test_a_long_session_fits_f_on_a_subset_and_every_other_frame_to_its_sky(monk
   clean, observed, f = nebula_session(n=16, dither=12)
   single = session.single_frame()
   full, _ = session.correct_arrays(observed, GRID, single=single)
-  monkeypatch.setattr(session, "JOINT_BYTES", 24 * 8 * HW[0] * HW[1])
+  monkeypatch.setattr(session, "JOINT_BYTES", session.JOINT_COPIES * 8 * 8 * HW[0] * HW[1])
   assert session._joint_bin(16, HW) == 2 and session._joint_frames(1, HW) == 8
   lines = []
   flat, outs = session.correct_arrays(observed, GRID, single=single, progress=lines.append)
