@@ -1,6 +1,6 @@
 """Optics throughput: PSFs/s against hcipy, spatially varying convolution against scipy.
 
-    PYTHONPATH=. python benchmarks/psf.py [--batch 16] [--repeats 5]
+    PYTHONPATH=. python benchmarks/psf.py [--batch 16] [--repeats 5] [--parts psf,convolution,training]
 
 Prints, on this machine and in one run:
 - PSFs/s for a batch of 256-px-pupil PSFs at Q = 2 and 4 (point-sampled,
@@ -138,12 +138,18 @@ def main():
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--batch", type=int, default=16, help="PSFs per batch")
   parser.add_argument("--repeats", type=int, default=5, help="timed repetitions (median)")
+  parser.add_argument("--parts", default="psf,convolution,training",
+                      help="comma-separated subset of psf, convolution, training")
   args = parser.parse_args()
+  parts = set(args.parts.split(","))
   print(f"devices: {jax.devices()}")
-  bench_psf(args.batch, args.repeats)
-  bench_convolution(args.repeats)
-  for size in ("quickstart", "base"):
-    bench_training_optics(size, args.repeats)
+  if "psf" in parts:
+    bench_psf(args.batch, args.repeats)
+  if "convolution" in parts:
+    bench_convolution(args.repeats)
+  if "training" in parts:
+    for size in ("quickstart", "base"):
+      bench_training_optics(size, args.repeats)
 
 
 if __name__ == "__main__":

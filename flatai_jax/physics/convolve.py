@@ -15,11 +15,12 @@ stays flat up to the second difference of the PSFs' widths between nodes
 (~1e-4 for the default optics) when their centroids are centred
 (``psf.recenter``); a drift of the centroids would act as a distortion. Between
 four nodes (a cell) the weights are bilinear, so the cell's share of the sum is
-four small FFT convolutions of the cell's moments with differences of the four
-PSFs (:func:`spatially_varying_convolve`), added back at the cell's place
+four small FFT convolutions of the cell's four bilinearly weighted blocks with
+the PSFs of its corner nodes, summed in the Fourier domain, one inverse
+(:func:`spatially_varying_convolve`), added back at the cell's place
 (overlap-add).
 
-Everything static (node positions, cells, moments, FFT sizes) is computed
+Everything static (node positions, cells, weights, FFT sizes) is computed
 with numpy from the shapes; the computation is jittable and differentiable in
 the PSFs (hence in the Zernike coefficients that made them).
 """
@@ -140,8 +141,19 @@ def _plan(hw: tuple[int, int], grid: tuple[int, int], k: int, margin: int):
   return py, px, (fft_size(py[-1] + k - 1), fft_size(px[-1] + k - 1))
 
 
+def _cell_weights(t: np.ndarray, starts, stops, length: int, n: int) -> np.ndarray:
+  """``(2, cells, n) float32``: the weights ``(1 − t, t)`` of a cell's two nodes on its pixels,
+  0 past the cell's end and on the FFT's zero padding (``length ≤ n``)."""
+  inside = np.arange(length)[None] < (np.array(stops) - np.array(starts))[:, None]
+  w = np.zeros((2, len(starts), n), np.float32)
+  w[0, :, :length] = np.where(inside, 1 - t, 0)
+  w[1, :, :length] = np.where(inside, t, 0)
+  return w
+
+
 def cell_kernels(psfs, hw: tuple[int, int], margin: int = 0):
-  """The spectra of a PSF field's cell kernels on an ``hw`` image (:func:`spatially_varying_convolve`).
+  """The spectra of a PSF field's nodes on the cells' FFT grid of an ``hw`` image
+  (:func:`spatially_varying_convolve`).
 
   They depend on the PSFs and the shapes only: an iteration that convolves many images with one
   field (Richardson–Lucy) computes them once.
@@ -151,22 +163,22 @@ def cell_kernels(psfs, hw: tuple[int, int], margin: int = 0):
     hw: static ``(H, W)`` of the image, margin included.
     margin: static width of the margin, px.
   Returns:
-    ``(4, cy, cx, fy, fx // 2 + 1) complex64``: per cell ``(cy, cx) = (gy − 1, gx − 1)`` (at
-    least 1), the rfft2 of ``(P00, P10 − P00, P01 − P00, P00 − P10 − P01 + P11)`` on its
-    ``(fy, fx)`` FFT grid.
+    ``(gy, gx, fy, fx // 2 + 1) complex64``: the rfft2 of each PSF zero-padded to the cells'
+    ``(fy, fx)`` FFT grid (a cell takes those of its four corner nodes).
   """
   gy, gx, k, _ = psfs.shape
-  (_, _, ny, _, _), (_, _, nx, _, _), (fy, fx) = _plan(hw, (gy, gx), k, margin)
-  p = _psf_spectra(psfs, fy, fx)  # (gy, gx, fy, fx')
-  iy, ix = np.array(ny), np.array(nx)
-  jy, jx = np.minimum(iy + 1, gy - 1), np.minimum(ix + 1, gx - 1)
-  p00, p10 = p[iy][:, ix], p[jy][:, ix]
-  p01, p11 = p[iy][:, jx], p[jy][:, jx]
-  return jnp.stack([p00, p10 - p00, p01 - p00, p00 - p10 - p01 + p11])
+  _, _, (fy, fx) = _plan(hw, (gy, gx), k, margin)
+  return _psf_spectra(psfs, fy, fx)
 
 
 def convolve_cells(image, kernels, grid: tuple[int, int], k: int, margin: int = 0):
   """:func:`spatially_varying_convolve` with the field's :func:`cell_kernels` given.
+
+  One row of cells at a time (a Python loop, unrolled in the trace): its cells' four weighted
+  blocks, their rfft2 against the corner nodes' spectra, one inverse and the overlap-add along
+  the row, then the row's strip added into the frame. A row's arrays (~4 MB for 7 cells of
+  180²) stay in the cache where those of all cells at once (~90 MB) would not; that, not the
+  arithmetic, made the difference on the shared 2-core CPU (BENCHMARKS.md).
 
   Args:
     image: ``(H, W, C) float32`` as :func:`spatially_varying_convolve`'s.
@@ -177,27 +189,32 @@ def convolve_cells(image, kernels, grid: tuple[int, int], k: int, margin: int = 
     ``(H, W, C) float32``.
   """
   h, w, c = image.shape
+  gy, gx = grid
   half = k // 2
   (ys, ye, _, ty, ly), (xs, xe, _, tx, lx), (fy, fx) = _plan((h, w), grid, k, margin)
-  src = jnp.pad(image.astype(jnp.float32), ((0, ly), (0, lx), (0, 0)))
-  inside_y = (np.arange(ly)[None] < (np.array(ye) - np.array(ys))[:, None]).astype(np.float32)
-  inside_x = (np.arange(lx)[None] < (np.array(xe) - np.array(xs))[:, None]).astype(np.float32)
-  blocks = jnp.stack([jnp.stack([src[a:a + ly, b:b + lx] for b in xs]) for a in ys])
-  blocks = jnp.moveaxis(blocks, -1, 2)  # (cy, cx, C, ly, lx)
-  blocks = blocks * inside_y[:, None, None, :, None] * inside_x[None, :, None, None, :]
-  t_y, t_x = ty[:, None, None, :, None], tx[None, :, None, None, :]
-  moments = jnp.stack([blocks, blocks * t_y, blocks * t_x, blocks * (t_y * t_x)])
-  spec = jnp.fft.rfft2(moments, s=(fy, fx))  # (4, cy, cx, C, fy, fx')
-  total = jnp.einsum("mabcyx,mabyx->abcyx", spec, kernels)
-  full = jnp.fft.irfft2(total, s=(fy, fx))[..., :ly + k - 1, :lx + k - 1]
-  full = jnp.moveaxis(full, 2, -1)  # (cy, cx, ly + k − 1, lx + k − 1, C)
-
-  # full[..., o, :] lands on image row s + o − half; buffer row = image row + half
-  buf = jnp.zeros((h + ly + k, w + lx + k, c), jnp.float32)
+  oy, ox = ly + k - 1, lx + k - 1  # the linear convolution of a cell's block
+  wy, wx = _cell_weights(ty, ys, ye, ly, fy), _cell_weights(tx, xs, xe, lx, fx)
+  wx4 = wx[[0, 0, 1, 1]][:, :, None, None, :]  # x weights of the blocks 00, 10, 01, 11 (y, x)
+  cx = len(xs)
+  left = kernels[:, :cx][:, :, None]  # (gy, cx, 1, fy, fx'): node (i, j) of cell j
+  right = kernels[:, 1:cx + 1][:, :, None] if gx > 1 else left  # node (i, j + 1)
+  # channels first: a cell's block is then (C, fy, fx) with the FFT axes last
+  src = jnp.pad(jnp.moveaxis(image.astype(jnp.float32), -1, 0), ((0, 0), (0, fy), (0, fx)))
+  buf = jnp.zeros((c, h + ly + k, w + lx + k), jnp.float32)
   for i, a in enumerate(ys):
+    below = i + 1 if gy > 1 else i
+    blocks = jnp.stack([src[:, a:a + fy, b:b + fx] for b in xs])  # (cx, C, fy, fx)
+    wy4 = wy[[0, 1, 0, 1], i][:, None, None, :, None]
+    spec = jnp.fft.rfft2(blocks[None] * wy4 * wx4)  # (4, cx, C, fy, fx')
+    total = (spec[0] * left[i] + spec[1] * left[below] + spec[2] * right[i]
+             + spec[3] * right[below])
+    full = jnp.fft.irfft2(total, s=(fy, fx))[..., :oy, :ox]  # (cx, C, oy, ox)
+    # full[..., o, :] lands on image row a + o − half; buf row = image row + half
+    strip = jnp.zeros((c, oy, w + lx + k), jnp.float32)
     for j, b in enumerate(xs):
-      buf = buf.at[a:a + ly + k - 1, b:b + lx + k - 1].add(full[i, j])
-  return buf[half:half + h, half:half + w]
+      strip = strip.at[:, :, b:b + ox].add(full[j])
+    buf = buf.at[:, a:a + oy].add(strip)
+  return jnp.moveaxis(buf[:, half:half + h, half:half + w], 0, -1)
 
 
 def spatially_varying_convolve(image, psfs, margin: int = 0):
@@ -215,11 +232,11 @@ def spatially_varying_convolve(image, psfs, margin: int = 0):
     input, e.g. by ``k // 2``, to keep it).
 
   Per cell between four nodes the tent weights are bilinear, ``(1 − t_y, t_y) ⊗ (1 − t_x,
-  t_x)``, so ``Σ_n (w_n · image) ⊛ PSF_n`` over the cell is ``Σ_m (M_m · image) ⊛ K_m`` with the
-  moments ``M = (1, t_y, t_x, t_y·t_x)`` and the kernels ``K = (P00, P10 − P00, P01 − P00,
-  P00 − P10 − P01 + P11)``: four FFTs of one cell and one inverse, instead of an FFT of each
-  node's window (twice a cell per axis) forward and back. The same sum, exactly.
-  The kernels' spectra come from :func:`cell_kernels`; :func:`convolve_cells` does the rest.
+  t_x)``, so the cell's share of ``Σ_n (w_n · image) ⊛ PSF_n`` is ``irfft2(Σ_ab rfft2(w^y_a ·
+  w^x_b · block) · rfft2(P_ab))`` over its corner nodes ``ab``: four FFTs of one cell and one
+  inverse, instead of an FFT of each node's window (twice a cell per axis) forward and back. The
+  same sum, exactly. The nodes' spectra come from :func:`cell_kernels` (a cell takes slices of
+  them, no per-cell kernels); :func:`convolve_cells` does the rest.
   """
   return convolve_cells(image, cell_kernels(psfs, image.shape[:2], margin), psfs.shape[:2],
                         psfs.shape[-1], margin)
