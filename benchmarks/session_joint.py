@@ -41,6 +41,9 @@ peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20
 print(f"{n} frames {h}x{w}: mode {report['mode']}, {dt:.1f} s, {dt / n:.2f} s/frame, "
       f"peak RSS {peak:.2f} GiB")
 print(report["chosen"])
+f_hat = images.read_image(tmp / "out" / "session_F.fits")[0]
+print(f"session F against the true flat: {session.rms_pct(f_hat, f[..., None]):.2f} % RMS "
+      f"(doing nothing: {session.rms_pct(np.ones_like(f_hat), f[..., None]):.2f} %)")
 corrector = correct.load()
 corrector.correct(np.ones((256, 256), np.float32))  # compile outside the timing
 t = time.perf_counter()
