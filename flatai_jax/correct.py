@@ -19,7 +19,7 @@ import numpy as np
 from flatai_jax import checkpointing, local_stage, metrics, scores, sky_surface, working_grid
 from flatai_jax.io import images
 from flatai_jax.models import abstract_params, forward, model_inputs
-from flatai_jax.physics import geometry, normalize
+from flatai_jax.physics import geometry, noise, normalize
 
 
 @dataclasses.dataclass
@@ -611,11 +611,18 @@ class Corrector:
 
   def cleanup(self, deconvolved: np.ndarray, tile=None, overlap=None, progress=None):
     """The network of a ``model.input = 'deconvolved'`` model (``configs/psf.py``) on a frame
-    already deconvolved to the target PSF: ``(H, W, C) float32`` in, the same out."""
+    already deconvolved to the target PSF: ``(H, W, C) float32`` in, the same out.
+
+    Its change is made flux-neutral above ``2·CLEANUP_FLUX_RADIUS + 1`` px: the change's box
+    mean (``noise.box_mean``) is taken off, so it removes noise and ringing but moves no light
+    in or out of a star's aperture (the network alone added 3.5 % at the stars of the
+    aberration evaluation, filling Richardson–Lucy's dark moats with light)."""
     parts = [correct_image(self.graphdef, self.params, self.config, plane, tile, overlap,
                            progress=progress, task="psf").corrected
              for plane in self._planes(deconvolved)]
-    return np.concatenate(parts, axis=-1)
+    change = np.concatenate(parts, axis=-1) - deconvolved
+    local = np.asarray(noise.box_mean(jnp.asarray(change, jnp.float32), CLEANUP_FLUX_RADIUS))
+    return (deconvolved + change - local).astype(np.float32)
 
   def _correct_aberrations(self, image, task, tile, overlap, progress, strength) -> Correction:
     """A model that deconvolves first: the PSF field fitted to the frame's stars, Richardson–Lucy
@@ -783,6 +790,7 @@ ASSETS = Path(__file__).resolve().parent / "assets"
 DEFAULT_MODEL = ASSETS / "frame_model"  # the whole-frame flat model (configs/frame.py)
 TILE_MODEL = ASSETS / "default_model"  # the earlier 64-px tile model (configs/default.py)
 PSF_MODEL = ASSETS / "psf_model"  # the aberration model: deconvolution + cleanup (configs/psf.py)
+CLEANUP_FLUX_RADIUS = 4  # px: the cleanup's change loses its mean over 9 × 9 px (flux-neutral)
 
 
 def load(checkpoint_dir=None, step: int | None = None, task: str | None = None) -> Corrector:

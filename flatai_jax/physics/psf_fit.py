@@ -10,7 +10,12 @@ constant astigmatism and coma (a decentred or tilted element). Each star ``i`` i
 centre pixel) and ``shift`` a sub-pixel Fourier shift. Flux and background enter
 linearly and are solved exactly at every step (variable projection); the field
 parameters and the centres ``δ_i`` are fitted by Adam, inside one jitted
-``lax.scan``, from two starts (:func:`starts`). Stars are padded to a fixed count with a mask (static shapes: one
+``lax.scan``, from two starts (:func:`starts`), in two stages: the odd fields (coma,
+trefoil — the only asymmetric part of a star) and the centres alone for ``ODD_STEPS`` steps,
+then everything. Fitted all at once from small even modes, astigmatism and field curvature
+grow first to absorb the corners' coma blur and Adam stops in a local minimum (the evaluation's
+strong field: 3.6 σ residual, astigmatism 0.12 and field curvature 0.35 waves where the truth is
+0.34 and 0.26; odd first: 0.5 σ, within 0.02 waves). Stars are padded to a fixed count with a mask (static shapes: one
 compilation per star bucket).
 
 Ambiguity. For a centrally symmetric pupil the PSF of ``W(p)`` equals that of
@@ -39,6 +44,8 @@ MIN_STARS = 20  # fewer measurable stars than this: no fit (one-line error)
 SHIFT_SCALE = 5.0  # centre offsets are optimised in units of this many px (Adam steps ~ lr)
 MODEL_FLOOR = 0.03  # per-star error floor, fraction of its peak: bright stars do not dominate
 EVEN_FIELDS = ("defocus", "spherical", "astigmatism", "field_curvature", "tilt", "astig0")
+ODD_FIELDS = ("coma", "trefoil", "coma0")  # the asymmetric part of a star, fitted first
+ODD_STEPS = 150  # Adam steps of the odd fields alone before all of them (module docstring)
 
 
 class FieldParams(NamedTuple):
@@ -156,10 +163,20 @@ def solve_flux_background(model, data, mask):
   return (s_1 * s_ud - s_u * s_d) / det, (s_uu * s_d - s_u * s_ud) / det
 
 
+def _odd_only(params: FieldParams) -> FieldParams:
+  """``params``-shaped 1 on the odd (asymmetric) fields :data:`ODD_FIELDS`, 0 elsewhere."""
+  one = lambda v, keep: jnp.full(jnp.shape(v), 1.0 if keep else 0.0, jnp.float32)
+  system = params.system._replace(**{k: one(getattr(params.system, k), k in ODD_FIELDS)
+                                     for k in params.system._fields})
+  return FieldParams(system=system, astig0=one(params.astig0, False),
+                     coma0=one(params.coma0, True))
+
+
 @functools.lru_cache(maxsize=8)
-def _fit_fn(spec: psf.PSFSpec, size: int, steps: int, lr: float):
+def _fit_fn(spec: psf.PSFSpec, size: int, steps: int, lr: float, odd_steps: int = 0):
   """Jitted ``(params, shifts, stamps, mask, weights, h) -> (params, shifts, (per-star mean
-  squared residual (N,), per-star flux (N,)))``."""
+  squared residual (N,), per-star flux (N,)))``: ``odd_steps`` Adam steps of the odd fields and
+  the centres alone (:data:`ODD_FIELDS`), then ``steps`` of everything."""
 
   def loss_fn(theta, stamps, mask, weights, h):
     params, shifts = theta
@@ -170,21 +187,28 @@ def _fit_fn(spec: psf.PSFSpec, size: int, steps: int, lr: float):
     per_star = jnp.sum(mask * r * r, axis=(1, 2)) / jnp.maximum(jnp.sum(mask, axis=(1, 2)), 1.0)
     return jnp.sum(weights * per_star) / jnp.maximum(jnp.sum(weights > 0), 1.0), (per_star, flux)
 
-  schedule = optax.cosine_decay_schedule(lr, steps, alpha=0.05)
-  opt = optax.adam(schedule)
+  grad_fn = jax.grad(lambda *a: loss_fn(*a)[0])
 
-  @jax.jit
-  def fit(params, shifts, stamps, mask, weights, h):
-    theta = (params, shifts)
-    grad_fn = jax.grad(lambda *a: loss_fn(*a)[0])
+  def run(theta, n, gate, data):
+    opt = optax.adam(optax.cosine_decay_schedule(lr, n, alpha=0.05))
 
     def step(carry, _):
       theta, state = carry
-      updates, state = opt.update(grad_fn(theta, stamps, mask, weights, h), state, theta)
+      grads = jax.tree_util.tree_map(jnp.multiply, grad_fn(theta, *data), gate)
+      updates, state = opt.update(grads, state, theta)
       return (optax.apply_updates(theta, updates), state), None
 
-    (theta, _), _ = jax.lax.scan(step, (theta, opt.init(theta)), None, length=steps)
-    return theta[0], theta[1], loss_fn(theta, stamps, mask, weights, h)[1]
+    return jax.lax.scan(step, (theta, opt.init(theta)), None, length=n)[0][0]
+
+  @jax.jit
+  def fit(params, shifts, stamps, mask, weights, h):
+    data = (stamps, mask, weights, h)
+    theta = (params, shifts)
+    if odd_steps:
+      theta = run(theta, odd_steps, (_odd_only(params), jnp.float32(1.0)), data)
+    everything = jax.tree_util.tree_map(lambda _: jnp.float32(1.0), theta)
+    theta = run(theta, steps, everything, data)
+    return theta[0], theta[1], loss_fn(theta, *data)[1]
 
   return fit
 
@@ -256,7 +280,8 @@ def fit_psf_field(plane: np.ndarray, cfg, grid=(5, 5), stamp: int | None = None,
       stars closer than this to another source or the border are not used.
     snr: peak signal-to-noise of a usable star.
     max_stars: at most this many stars are fitted, spread over the frame (brightest per cell).
-    steps, lr: Adam steps and peak learning rate (waves; centres in units of ``SHIFT_SCALE`` px).
+    steps, lr: Adam steps (after the ``ODD_STEPS`` of the odd fields alone) and peak learning
+      rate (waves; centres in units of ``SHIFT_SCALE`` px).
     min_stars: fewer measurable stars raise.
   Returns:
     :class:`PSFField`.
@@ -283,7 +308,7 @@ def fit_psf_field(plane: np.ndarray, cfg, grid=(5, 5), stamp: int | None = None,
   pad = lambda a: np.concatenate([a, np.repeat(a[:1], n_pad - n, 0)]).astype(np.float32)
   w = np.concatenate([weights, np.zeros(n_pad - n)]).astype(np.float32)
   h = pad(np.asarray(field_of(xy, hw)))
-  fit = _fit_fn(spec, size, int(steps), float(lr))
+  fit = _fit_fn(spec, size, int(steps), float(lr), ODD_STEPS)
   args = (jnp.asarray(pad(offsets) / SHIFT_SCALE), jnp.asarray(pad(stamps)),
           jnp.ones((n_pad, size, size)), jnp.asarray(w), jnp.asarray(h))
   # the relative sign of astigmatism and field curvature has local minima: one fit per start,
