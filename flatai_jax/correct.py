@@ -790,7 +790,7 @@ ASSETS = Path(__file__).resolve().parent / "assets"
 DEFAULT_MODEL = ASSETS / "frame_model"  # the whole-frame flat model (configs/frame.py)
 TILE_MODEL = ASSETS / "default_model"  # the earlier 64-px tile model (configs/default.py)
 PSF_MODEL = ASSETS / "psf_model"  # the aberration model: deconvolution + cleanup (configs/psf.py)
-CLEANUP_FLUX_RADIUS = 4  # px: the cleanup's change loses its mean over 9 × 9 px (flux-neutral)
+CLEANUP_FLUX_RADIUS = 5  # px: the cleanup's change loses its mean over 11 × 11 px (flux-neutral)
 
 
 def load(checkpoint_dir=None, step: int | None = None, task: str | None = None) -> Corrector:
