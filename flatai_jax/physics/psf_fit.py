@@ -15,7 +15,7 @@ trefoil — the only asymmetric part of a star) and the centres alone for ``ODD_
 then everything. Fitted all at once from small even modes, astigmatism and field curvature
 grow first to absorb the corners' coma blur and Adam stops in a local minimum (the evaluation's
 strong field: 3.6 σ residual, astigmatism 0.12 and field curvature 0.35 waves where the truth is
-0.34 and 0.26; odd first: 0.5 σ, within 0.02 waves). Stars are padded to a fixed count with a mask (static shapes: one
+0.34 and 0.26; odd first: 0.5 σ, every mode within 0.01 waves). Stars are padded to a fixed count with a mask (static shapes: one
 compilation per star bucket).
 
 Ambiguity. For a centrally symmetric pupil the PSF of ``W(p)`` equals that of
