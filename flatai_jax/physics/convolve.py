@@ -110,14 +110,14 @@ def fft_size(n: int) -> int:
 
 @functools.lru_cache(maxsize=64)
 def _cell_plan(length: int, count: int, margin: int):
-  """The cells between consecutive nodes along one axis: ``(starts, stops, nodes, t)`` and the
+  """The cells between consecutive nodes along one axis: ``(starts, stops, t)`` and the
   longest cell. Cell ``c`` holds the pixels from node ``c`` to node ``c + 1`` (the first also
   those before node 0, the last those after the last node); ``t (cells, L) float32`` is
   ``(p − node_c) / spacing`` on its pixels (0 past its end), so that node ``c`` weighs
   ``1 − t`` there and node ``c + 1`` weighs ``t`` — :func:`tent_weights`, margins included."""
   nodes = node_positions(length - 2 * margin, count, margin)
   if count == 1:
-    return (0,), (length,), (0,), np.zeros((1, length), np.float32), length
+    return (0,), (length,), np.zeros((1, length), np.float32), length
   spacing = nodes[1] - nodes[0]
   bounds = [0] + [int(np.ceil(n)) for n in nodes[1:-1]] + [length]
   starts, stops = tuple(bounds[:-1]), tuple(bounds[1:])
@@ -125,7 +125,7 @@ def _cell_plan(length: int, count: int, margin: int):
   t = np.zeros((count - 1, cell), np.float32)
   for c, (a, b) in enumerate(zip(starts, stops)):
     t[c, :b - a] = (np.arange(a, b) - nodes[c]) / spacing
-  return starts, stops, tuple(range(count - 1)), t, cell
+  return starts, stops, t, cell
 
 
 def _psf_spectra(psfs, fy: int, fx: int):
@@ -191,7 +191,7 @@ def convolve_cells(image, kernels, grid: tuple[int, int], k: int, margin: int = 
   h, w, c = image.shape
   gy, gx = grid
   half = k // 2
-  (ys, ye, _, ty, ly), (xs, xe, _, tx, lx), (fy, fx) = _plan((h, w), grid, k, margin)
+  (ys, ye, ty, ly), (xs, xe, tx, lx), (fy, fx) = _plan((h, w), grid, k, margin)
   oy, ox = ly + k - 1, lx + k - 1  # the linear convolution of a cell's block
   wy, wx = _cell_weights(ty, ys, ye, ly, fy), _cell_weights(tx, xs, xe, lx, fx)
   wx4 = wx[[0, 0, 1, 1]][:, :, None, None, :]  # x weights of the blocks 00, 10, 01, 11 (y, x)
