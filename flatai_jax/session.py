@@ -127,8 +127,9 @@ class SessionFlat:
       (each frame its own single-frame correction); set by :func:`choose`; ``joint``: F from
       the joint self-calibration (:func:`joint_estimate`).
     joint: for ``joint``, on the fitted grid (binned by ``bin``): ``coef`` ``(n, K)`` each frame's
-      G as Legendre coefficients (``selfcal.G_DEGREE``), ``gains`` ``(n,)`` its transparency,
-      ``origins`` ``(n, 2)`` its place on the sky canvas, ``S`` the sky surface of T on the canvas.
+      G as coefficients of ``basis`` (``(h'·w', K)`` Legendre, ``selfcal.G_DEGREE``), ``gains``
+      ``(n,)`` its transparency, ``origins`` ``(n, 2)`` its place on the sky canvas, ``S`` the
+      sky surface of T on the canvas.
   """
   F: np.ndarray
   confidence: np.ndarray
@@ -534,12 +535,15 @@ def _fit_to_sky(plane: np.ndarray, sky: np.ndarray, F: np.ndarray, basis: np.nda
   dropped (stars the registration leaves, defects). Returns ``(a, c)``."""
   design = np.concatenate([(sky * F).reshape(-1, 1), basis], 1)
   values = plane.ravel()
-  keep = np.isfinite(design[:, 0])
-  for _ in range(3):
-    sol, *_ = np.linalg.lstsq(design[keep], values[keep], rcond=None)
-    residual = values - np.nan_to_num(design) @ sol
+  known = np.isfinite(design[:, 0])
+  design = np.nan_to_num(design)
+  keep = known
+  sol, *_ = np.linalg.lstsq(design[keep], values[keep], rcond=None)
+  for _ in range(2):
+    residual = values - design @ sol
     sigma = float(scores.robust_sigma(residual[keep]))
-    keep = np.isfinite(design[:, 0]) & (np.abs(residual) < G_CLIP * max(sigma, 1e-30))
+    keep = known & (np.abs(residual) < G_CLIP * max(sigma, 1e-30))
+    sol, *_ = np.linalg.lstsq(design[keep], values[keep], rcond=None)
   return float(sol[0]), sol[1:]
 
 
@@ -670,7 +674,8 @@ def joint_estimate(frames, grid_hw, progress=None) -> SessionFlat | None:
     progress(line)
   return SessionFlat(F=f_full[..., None].astype(np.float32),
                      confidence=confidence[..., None].astype(np.float32), frames=numbers,
-                     mode="joint", joint={"coef": coefs, "gains": gains, "origins": origins,
+                     mode="joint", joint={"coef": coefs, "basis": basis, "gains": gains,
+                                          "origins": origins,
                                           "S": working_grid.upsample(weight * surface, work),
                                           "bin": b, "metas": metas, "line": line})
 
@@ -679,7 +684,6 @@ def _correct_joint(image: np.ndarray, flat: SessionFlat, index: int) -> correct.
   """Pass 2 of frame ``index`` after :func:`joint_estimate`: its G is its fitted G plus its
   part of the sky surface times its transparency and F, and ``corrected = (observed − G) / F``
   exactly."""
-  from flatai_jax import selfcal
   joint, hw = flat.joint, image.shape[:2]
   b = joint["bin"]
   h, w = -(-hw[0] // b), -(-hw[1] // b)
@@ -688,8 +692,7 @@ def _correct_joint(image: np.ndarray, flat: SessionFlat, index: int) -> correct.
   # is taken at the nearest place inside
   origin = np.clip(joint["origins"][index], 0, np.subtract(s_sky.shape, (h, w)))
   s_frame = joint["gains"][index] * s_sky[origin[0]:origin[0] + h, origin[1]:origin[1] + w]
-  g_frame = (sky_surface.legendre_basis((h, w), selfcal.G_DEGREE) @ joint["coef"][index]
-             ).reshape(h, w)
+  g_frame = (joint["basis"] @ joint["coef"][index]).reshape(h, w)
   f_plane = flat.F[..., 0]
   g_full = _unbin(s_frame, b, hw) * f_plane
   g_full += _unbin(g_frame, b, hw)
