@@ -620,9 +620,9 @@ class Corrector:
     parts = [correct_image(self.graphdef, self.params, self.config, plane, tile, overlap,
                            progress=progress, task="psf").corrected
              for plane in self._planes(deconvolved)]
-    change = np.concatenate(parts, axis=-1) - deconvolved
-    local = np.asarray(noise.box_mean(jnp.asarray(change, jnp.float32), CLEANUP_FLUX_RADIUS))
-    return (deconvolved + change - local).astype(np.float32)
+    cleaned = np.concatenate(parts, axis=-1)
+    change = jnp.asarray(cleaned - deconvolved, jnp.float32)
+    return (cleaned - np.asarray(noise.box_mean(change, CLEANUP_FLUX_RADIUS))).astype(np.float32)
 
   def _correct_aberrations(self, image, task, tile, overlap, progress, strength) -> Correction:
     """A model that deconvolves first: the PSF field fitted to the frame's stars, Richardson–Lucy
