@@ -446,7 +446,7 @@ def _combine_large(num, den, weight_total, frames):
 JOINT_COPIES = 8  # float64 copies of the binned frames the joint fit holds at its peak (measured:
 #                  20 frames of 24 Mpx binned 4 × 4 peak at 3.41 GiB, 29 at 4.24: ~90 MB a frame)
 JOINT_BYTES = 9 << 28  # 2.25 GiB for those copies; a 24-Mpx session peaks ≤ 4 GiB in all
-JOINT_MIN_DITHER = 4.0  # … and needs frames spread by this × selfcal.SMOOTH_PX (fitted px)
+JOINT_MIN_DITHER_PX = 16.0  # … and needs frames spread by this many fitted px
 JOINT_MIN_FRAMES = 8  # a joint fit on a subset of the frames (a long session) needs this many
 G_CLIP = 4.0  # a frame fitted to the joint sky drops pixels off by this many σ (stars, defects)
 
@@ -516,11 +516,11 @@ def _binned_planes(frames, indices, b: int | None, shape=None):
 
 def _subset_plan(n: int, hw, spread_px: float) -> tuple[int, np.ndarray] | None:
   """For a session whose memory binning (:func:`_joint_bin`) leaves its dither of ``spread_px``
-  (full-resolution px) below ``JOINT_MIN_DITHER × selfcal.SMOOTH_PX`` binned px: the coarsest
+  (full-resolution px) below ``JOINT_MIN_DITHER_PX`` binned px: the coarsest
   binning that keeps it, and the frames (evenly spread over the sequence) that ``JOINT_BYTES``
   holds there — or None when that is under ``JOINT_MIN_FRAMES`` frames or no binning keeps it."""
   from flatai_jax import selfcal
-  b = int(spread_px // (JOINT_MIN_DITHER * selfcal.SMOOTH_PX))
+  b = int(spread_px // JOINT_MIN_DITHER_PX)
   if b < 1:
     return None
   m = min(n, _joint_frames(b, hw))
@@ -565,7 +565,7 @@ def joint_estimate(frames, grid_hw, progress=None) -> SessionFlat | None:
   all frames, which the sequence cannot tell from the sky.
 
   A long session whose frames that budget would bin so coarsely that the dither falls under
-  ``JOINT_MIN_DITHER × selfcal.SMOOTH_PX`` binned px (100 frames of 24 Mpx binned 8 × 8 keep a
+  ``JOINT_MIN_DITHER_PX`` binned px (100 frames of 24 Mpx binned 8 × 8 keep a
   ±40 px dither as ±5 px) is fitted on a subset (:func:`_subset_plan`: the coarsest binning
   that keeps the dither, as many frames, evenly spread over the sequence, as the budget holds
   there); every other frame is then registered on the fitted sky and fitted to it
@@ -573,9 +573,9 @@ def joint_estimate(frames, grid_hw, progress=None) -> SessionFlat | None:
   adding frames never coarsens the fit.
 
   Returns None — the scale-split path (:func:`estimate`, :func:`choose`) then runs — for
-  colour frames, for frames dithered by less than ``JOINT_MIN_DITHER × selfcal.SMOOTH_PX``
-  fitted px (each round passes F's information over one dither: below the smoothing of F
-  there is none), and where the fitted sky is smooth (its working-grid structure below
+  colour frames, for frames dithered by less than ``JOINT_MIN_DITHER_PX`` fitted px (each
+  round passes F's information over one dither: a ±4-px nebula session scored worse than
+  single-frame mode), and where the fitted sky is smooth (its working-grid structure below
   ``correct.SKY_STRUCTURE[0]``: sparse star fields, whose frames single-frame mode's sky
   surface already flattens and where the ratio of frames carries little of F).
 
@@ -594,7 +594,7 @@ def joint_estimate(frames, grid_hw, progress=None) -> SessionFlat | None:
   frame_offsets = selfcal.offsets(planes, subpixel=True)
   spread = float(np.ptp(frame_offsets, 0).max())
   fitted = np.arange(n)
-  if spread < JOINT_MIN_DITHER * selfcal.SMOOTH_PX:
+  if spread < JOINT_MIN_DITHER_PX:
     plan = _subset_plan(n, shape[:2], spread * b)
     if plan is None:
       if progress:
@@ -606,7 +606,7 @@ def joint_estimate(frames, grid_hw, progress=None) -> SessionFlat | None:
     planes = _binned_planes(frames, fitted, b, shape)[0]
     frame_offsets = selfcal.offsets(planes, subpixel=True)
     spread = float(np.ptp(frame_offsets, 0).max())
-    if spread < JOINT_MIN_DITHER * selfcal.SMOOTH_PX:
+    if spread < JOINT_MIN_DITHER_PX:
       if progress:
         progress(f"session: the {len(fitted)} frames the joint fit can hold are dithered by "
                  f"{int(round(spread * b))} px at most: too little; the scale-split flat")
@@ -659,7 +659,7 @@ def joint_estimate(frames, grid_hw, progress=None) -> SessionFlat | None:
   f_full = _unbin(fit.F, b, shape[:2])
   f_full = f_full / np.median(f_full)
   info = ndimage.gaussian_filter(sum(fit.sky_of(k) ** 2 for k in range(len(fitted))),
-                                 selfcal.SMOOTH_PX)
+                                 selfcal.smooth_px(len(fitted)))
   confidence = np.clip(_unbin(info / np.median(info), b, shape[:2]), 0.0, 1.0)
   in_fit = set(fitted.tolist())
   numbers = [{"frame": name, "offset_px": [int(dy * b), int(dx * b)],

@@ -170,10 +170,11 @@ def test_the_classical_sky_flat_takes_the_barely_moving_blob_for_the_flat():
   assert session.rms_pct(baselines.sky_flat(moved), f) > 5.0  # takes the blob's flanks for F
 
 
-def nebula_session(n=8, seed=7, dither=4):
+def nebula_session(n=8, seed=7, dither=4, noises=None):
   """``n`` frames of a frame-filling nebula (≈ 250 Gaussian knots and filaments, 8–50 px,
   0.2–1.5 × the sky) over the star field, moving only ±``dither`` px, × :func:`true_flat` + a
-  per-frame gradient, 1 % noise; the clean frames (sky units) and the flat."""
+  per-frame gradient, 1 % noise; the clean frames (sky units) and the flat. ``noises``: a list
+  that gets each frame's unit noise ``(H, W)``."""
   rng = np.random.default_rng(seed)
   pad = dither + 4
   big_hw = (HW[0] + 2 * pad, HW[1] + 2 * pad)
@@ -191,7 +192,10 @@ def nebula_session(n=8, seed=7, dither=4):
     t = big[oy:oy + HW[0], ox:ox + HW[1]]
     g = 0.05 * (rng.uniform(-1, 1) * xx + rng.uniform(-1, 1) * yy)
     clean.append(t[..., None].astype(np.float32))
-    observed.append((t * f + g + 0.01 * rng.standard_normal(HW))[..., None].astype(np.float32))
+    noise = rng.standard_normal(HW)
+    if noises is not None:
+      noises.append(noise)
+    observed.append((t * f + g + 0.01 * noise)[..., None].astype(np.float32))
   return clean, observed, f[..., None]
 
 
@@ -242,6 +246,33 @@ def test_joint_fit_recovers_the_flat_under_a_frame_filling_nebula():
   assert small_scales(fit.F) < 0.2 * small_scales(np.ones_like(fit.F))
   assert session.rms_pct(fit.F[..., None], f) < 3.0
   assert _untilted_rms_pct(fit.F, f[..., 0]) < 0.5
+
+
+def test_a_frame_s_own_noise_weighs_at_most_about_one_percent_in_f():
+  """F is divided out of the frames it was estimated from, so a frame's own noise in F would be
+  taken back out of it — a denoising the correction must not do. Measured as the regression of
+  F's high-pass on each frame's noise (× the frame's sky, in F's units): with
+  ``selfcal.smooth_px`` (1.26 px for 10 frames) each frame weighs 0.65 % (``OWN_SHARE``, 1 %,
+  bounds it); F unsmoothed, 9.0 % (≈ 1/n: the test can fail)."""
+  from flatai_jax import selfcal
+  noises = []
+  clean, observed, f = nebula_session(n=10, dither=30, noises=noises)
+  planes = np.stack([o[..., 0] for o in observed])
+
+  def own_share(fit):
+    high = fit.F - ndimage.gaussian_filter(fit.F, 3.0)
+    shares = []
+    for i, noise in enumerate(noises):
+      u = 0.01 * noise / fit.sky_of(i)  # frame i's noise in F's units (F ≈ observed / sky)
+      u = u - ndimage.gaussian_filter(u, 3.0)
+      shares.append(float((high * u).sum() / (u * u).sum()))
+    return float(np.mean(shares))
+
+  assert selfcal.smooth_px(10) == pytest.approx(1.26, abs=0.01)
+  shipped = own_share(selfcal.fit(planes))
+  unsmoothed = own_share(selfcal.fit(planes, smooth=0.0))
+  assert 0.002 < shipped < 0.012, shipped
+  assert 0.06 < unsmoothed < 0.13, unsmoothed
 
 
 def test_joint_fit_under_changing_transparency():
