@@ -119,6 +119,20 @@ def offsets(planes: np.ndarray, subpixel: bool = False) -> np.ndarray:
   return out - out.min(0)
 
 
+def turned(planes: np.ndarray) -> np.ndarray:
+  """``(n,) bool``: the frames whose sky is turned 180° against the first frame's — a meridian
+  flip, where the mount turns the camera about the optical axis halfway through the night: the
+  flat stays on the sensor, the sky turns on it, and no shift registers the two. A frame is
+  turned when, high-passed as in :func:`offsets`, its 180° turn correlates with the first frame
+  more strongly (the higher peak) than the frame itself does."""
+  high = lambda a: a - ndimage.gaussian_filter(a, HIGH_PASS_PX)
+  h, w = planes.shape[1:]
+  reference = np.conj(np.fft.rfft2(high(np.nan_to_num(planes[0]))))
+  peak = lambda a: float(np.fft.irfft2(reference * np.fft.rfft2(high(np.nan_to_num(a))),
+                                       s=(h, w)).max())
+  return np.array([peak(p[::-1, ::-1]) > peak(p) for p in planes])
+
+
 def align(planes: np.ndarray, subpixel_offsets: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
   """Frames resampled by their offsets' fractional parts (cubic splines), and the integer
   offsets they then have: frame i's pixel p then sees the sky at ``p + integer[i]``. F and G
@@ -153,7 +167,8 @@ def fit(planes: np.ndarray, iterations: int = ITERATIONS, smooth: float | None =
   """Joint F, T and G_i of a dithered sequence (module docstring).
 
   Args:
-    planes: ``(n, h, w)`` linear frames of one sensor and one channel, finite.
+    planes: ``(n, h, w)`` linear frames of one sensor and one channel, finite, the sky the same
+      way up in all (a meridian flip's turned frames apart: :func:`turned`).
     smooth: Gaussian σ of F's normalised convolution, fitted px (:func:`smooth_px` when None).
     frame_offsets: ``(n, 2)`` from :func:`offsets` (measured to subpixels when None); the
       frames are resampled by their fractional parts (:func:`align`).

@@ -128,8 +128,9 @@ class SessionFlat:
       the joint self-calibration (:func:`joint_estimate`).
     joint: for ``joint``, on the fitted grid (binned by ``bin``): ``coef`` ``(n, K)`` each frame's
       G as coefficients of ``basis`` (``(h'·w', K)`` Legendre, ``selfcal.G_DEGREE``), ``gains``
-      ``(n,)`` its transparency, ``origins`` ``(n, 2)`` its place on the sky canvas, ``S`` the
-      sky surface of T on the canvas.
+      ``(n,)`` its transparency, ``origins`` ``(n, 2)`` its place on the sky canvas,
+      ``turned`` ``(n,)`` whether its sky is turned 180° against the canvas (a meridian flip),
+      ``S`` the sky surface of T on the canvas.
   """
   F: np.ndarray
   confidence: np.ndarray
@@ -572,6 +573,11 @@ def joint_estimate(frames, grid_hw, progress=None) -> SessionFlat | None:
   (:func:`_fit_to_sky`: its transparency and its G, with the fitted F and sky held), so that
   adding frames never coarsens the fit.
 
+  A meridian flip (frames whose sky is turned 180° on the sensor, ``selfcal.turned``) is found
+  first: F is fitted on the frames of the larger orientation, and each turned frame is turned
+  back, registered and fitted to the fitted sky like a frame outside a subset (its G and the sky
+  surface turned with it onto the sensor; ``sky_turned_180`` in the report).
+
   Returns None — the scale-split path (:func:`estimate`, :func:`choose`) then runs — for
   colour frames, for frames dithered by less than ``JOINT_MIN_DITHER_PX`` fitted px (each
   round passes F's information over one dither: a ±4-px nebula session scored worse than
@@ -591,17 +597,33 @@ def joint_estimate(frames, grid_hw, progress=None) -> SessionFlat | None:
   planes, metas, names, shape, b = _binned_planes(frames, range(n), None)
   if planes is None:
     return None
+  # a meridian flip: the frames of the larger orientation (ties: the first frame's) are fitted,
+  # the others are turned back and fitted to their sky like the frames outside a subset
+  turned = selfcal.turned(planes)
+  group = np.flatnonzero(turned == (2 * int(turned.sum()) > n))
+  turned = turned != turned[group[0]]
+  if turned.any():
+    if group.size < 2:
+      if progress:
+        progress("session: one frame on each side of a meridian flip: no joint fit; the "
+                 "scale-split flat")
+      return None
+    planes = planes[group]
+    if progress:
+      progress(f"  joint fit: {int(turned.sum())} of {n} frames have the sky turned 180° "
+               f"(meridian flip): F from the other {group.size}, those fitted to its sky")
   frame_offsets = selfcal.offsets(planes, subpixel=True)
   spread = float(np.ptp(frame_offsets, 0).max())
-  fitted = np.arange(n)
+  fitted = group
   if spread < JOINT_MIN_DITHER_PX:
-    plan = _subset_plan(n, shape[:2], spread * b)
+    plan = _subset_plan(group.size, shape[:2], spread * b)
     if plan is None:
       if progress:
         progress(f"session: the frames are dithered by {int(round(spread * b))} px at most: too "
                  "little for the joint fit; the scale-split flat")
       return None
-    b, fitted = plan
+    b, picked = plan
+    fitted = group[picked]
     del planes
     planes = _binned_planes(frames, fitted, b, shape)[0]
     frame_offsets = selfcal.offsets(planes, subpixel=True)
@@ -647,13 +669,15 @@ def joint_estimate(frames, grid_hw, progress=None) -> SessionFlat | None:
     del planes
     for count, i in enumerate(others):
       plane = _binned_planes(frames, [i], b, shape)[0][0]
+      turn = (slice(None, None, -1),) * 2 if turned[i] else (slice(None),) * 2
+      plane = plane[turn]  # on the sky the way the fitted frames are
       pair = selfcal.offsets(np.stack([reference, plane]), subpixel=True)
       offset = shift0 + pair[1] - pair[0]
       whole = np.round(offset).astype(int)
       aligned = ndimage.shift(plane, offset - whole, order=3, mode="nearest")
       origins[i] = whole - base
-      gains[i], coefs[i] = _fit_to_sky(aligned, _sky_window(fit.T, origins[i], (h, w)), fit.F,
-                                       basis)
+      sky_i = _sky_window(fit.T, origins[i], (h, w))
+      gains[i], coefs[i] = _fit_to_sky(aligned[turn], sky_i[turn], fit.F, basis)
       if progress and ((count + 1) % 10 == 0 or count + 1 == others.size):
         progress(f"  joint fit: frames outside it fitted to its sky, {count + 1}/{others.size}")
   f_full = _unbin(fit.F, b, shape[:2])
@@ -664,9 +688,11 @@ def joint_estimate(frames, grid_hw, progress=None) -> SessionFlat | None:
   in_fit = set(fitted.tolist())
   numbers = [{"frame": name, "offset_px": [int(dy * b), int(dx * b)],
               "transparency": float(gains[i]), "in_joint_fit": i in in_fit,
+              "sky_turned_180": bool(turned[i]),
               "g_range": float(np.ptp(basis @ coefs[i])), "sky_structure": structure}
              for i, (name, (dy, dx)) in enumerate(zip(names, origins))]
   subset = f", F from {len(fitted)} of them" if others.size else ""
+  subset += f", {int(turned.sum())} with the sky turned 180°" if turned.any() else ""
   line = (f"session: joint self-calibration of {n} frames (binned {b}×{b}{subset}, offsets up "
           f"to {int(round(spread * b))} px, sky structure {structure:.1f}, sky "
           f"surface at {weight:.0%})")
@@ -675,7 +701,7 @@ def joint_estimate(frames, grid_hw, progress=None) -> SessionFlat | None:
   return SessionFlat(F=f_full[..., None].astype(np.float32),
                      confidence=confidence[..., None].astype(np.float32), frames=numbers,
                      mode="joint", joint={"coef": coefs, "basis": basis, "gains": gains,
-                                          "origins": origins,
+                                          "origins": origins, "turned": turned,
                                           "S": working_grid.upsample(weight * surface, work),
                                           "bin": b, "metas": metas, "line": line})
 
@@ -692,6 +718,8 @@ def _correct_joint(image: np.ndarray, flat: SessionFlat, index: int) -> correct.
   # is taken at the nearest place inside
   origin = np.clip(joint["origins"][index], 0, np.subtract(s_sky.shape, (h, w)))
   s_frame = joint["gains"][index] * s_sky[origin[0]:origin[0] + h, origin[1]:origin[1] + w]
+  if joint["turned"][index]:  # the sky surface is on the sky: it turns with it
+    s_frame = s_frame[::-1, ::-1]
   g_frame = (joint["basis"] @ joint["coef"][index]).reshape(h, w)
   f_plane = flat.F[..., 0]
   g_full = _unbin(s_frame, b, hw) * f_plane

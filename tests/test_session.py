@@ -170,11 +170,12 @@ def test_the_classical_sky_flat_takes_the_barely_moving_blob_for_the_flat():
   assert session.rms_pct(baselines.sky_flat(moved), f) > 5.0  # takes the blob's flanks for F
 
 
-def nebula_session(n=8, seed=7, dither=4, noises=None):
+def nebula_session(n=8, seed=7, dither=4, noises=None, turned=0):
   """``n`` frames of a frame-filling nebula (≈ 250 Gaussian knots and filaments, 8–50 px,
   0.2–1.5 × the sky) over the star field, moving only ±``dither`` px, × :func:`true_flat` + a
   per-frame gradient, 1 % noise; the clean frames (sky units) and the flat. ``noises``: a list
-  that gets each frame's unit noise ``(H, W)``."""
+  that gets each frame's unit noise ``(H, W)``; the last ``turned`` frames see the sky turned
+  180° (a meridian flip; the flat stays on the sensor)."""
   rng = np.random.default_rng(seed)
   pad = dither + 4
   big_hw = (HW[0] + 2 * pad, HW[1] + 2 * pad)
@@ -190,6 +191,8 @@ def nebula_session(n=8, seed=7, dither=4, noises=None):
   for _ in range(n):
     oy, ox = rng.integers(pad - dither, pad + dither + 1, 2)
     t = big[oy:oy + HW[0], ox:ox + HW[1]]
+    if len(clean) >= n - turned:
+      t = t[::-1, ::-1]
     g = 0.05 * (rng.uniform(-1, 1) * xx + rng.uniform(-1, 1) * yy)
     clean.append(t[..., None].astype(np.float32))
     noise = rng.standard_normal(HW)
@@ -308,6 +311,25 @@ def test_a_dithered_nebula_session_takes_the_joint_fit_and_beats_single_frame_mo
   assert psnr_session > psnr_single, (psnr_session, psnr_single)
   np.testing.assert_allclose(outs[0].corrected, (observed[0] - outs[0].G) / outs[0].F,
                              rtol=1e-5, atol=1e-6)
+
+
+def test_a_meridian_flip_is_found_and_the_turned_frames_get_the_same_flat():
+  """Half-way through the night the mount flips: the last 4 of 10 frames see the sky turned 180°
+  on the sensor, the flat stays. No shift registers them with the others; before
+  ``selfcal.turned``, the joint fit took them as they came — F 128 % RMS off, every frame's flat
+  error 18–38 % where doing nothing leaves 5.5–6.4 %. Now the turned frames are found, F comes
+  from the 6 others, the turned ones are fitted to its sky turned back: every frame (turned ones
+  included) < 0.6 × single-frame mode's flat error (2.2–2.8 % against 5.5–6.4 %)."""
+  clean, observed, f = nebula_session(n=10, dither=30, turned=4)
+  single = session.single_frame()
+  flat, outs = session.correct_arrays(observed, GRID, single=single)
+  assert flat.mode == "joint"
+  assert [r["sky_turned_180"] for r in flat.frames] == [False] * 6 + [True] * 4
+  assert sum(r["in_joint_fit"] for r in flat.frames) == 6
+  assert session.rms_pct(flat.F, f) < 3.0
+  for out, x, truth in zip(outs, observed, clean):
+    err = _truth_scores([out.corrected], [truth])[0]
+    assert err < 0.6 * _truth_scores([single(x).corrected], [truth])[0], err
 
 
 def test_a_long_session_fits_f_on_a_subset_and_every_other_frame_to_its_sky(monkeypatch):
