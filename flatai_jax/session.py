@@ -130,6 +130,7 @@ class SessionFlat:
       G as coefficients of ``basis`` (``(h'·w', K)`` Legendre, ``selfcal.G_DEGREE``), ``gains``
       ``(n,)`` its transparency, ``origins`` ``(n, 2)`` its place on the sky canvas,
       ``turned`` ``(n,)`` whether its sky is turned 180° against the canvas (a meridian flip),
+      ``foreign`` ``(n,)`` whether it sees another sky (corrected by :func:`correct_with`),
       ``S`` the sky surface of T on the canvas.
   """
   F: np.ndarray
@@ -576,7 +577,10 @@ def joint_estimate(frames, grid_hw, progress=None) -> SessionFlat | None:
   A meridian flip (frames whose sky is turned 180° on the sensor, ``selfcal.turned``) is found
   first: F is fitted on the frames of the larger orientation, and each turned frame is turned
   back, registered and fitted to the fitted sky like a frame outside a subset (its G and the sky
-  surface turned with it onto the sensor; ``sky_turned_180`` in the report).
+  surface turned with it onto the sensor; ``sky_turned_180`` in the report). Frames that see
+  another sky (a second target of the night: ``selfcal.sky_orientation``) share F — it is the
+  sensor's — and get their G from their own sky surface, as on the scale-split path
+  (:func:`correct_with`; ``same_sky`` false in the report).
 
   Returns None — the scale-split path (:func:`estimate`, :func:`choose`) then runs — for
   colour frames, for frames dithered by less than ``JOINT_MIN_DITHER_PX`` fitted px (each
@@ -597,21 +601,26 @@ def joint_estimate(frames, grid_hw, progress=None) -> SessionFlat | None:
   planes, metas, names, shape, b = _binned_planes(frames, range(n), None)
   if planes is None:
     return None
-  # a meridian flip: the frames of the larger orientation (ties: the first frame's) are fitted,
-  # the others are turned back and fitted to their sky like the frames outside a subset
-  turned = selfcal.turned(planes)
-  group = np.flatnonzero(turned == (2 * int(turned.sum()) > n))
-  turned = turned != turned[group[0]]
-  if turned.any():
-    if group.size < 2:
-      if progress:
-        progress("session: one frame on each side of a meridian flip: no joint fit; the "
-                 "scale-split flat")
-      return None
-    planes = planes[group]
+  # F is fitted on the frames of one sky, the way up most of them are (ties: the reference's);
+  # those turned 180° (a meridian flip) are turned back and fitted to the fitted sky like the
+  # frames outside a subset; frames of another sky (another target) get F and their own G
+  _, way = selfcal.sky_orientation(planes)
+  major = int((way == 1).sum() > (way == 0).sum())
+  group = np.flatnonzero(way == major)
+  turned, foreign = way == 1 - major, way < 0
+  if group.size < 2:
     if progress:
+      progress("session: no two frames see the same sky the same way up: no joint fit; the "
+               "scale-split flat")
+    return None
+  if group.size < n:
+    planes = planes[group]
+    if progress and turned.any():
       progress(f"  joint fit: {int(turned.sum())} of {n} frames have the sky turned 180° "
-               f"(meridian flip): F from the other {group.size}, those fitted to its sky")
+               f"(meridian flip): they are fitted to the sky of the other frames")
+    if progress and foreign.any():
+      progress(f"  joint fit: {int(foreign.sum())} of {n} frames do not see the sky of the others "
+               f"(another target?): the shared F and each one's own sky surface")
   frame_offsets = selfcal.offsets(planes, subpixel=True)
   spread = float(np.ptp(frame_offsets, 0).max())
   fitted = group
@@ -668,6 +677,8 @@ def joint_estimate(frames, grid_hw, progress=None) -> SessionFlat | None:
     base = np.round(frame_offsets).astype(int).min(0)  # selfcal.align's integer origin
     del planes
     for count, i in enumerate(others):
+      if foreign[i]:
+        continue
       plane = _binned_planes(frames, [i], b, shape)[0][0]
       turn = (slice(None, None, -1),) * 2 if turned[i] else (slice(None),) * 2
       plane = plane[turn]  # on the sky the way the fitted frames are
@@ -686,13 +697,15 @@ def joint_estimate(frames, grid_hw, progress=None) -> SessionFlat | None:
                                  selfcal.smooth_px(len(fitted)))
   confidence = np.clip(_unbin(info / np.median(info), b, shape[:2]), 0.0, 1.0)
   in_fit = set(fitted.tolist())
-  numbers = [{"frame": name, "offset_px": [int(dy * b), int(dx * b)],
+  numbers = [{"frame": name,
+              "offset_px": None if foreign[i] else [int(dy * b), int(dx * b)],
               "transparency": float(gains[i]), "in_joint_fit": i in in_fit,
-              "sky_turned_180": bool(turned[i]),
+              "sky_turned_180": bool(turned[i]), "same_sky": not foreign[i],
               "g_range": float(np.ptp(basis @ coefs[i])), "sky_structure": structure}
              for i, (name, (dy, dx)) in enumerate(zip(names, origins))]
   subset = f", F from {len(fitted)} of them" if others.size else ""
   subset += f", {int(turned.sum())} with the sky turned 180°" if turned.any() else ""
+  subset += f", {int(foreign.sum())} of another sky" if foreign.any() else ""
   line = (f"session: joint self-calibration of {n} frames (binned {b}×{b}{subset}, offsets up "
           f"to {int(round(spread * b))} px, sky structure {structure:.1f}, sky "
           f"surface at {weight:.0%})")
@@ -702,6 +715,7 @@ def joint_estimate(frames, grid_hw, progress=None) -> SessionFlat | None:
                      confidence=confidence[..., None].astype(np.float32), frames=numbers,
                      mode="joint", joint={"coef": coefs, "basis": basis, "gains": gains,
                                           "origins": origins, "turned": turned,
+                                          "foreign": foreign,
                                           "S": working_grid.upsample(weight * surface, work),
                                           "bin": b, "metas": metas, "line": line})
 
@@ -854,6 +868,8 @@ def correct_with(image: np.ndarray, flat: SessionFlat, grid_hw, F=None) -> corre
 def _correct_one(image, flat, grid_hw, single, index: int) -> correct.Correction:
   """Pass 2 for frame ``index`` in the mode :func:`choose` or :func:`joint_estimate` set."""
   if flat.mode == "joint":
+    if flat.joint["foreign"][index]:  # another sky: the shared F, its own sky surface
+      return correct_with(image, flat, grid_hw)
     return _correct_joint(image, flat, index)
   return single(image) if flat.mode == "single" else correct_with(image, flat, grid_hw)
 
