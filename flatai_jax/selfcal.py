@@ -79,20 +79,24 @@ class JointFit:
     T: ``(h + span_y, w + span_x) float64`` sky, NaN where no frame saw it.
     G: ``(n, h, w) float64`` each frame's G (mean over frames 0).
     offsets: ``(n, 2) int`` (dy, dx): frame i's pixel p sees ``T[p + offsets[i]]`` (after
-      :func:`align`).
+      :func:`align`; p counted on the frame turned back when it is ``turned``).
     gains: ``(n,)`` each frame's transparency (median 1): ``observed_i = gains_i·T·F + G_i``.
+    turned: ``(n,) bool`` or None: the frames whose sky is turned 180° on the sensor.
   """
   F: np.ndarray
   T: np.ndarray
   G: np.ndarray
   offsets: np.ndarray
   gains: np.ndarray
+  turned: np.ndarray | None = None
 
   def sky_of(self, i: int) -> np.ndarray:
-    """``(h, w)`` the part of ``T`` frame i sees, at its transparency (``gains[i]·T``)."""
+    """``(h, w)`` the part of ``T`` frame i sees, at its transparency (``gains[i]·T``), on the
+    sensor (turned back for a turned frame)."""
     h, w = self.F.shape
     dy, dx = self.offsets[i]
-    return self.gains[i] * self.T[dy:dy + h, dx:dx + w]
+    sky = self.gains[i] * self.T[dy:dy + h, dx:dx + w]
+    return sky[::-1, ::-1] if self.turned is not None and self.turned[i] else sky
 
 
 def offsets(planes: np.ndarray, subpixel: bool = False) -> np.ndarray:
@@ -187,15 +191,22 @@ def smooth_px(n: int) -> float:
 
 def fit(planes: np.ndarray, iterations: int = ITERATIONS, smooth: float | None = None,
         g_degree: int = G_DEGREE, frame_offsets: np.ndarray | None = None,
-        progress=None) -> JointFit:
+        turned: np.ndarray | None = None, progress=None) -> JointFit:
   """Joint F, T and G_i of a dithered sequence (module docstring).
 
+  A meridian flip (``turned``): those frames see the sky turned 180° on the sensor. They are
+  fitted turned back — the sky the same way up in every frame — with F turned for them; F and
+  G stay on the sensor. The flip then also tells F's exponential tilt from the frames'
+  transparencies (a tilt of F turns with the frame, a gradient of the sky does not), so step 1
+  fits it (module docstring: without a flip no sequence can).
+
   Args:
-    planes: ``(n, h, w)`` linear frames of one sensor and one channel, finite, the sky the same
-      way up in all (a meridian flip's turned frames apart: :func:`sky_orientation`).
+    planes: ``(n, h, w)`` linear frames of one sensor and one channel, finite, on the sensor.
     smooth: Gaussian σ of F's normalised convolution, fitted px (:func:`smooth_px` when None).
-    frame_offsets: ``(n, 2)`` from :func:`offsets` (measured to subpixels when None); the
-      frames are resampled by their fractional parts (:func:`align`).
+    frame_offsets: ``(n, 2)`` from :func:`offsets` of the frames turned back where ``turned``
+      (measured to subpixels when None); the frames are resampled by their fractional parts
+      (:func:`align`).
+    turned: ``(n,) bool`` (:func:`sky_orientation`), or None: none turned.
     progress: optional ``callable(done, total)`` per round.
   Returns:
     :class:`JointFit`.
@@ -204,28 +215,41 @@ def fit(planes: np.ndarray, iterations: int = ITERATIONS, smooth: float | None =
     raise ValueError(f"iterations={iterations}: the sky needs at least one alternating round")
   obs = np.asarray(planes, np.float64)
   n, h, w = obs.shape
+  turned = np.zeros(n, bool) if turned is None else np.asarray(turned, bool)
+  if turned.any():
+    obs = np.stack([o[::-1, ::-1] if t else o for o, t in zip(obs, turned)])
   smooth = smooth_px(n) if smooth is None else smooth
   d = offsets(obs, subpixel=True) if frame_offsets is None else np.asarray(frame_offsets)
   obs, d = align(obs, d)
   basis = sky_surface.legendre_basis((h, w), g_degree)
-  F, G, gains = large_scales(obs, d, g_degree=g_degree)
+  F, G, gains = large_scales(obs, d, g_degree=g_degree, turned=turned)
   # the alternating rounds see every frame at the same transparency; G goes back at the end
   obs, G = obs / gains[:, None, None], G / gains[:, None, None]
   large = ndimage.gaussian_filter(F, SPLIT_PX, mode="nearest")
+  # each frame's F, the way the frame is fitted (a view of F when none is turned)
+  per_frame = ((lambda F: np.where(turned[:, None, None], F[None, ::-1, ::-1], F[None]))
+               if turned.any() else (lambda F: F[None]))
+  to_sensor = lambda a: np.where(turned[:, None, None], a[:, ::-1, ::-1], a)
   for it in range(iterations):
-    T = _registered_median((obs - G) / F, d, smooth_px=0.0)
+    Fi = per_frame(F)
+    T = _registered_median((obs - G) / Fi, d, smooth_px=0.0)
     sky = np.stack([T[dy:dy + h, dx:dx + w] for dy, dx in d])
-    coef, *_ = np.linalg.lstsq(basis, (obs - sky * F).reshape(n, -1).T, rcond=None)
+    coef, *_ = np.linalg.lstsq(basis, (obs - sky * Fi).reshape(n, -1).T, rcond=None)
     coef -= coef.mean(axis=1, keepdims=True)
     G = (basis @ coef).T.reshape(n, h, w)
-    num = ndimage.gaussian_filter((sky * (obs - G)).sum(0), smooth)
-    den = ndimage.gaussian_filter((sky * sky).sum(0), smooth)
+    num, den = sky * (obs - G), sky * sky
+    if turned.any():
+      num, den = to_sensor(num), to_sensor(den)
+    num = ndimage.gaussian_filter(num.sum(0), smooth)
+    den = ndimage.gaussian_filter(den.sum(0), smooth)
     ratio = np.maximum(num / np.maximum(den, 1e-30), 1e-3)
     ratio = ratio / ndimage.gaussian_filter(ratio, SPLIT_PX, mode="nearest") * large
     F = ratio / np.median(ratio)
     if progress is not None:
       progress(it + 1, iterations)
-  return JointFit(F=F, T=T, G=G * gains[:, None, None], offsets=d, gains=gains)
+  G = G * gains[:, None, None]
+  return JointFit(F=F, T=T, G=to_sensor(G) if turned.any() else G, offsets=d, gains=gains,
+                  turned=turned if turned.any() else None)
 
 
 def pairs(n: int) -> list[tuple[int, int]]:
@@ -239,7 +263,7 @@ def pairs(n: int) -> list[tuple[int, int]]:
 
 
 def large_scales(obs: np.ndarray, d: np.ndarray, degree: int = LARGE_DEGREE,
-                 g_degree: int = G_DEGREE, rounds: int = LARGE_ROUNDS
+                 g_degree: int = G_DEGREE, rounds: int = LARGE_ROUNDS, turned=None
                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
   """F's large scales, every frame's G and its gain by direct least squares (module docstring,
   step 1).
@@ -253,22 +277,28 @@ def large_scales(obs: np.ndarray, d: np.ndarray, degree: int = LARGE_DEGREE,
   by pair, solved, the pairs off by ``LARGE_CLIP`` σ dropped, solved again.
 
   Args:
-    obs: ``(n, h, w) float64`` frames, linear, aligned (:func:`align`); d: ``(n, 2)`` their
-      integer offsets.
+    obs: ``(n, h, w) float64`` frames, linear, aligned (:func:`align`), turned back where
+      ``turned``; d: ``(n, 2)`` their integer offsets.
+    turned: ``(n,) bool`` or None (:func:`fit`).
   Returns:
-    F ``(h, w)`` median 1, G ``(n, h, w)`` (the frames' units) and the gains ``(n,)``, median 1.
+    F ``(h, w)`` median 1 on the sensor, G ``(n, h, w)`` (the frames' units, the way they are
+    fitted) and the gains ``(n,)``, median 1.
   """
   n, h, w = obs.shape
+  turned = np.zeros(n, bool) if turned is None else np.asarray(turned, bool)
   bf = sky_surface.legendre_basis((h, w), degree)
-  # without its constant (the sky's level) and its tilt (columns 1 and degree + 1: an exponential
-  # tilt of F is a set of gains ∝ exp(offset), module docstring)
-  bf = np.delete(bf, [0, 1, degree + 1], axis=1)
+  # without its constant (the sky's level) and, unless some frames are turned, its tilt (columns
+  # 1 and degree + 1: an exponential tilt of F is a set of gains ∝ exp(offset), module docstring)
+  bf = np.delete(bf, [0] if turned.any() else [0, 1, degree + 1], axis=1)
+  # a turned frame's pixel q is the sensor's pixel h·w − 1 − q
+  on_sensor = lambda i, q: h * w - 1 - q if turned[i] else q
   bg = sky_surface.legendre_basis((h, w), g_degree)
   kf, kg = bf.shape[1], bg.shape[1]
   k = kf + n * kg + n  # log F, every G, every log gain (their common part: the ridge's null)
   F, G, gains = np.ones((h, w)), np.zeros_like(obs), np.ones(n)
   for _ in range(rounds):
-    c = (obs - G) / (F * gains[:, None, None])
+    f_frames = np.where(turned[:, None, None], F[None, ::-1, ::-1], F[None]) if turned.any() else F
+    c = (obs - G) / (f_frames * gains[:, None, None])
     sky = _registered_median(c, d)
     c = c.reshape(n, -1)
     f_flat = F.ravel()
@@ -285,9 +315,10 @@ def large_scales(obs: np.ndarray, d: np.ndarray, degree: int = LARGE_DEGREE,
         pi = ((qy - d[i, 0]) * w + qx - d[i, 1]).ravel()
         pj = ((qy - d[j, 0]) * w + qx - d[j, 1]).ravel()
         t = sky[qy, qx].ravel()
-        a = np.concatenate([t[:, None] * (bf[pi] - bf[pj]),
-                            bg[pi] / (gains[i] * f_flat[pi, None]),
-                            -bg[pj] / (gains[j] * f_flat[pj, None]),
+        si, sj = on_sensor(i, pi), on_sensor(j, pj)
+        a = np.concatenate([t[:, None] * (bf[si] - bf[sj]),
+                            bg[pi] / (gains[i] * f_flat[si, None]),
+                            -bg[pj] / (gains[j] * f_flat[sj, None]),
                             t[:, None], -t[:, None]], 1)
         cols = np.r_[np.arange(kf), kf + i * kg + np.arange(kg), kf + j * kg + np.arange(kg),
                      kf + n * kg + i, kf + n * kg + j]

@@ -601,27 +601,26 @@ def joint_estimate(frames, grid_hw, progress=None) -> SessionFlat | None:
   planes, metas, names, shape, b = _binned_planes(frames, range(n), None)
   if planes is None:
     return None
-  # F is fitted on the frames of one sky, the way up most of them are (ties: the reference's);
-  # those turned 180° (a meridian flip) are turned back and fitted to the fitted sky like the
-  # frames outside a subset; frames of another sky (another target) get F and their own G
+  # F is fitted on the frames of one sky, those turned 180° (a meridian flip) included; frames
+  # of another sky (another target) get F and their own G
   _, way = selfcal.sky_orientation(planes)
-  major = int((way == 1).sum() > (way == 0).sum())
-  group = np.flatnonzero(way == major)
-  turned, foreign = way == 1 - major, way < 0
+  group = np.flatnonzero(way >= 0)
+  turned, foreign = way == 1, way < 0
   if group.size < 2:
     if progress:
-      progress("session: no two frames see the same sky the same way up: no joint fit; the "
-               "scale-split flat")
+      progress("session: no two frames see the same sky: no joint fit; the scale-split flat")
     return None
+  if progress and turned.any():
+    progress(f"  joint fit: {int(turned.sum())} of {n} frames have the sky turned 180° "
+             f"(meridian flip): fitted turned back; the flip also tells F's tilt")
   if group.size < n:
     planes = planes[group]
-    if progress and turned.any():
-      progress(f"  joint fit: {int(turned.sum())} of {n} frames have the sky turned 180° "
-               f"(meridian flip): they are fitted to the sky of the other frames")
-    if progress and foreign.any():
+    if progress:
       progress(f"  joint fit: {int(foreign.sum())} of {n} frames do not see the sky of the others "
                f"(another target?): the shared F and each one's own sky surface")
-  frame_offsets = selfcal.offsets(planes, subpixel=True)
+  sky_way = lambda stack, idx: np.stack([p[::-1, ::-1] if turned[i] else p
+                                         for p, i in zip(stack, idx)])
+  frame_offsets = selfcal.offsets(sky_way(planes, group), subpixel=True)
   spread = float(np.ptp(frame_offsets, 0).max())
   fitted = group
   if spread < JOINT_MIN_DITHER_PX:
@@ -635,7 +634,7 @@ def joint_estimate(frames, grid_hw, progress=None) -> SessionFlat | None:
     fitted = group[picked]
     del planes
     planes = _binned_planes(frames, fitted, b, shape)[0]
-    frame_offsets = selfcal.offsets(planes, subpixel=True)
+    frame_offsets = selfcal.offsets(sky_way(planes, fitted), subpixel=True)
     spread = float(np.ptp(frame_offsets, 0).max())
     if spread < JOINT_MIN_DITHER_PX:
       if progress:
@@ -650,7 +649,7 @@ def joint_estimate(frames, grid_hw, progress=None) -> SessionFlat | None:
              f"frame pairs ({planes.shape[1]} × {planes.shape[2]} px each, binned {b}×{b})")
   report = (lambda done, total: progress(f"  joint fit: small scales, round {done}/{total}")
             if progress else None)
-  fit = selfcal.fit(planes, frame_offsets=frame_offsets, progress=report)
+  fit = selfcal.fit(planes, frame_offsets=frame_offsets, turned=turned[fitted], progress=report)
   sky = np.where(np.isfinite(fit.T), fit.T, np.nanmedian(fit.T))
   work = working_grid.geometry(sky.shape, grid_hw)
   inner = working_grid.inner_cells(work)
@@ -672,7 +671,7 @@ def joint_estimate(frames, grid_hw, progress=None) -> SessionFlat | None:
     coefs[i] = np.linalg.lstsq(basis, fit.G[k].ravel(), rcond=None)[0]
   others = np.setdiff1d(np.arange(n), fitted)
   if others.size:
-    reference = planes[0]
+    reference = planes[0][::-1, ::-1] if turned[fitted[0]] else planes[0]
     shift0 = frame_offsets[0]  # subset frame 0 in the subset's offsets
     base = np.round(frame_offsets).astype(int).min(0)  # selfcal.align's integer origin
     del planes
