@@ -1,7 +1,7 @@
 """Session mode (issue 18): the sequence evaluation, and time / peak memory of a large session.
 
   PYTHONPATH=. python benchmarks/session.py eval [--height 300 --width 400] [--frames 10]
-      [--real_dir /work/main/evaluation_data/real] [--output runs/session_eval.json]
+      [--real_dir /work/main/evaluation_data/real] [--output runs/session_eval.json] [--turned K]
   PYTHONPATH=. python benchmarks/session.py speed [--height 2000 --width 3000] [--frames 10]
 
 ``eval``: the sequence cases of ``flatai_jax.evaluation.sequences`` (dithered crops of the real
@@ -38,7 +38,8 @@ def run_eval(args) -> None:
           frames, grid, single=corrector.correct)[1]],
       **baselines.sequence_methods(),
   }
-  cases = sequences.sequence_cases(args.real_dir, (args.height, args.width), args.frames)
+  cases = sequences.sequence_cases(args.real_dir, (args.height, args.width), args.frames,
+                                   turned=args.turned)
   result = sequences.score_sequences(cases, methods)
   print(sequences.markdown(result))
   seconds = {n: float(np.mean([r["seconds_per_frame"] for r in rows]))
@@ -104,6 +105,9 @@ def main() -> None:
   parser.add_argument("--frames", type=int, default=10)
   parser.add_argument("--real_dir", default="/work/main/evaluation_data/real")
   parser.add_argument("--output", default=None)
+  parser.add_argument("--turned", type=int, default=0,
+                      help="eval: the last K frames of each sequence see the sky turned 180° "
+                           "(a meridian flip)")
   args = parser.parse_args()
   default_hw = (300, 400) if args.what == "eval" else (2000, 3000)
   args.height, args.width = args.height or default_hw[0], args.width or default_hw[1]

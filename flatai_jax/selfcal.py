@@ -20,9 +20,11 @@ measures the flat's change over the dither. :func:`fit` solves it in two steps:
    (``LARGE_ROUNDS`` Gauss–Newton rounds, one robust pass each). The change of F is multiplied
    by the registered median sky, not by the frame itself: a frame's own pixel noise (PRNU of a
    real flat, photon noise) would correlate with the left side and pull F by ~2σ²/(d·∇F)² —
-   30 % on a real master flat. Two things are not told by any sequence and are fixed here: an
-   exponential tilt of F is exactly a set of gains ∝ exp(offset), so F gets no tilt (the gains
-   take it; a tilt of F left on the frames is a gradient, which each G takes on the sky); and a
+   30 % on a real master flat. Two things are not told by a sequence of shifted frames and are
+   fixed here: an exponential tilt of F is exactly a set of gains ∝ exp(offset), so F gets no
+   tilt (the gains take it; a tilt of F left on the frames is a gradient, which each G takes on
+   the sky) — unless a meridian flip turned some frames, whose F's tilt turns with them while
+   the sky's gradient does not: then the tilt is fitted (:func:`fit`, ``turned``); and a
    G common to all frames is only weakly told from the sky, so it is left to ``session`` (the
    sky surface of ``T``), as the alternating rounds below leave it.
 2. **Small scales, alternating** from there, ``ITERATIONS`` rounds of three least-squares

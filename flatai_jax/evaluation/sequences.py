@@ -25,10 +25,12 @@ G_INDEX = 10_000  # rendered G of the sequences are drawn from real.EVAL_SEED at
 
 
 def sequence_cases(root=real.DEFAULT_DIR, crop_hw=CROP_HW, frames: int = FRAMES,
-                   manifest=None) -> list[dict]:
+                   manifest=None, turned: int = 0) -> list[dict]:
   """Every sequence case: ``name``, ``content``, ``clean`` and ``observed`` (lists of ``frames``
   ``(h, w, 1) float32``), ``F`` ``(h, w, 1)`` and ``dust`` (its dust shadows alone, None for the
-  real flat); two per light frame (real flat, rendered flat)."""
+  real flat); two per light frame (real flat, rendered flat). ``turned``: the last so many
+  frames of each sequence see the sky turned 180° (a meridian flip: their truth is the turned
+  crop, F and G stay on the sensor); the draws are the same as without."""
   manifest = manifest or real.load_manifest(root)
   files = manifest["files"]
   flat_file = next(f for f in files if f["kind"] == "flat")
@@ -51,6 +53,8 @@ def sequence_cases(root=real.DEFAULT_DIR, crop_hw=CROP_HW, frames: int = FRAMES,
       for _ in range(frames):
         dy, dx = rng.integers(-DITHER, DITHER + 1, 2)
         crop = truth[y0 + dy:y0 + dy + h, x0 + dx:x0 + dx + w]
+        if len(clean) >= frames - turned:
+          crop = crop[::-1, ::-1]
         g_field = real.rendered_fields(crop_hw, G_INDEX + index)["G"]
         index += 1
         clean.append(crop)
