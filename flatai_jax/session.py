@@ -617,7 +617,8 @@ def joint_estimate(frames, grid_hw, progress=None) -> SessionFlat | None:
     planes = planes[group]
     if progress:
       progress(f"  joint fit: {int(foreign.sum())} of {n} frames do not see the sky of the others "
-               f"(another target?): the shared F and each one's own sky surface")
+               f"(another target, or the field rotated — an alt-az mount?): the shared F and each "
+               f"one's own sky surface")
   sky_way = lambda stack, idx: np.stack([p[::-1, ::-1] if turned[i] else p
                                          for p, i in zip(stack, idx)])
   frame_offsets = selfcal.offsets(sky_way(planes, group), subpixel=True)
