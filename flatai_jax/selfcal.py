@@ -229,8 +229,8 @@ def fit(planes: np.ndarray, iterations: int = ITERATIONS, smooth: float | None =
   obs, G = obs / gains[:, None, None], G / gains[:, None, None]
   large = ndimage.gaussian_filter(F, SPLIT_PX, mode="nearest")
   # each frame's F, the way the frame is fitted (a view of F when none is turned)
-  per_frame = ((lambda F: np.where(turned[:, None, None], F[None, ::-1, ::-1], F[None]))
-               if turned.any() else (lambda F: F[None]))
+  per_frame = ((lambda f: np.where(turned[:, None, None], f[None, ::-1, ::-1], f[None]))
+               if turned.any() else (lambda f: f[None]))
   to_sensor = lambda a: np.where(turned[:, None, None], a[:, ::-1, ::-1], a)
   for it in range(iterations):
     Fi = per_frame(F)
@@ -299,8 +299,11 @@ def large_scales(obs: np.ndarray, d: np.ndarray, degree: int = LARGE_DEGREE,
   k = kf + n * kg + n  # log F, every G, every log gain (their common part: the ridge's null)
   F, G, gains = np.ones((h, w)), np.zeros_like(obs), np.ones(n)
   for _ in range(rounds):
-    f_frames = np.where(turned[:, None, None], F[None, ::-1, ::-1], F[None]) if turned.any() else F
-    c = (obs - G) / (f_frames * gains[:, None, None])
+    if turned.any():  # each frame's F, the way the frame is fitted
+      c = (obs - G) / (np.where(turned[:, None, None], F[None, ::-1, ::-1], F[None])
+                       * gains[:, None, None])
+    else:
+      c = (obs - G) / (F * gains[:, None, None])
     sky = _registered_median(c, d)
     c = c.reshape(n, -1)
     f_flat = F.ravel()

@@ -521,7 +521,6 @@ def _subset_plan(n: int, hw, spread_px: float) -> tuple[int, np.ndarray] | None:
   (full-resolution px) below ``JOINT_MIN_DITHER_PX`` binned px: the coarsest
   binning that keeps it, and the frames (evenly spread over the sequence) that ``JOINT_BYTES``
   holds there — or None when that is under ``JOINT_MIN_FRAMES`` frames or no binning keeps it."""
-  from flatai_jax import selfcal
   b = int(spread_px // JOINT_MIN_DITHER_PX)
   if b < 1:
     return None
@@ -574,13 +573,12 @@ def joint_estimate(frames, grid_hw, progress=None) -> SessionFlat | None:
   (:func:`_fit_to_sky`: its transparency and its G, with the fitted F and sky held), so that
   adding frames never coarsens the fit.
 
-  A meridian flip (frames whose sky is turned 180° on the sensor, ``selfcal.turned``) is found
-  first: F is fitted on the frames of the larger orientation, and each turned frame is turned
-  back, registered and fitted to the fitted sky like a frame outside a subset (its G and the sky
-  surface turned with it onto the sensor; ``sky_turned_180`` in the report). Frames that see
-  another sky (a second target of the night: ``selfcal.sky_orientation``) share F — it is the
-  sensor's — and get their G from their own sky surface, as on the scale-split path
-  (:func:`correct_with`; ``same_sky`` false in the report).
+  The frames are sorted first (``selfcal.sky_orientation``). Frames whose sky is turned 180° on
+  the sensor (a meridian flip) are fitted with the others, turned back (``selfcal.fit``'s
+  ``turned``: the flip also makes F's tilt known), and their G and sky surface are turned with
+  them onto the sensor (``sky_turned_180`` in the report). Frames that see another sky (a
+  second target of the night) share F — it is the sensor's — and get their G from their own sky
+  surface, as on the scale-split path (:func:`correct_with`; ``same_sky`` false in the report).
 
   Returns None — the scale-split path (:func:`estimate`, :func:`choose`) then runs — for
   colour frames, for frames dithered by less than ``JOINT_MIN_DITHER_PX`` fitted px (each
