@@ -1,7 +1,7 @@
 """Session mode (issue 18): the sequence evaluation, and time / peak memory of a large session.
 
   PYTHONPATH=. python benchmarks/session.py eval [--height 300 --width 400] [--frames 10]
-      [--real_dir /work/main/evaluation_data/real] [--output runs/session_eval.json] [--turned K]
+      [--real_dir evaluation_data/real] [--output runs/session_eval.json] [--turned K]
   PYTHONPATH=. python benchmarks/session.py speed [--height 2000 --width 3000] [--frames 10]
 
 ``eval``: the sequence cases of ``flatai_jax.evaluation.sequences`` (dithered crops of the real
@@ -103,7 +103,7 @@ def main() -> None:
   parser.add_argument("--height", type=int, default=None)
   parser.add_argument("--width", type=int, default=None)
   parser.add_argument("--frames", type=int, default=10)
-  parser.add_argument("--real_dir", default="/work/main/evaluation_data/real")
+  parser.add_argument("--real_dir", default="evaluation_data/real")
   parser.add_argument("--output", default=None)
   parser.add_argument("--turned", type=int, default=0,
                       help="eval: the last K frames of each sequence see the sky turned 180° "
