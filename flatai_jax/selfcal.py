@@ -136,9 +136,10 @@ def sky_orientation(planes: np.ndarray, tries: int = 3) -> tuple[int, np.ndarray
 
   A frame sees the reference's sky when the cross-correlation of the two, high-passed as in
   :func:`offsets`, peaks ``SAME_SKY_Z`` robust σ above the rest of the map, the frame as it is
-  (0) or turned (1, the higher peak of the two). The reference is frame 0, or — when it shares
-  its sky with fewer than half the frames — the first frame it did not match (up to ``tries``
-  references), whichever matches the most.
+  (0) or turned (1, the higher peak of the two). The reference is the middle frame of the
+  sequence (a sky that drifts or turns slowly through the night — field rotation — stays
+  nearest to it longest), or — when it shares its sky with fewer than half the frames — the
+  first frame it did not match (up to ``tries`` references), whichever matches the most.
   """
   high = lambda a: a - ndimage.gaussian_filter(np.nan_to_num(a), HIGH_PASS_PX)
   n, h, w = planes.shape
@@ -149,7 +150,7 @@ def sky_orientation(planes: np.ndarray, tries: int = 3) -> tuple[int, np.ndarray
     return (c.max() - level) / (1.4826 * np.median(np.abs(c - level)) + 1e-30)
 
   best = None
-  reference = 0
+  reference = n // 2
   for _ in range(tries):
     spectrum = np.conj(np.fft.rfft2(high(planes[reference])))
     scores = np.array([(z(spectrum, p), z(spectrum, p[::-1, ::-1])) for p in planes])
