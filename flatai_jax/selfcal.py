@@ -144,16 +144,20 @@ def sky_orientation(planes: np.ndarray, tries: int = 3) -> tuple[int, np.ndarray
   high = lambda a: a - ndimage.gaussian_filter(np.nan_to_num(a), HIGH_PASS_PX)
   n, h, w = planes.shape
 
-  def z(spectrum, plane):  # the correlation peak over the map's robust spread
-    c = np.fft.irfft2(spectrum * np.fft.rfft2(high(plane)), s=(h, w))
+  def z(spectrum, passed):  # the correlation peak over the map's robust spread
+    c = np.fft.irfft2(spectrum * np.fft.rfft2(passed), s=(h, w))
     level = np.median(c)
     return (c.max() - level) / (1.4826 * np.median(np.abs(c - level)) + 1e-30)
+
+  def both_ways(spectrum, plane):  # the high-pass turns with the plane (a symmetric filter)
+    passed = high(plane)
+    return z(spectrum, passed), z(spectrum, passed[::-1, ::-1])
 
   best = None
   reference = n // 2
   for _ in range(tries):
     spectrum = np.conj(np.fft.rfft2(high(planes[reference])))
-    scores = np.array([(z(spectrum, p), z(spectrum, p[::-1, ::-1])) for p in planes])
+    scores = np.array([both_ways(spectrum, p) for p in planes])
     way = np.where(scores.max(1) >= SAME_SKY_Z, scores.argmax(1), -1)
     if best is None or (way >= 0).sum() > (best[1] >= 0).sum():
       best = (reference, way)
