@@ -329,7 +329,7 @@ def test_a_meridian_flip_is_found_and_tells_the_flat_s_tilt():
   ``selfcal.sky_orientation`` the joint fit took them as they came — F 128 % RMS off, every
   frame's flat error 18–38 % where doing nothing leaves 5.5–6.4 %. Now they are found and fitted
   turned back with F turned for them — and the flip tells what no unflipped sequence can, F's
-  exponential tilt against the frames' transparencies (and the G common to all frames): F
+  exponential tilt against the frames' transparencies: F
   0.13 % RMS (the same frames without the flip: 2.59 %, the tilt), every frame's flat error
   0.13–0.15 % (without the flip 2.2–2.3 %; single-frame mode 5.5–6.4 %)."""
   clean, observed, f = nebula_session(n=10, dither=30, turned=4)
