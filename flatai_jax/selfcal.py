@@ -83,22 +83,40 @@ class JointFit:
     offsets: ``(n, 2) int`` (dy, dx): frame i's pixel p sees ``T[p + offsets[i]]`` (after
       :func:`align`; p counted on the frame turned back when it is ``turned``).
     gains: ``(n,)`` each frame's transparency (median 1): ``observed_i = gains_i·T·F + G_i``.
-    turned: ``(n,) bool`` or None: the frames whose sky is turned 180° on the sensor.
+    turned: ``(n,) bool``: the frames whose sky is turned 180° on the sensor.
   """
   F: np.ndarray
   T: np.ndarray
   G: np.ndarray
   offsets: np.ndarray
   gains: np.ndarray
-  turned: np.ndarray | None = None
+  turned: np.ndarray
 
   def sky_of(self, i: int) -> np.ndarray:
     """``(h, w)`` the part of ``T`` frame i sees, at its transparency (``gains[i]·T``), on the
     sensor (turned back for a turned frame)."""
     h, w = self.F.shape
     dy, dx = self.offsets[i]
-    sky = self.gains[i] * self.T[dy:dy + h, dx:dx + w]
-    return sky[::-1, ::-1] if self.turned is not None and self.turned[i] else sky
+    return turn(self.gains[i] * self.T[dy:dy + h, dx:dx + w], self.turned[i])
+
+
+def turn(a: np.ndarray, turned) -> np.ndarray:
+  """``a`` turned 180° in its last two axes where ``turned``: one frame (``turned`` a bool) or a
+  stack (``(n,) bool``; ``a`` ``(n, h, w)``, or one ``(h, w)`` plane, then given per frame).
+  Its own inverse; ``a`` itself when nothing is turned."""
+  turned = np.asarray(turned, bool)
+  if not turned.any():
+    return a
+  if turned.ndim == 0:
+    return a[..., ::-1, ::-1]
+  return np.where(turned[:, None, None], a[..., ::-1, ::-1], a)
+
+
+def _high_pass(plane: np.ndarray) -> np.ndarray:
+  """Registration's view of a frame: NaN → 0, less its Gaussian smoothing of ``HIGH_PASS_PX``
+  (so that gradients and vignetting do not pull the correlation peak)."""
+  plane = np.nan_to_num(plane)
+  return plane - ndimage.gaussian_filter(plane, HIGH_PASS_PX)
 
 
 def offsets(planes: np.ndarray, subpixel: bool = False) -> np.ndarray:
@@ -107,12 +125,11 @@ def offsets(planes: np.ndarray, subpixel: bool = False) -> np.ndarray:
   correlation against the first frame, high-passed so that gradients and vignetting do not
   pull the peak to zero; integers, or with ``subpixel`` floats (a parabola through the peak
   and its neighbours, per axis)."""
-  high = lambda a: a - ndimage.gaussian_filter(a, HIGH_PASS_PX)
   h, w = planes.shape[1:]
-  reference = np.conj(np.fft.rfft2(high(np.nan_to_num(planes[0]))))
+  reference = np.conj(np.fft.rfft2(_high_pass(planes[0])))
   out = []
   for plane in planes:
-    c = np.fft.irfft2(reference * np.fft.rfft2(high(np.nan_to_num(plane))), s=(h, w))
+    c = np.fft.irfft2(reference * np.fft.rfft2(_high_pass(plane)), s=(h, w))
     peak = np.unravel_index(np.argmax(c), c.shape)
     shift = []
     for axis, n in enumerate((h, w)):
@@ -127,9 +144,9 @@ def offsets(planes: np.ndarray, subpixel: bool = False) -> np.ndarray:
   return out - out.min(0)
 
 
-def sky_orientation(planes: np.ndarray, tries: int = 3) -> tuple[int, np.ndarray]:
-  """Which frames see the same sky, and which way up: ``(reference, way)``, ``way`` ``(n,) int``
-  against frame ``reference``: 0 the same way up, 1 turned 180° — a meridian flip, where the
+def sky_orientation(planes: np.ndarray, tries: int = 3) -> np.ndarray:
+  """Which frames see the same sky, and which way up: ``(n,) int`` against a reference frame
+  (below): 0 the same way up, 1 turned 180° — a meridian flip, where the
   mount turns the camera about the optical axis halfway through the night (the flat stays on
   the sensor, the sky turns on it, no shift registers the two) — and −1 another sky (a second
   target of the night).
@@ -141,7 +158,6 @@ def sky_orientation(planes: np.ndarray, tries: int = 3) -> tuple[int, np.ndarray
   nearest to it longest), or — when it shares its sky with fewer than half the frames — the
   first frame it did not match (up to ``tries`` references), whichever matches the most.
   """
-  high = lambda a: a - ndimage.gaussian_filter(np.nan_to_num(a), HIGH_PASS_PX)
   n, h, w = planes.shape
 
   def z(spectrum, passed):  # the correlation peak over the map's robust spread
@@ -150,17 +166,17 @@ def sky_orientation(planes: np.ndarray, tries: int = 3) -> tuple[int, np.ndarray
     return (c.max() - level) / (1.4826 * np.median(np.abs(c - level)) + 1e-30)
 
   def both_ways(spectrum, plane):  # the high-pass turns with the plane (a symmetric filter)
-    passed = high(plane)
-    return z(spectrum, passed), z(spectrum, passed[::-1, ::-1])
+    passed = _high_pass(plane)
+    return z(spectrum, passed), z(spectrum, turn(passed, True))
 
   best = None
   reference = n // 2
   for _ in range(tries):
-    spectrum = np.conj(np.fft.rfft2(high(planes[reference])))
+    spectrum = np.conj(np.fft.rfft2(_high_pass(planes[reference])))
     scores = np.array([both_ways(spectrum, p) for p in planes])
     way = np.where(scores.max(1) >= SAME_SKY_Z, scores.argmax(1), -1)
-    if best is None or (way >= 0).sum() > (best[1] >= 0).sum():
-      best = (reference, way)
+    if best is None or (way >= 0).sum() > (best >= 0).sum():
+      best = way
     unmatched = np.flatnonzero(way < 0)
     if 2 * (way >= 0).sum() >= n or unmatched.size == 0:
       break
@@ -223,8 +239,7 @@ def fit(planes: np.ndarray, iterations: int = ITERATIONS, smooth: float | None =
   obs = np.asarray(planes, np.float64)
   n, h, w = obs.shape
   turned = np.zeros(n, bool) if turned is None else np.asarray(turned, bool)
-  if turned.any():
-    obs = np.stack([o[::-1, ::-1] if t else o for o, t in zip(obs, turned)])
+  obs = turn(obs, turned)
   smooth = smooth_px(n) if smooth is None else smooth
   d = offsets(obs, subpixel=True) if frame_offsets is None else np.asarray(frame_offsets)
   obs, d = align(obs, d)
@@ -233,30 +248,22 @@ def fit(planes: np.ndarray, iterations: int = ITERATIONS, smooth: float | None =
   # the alternating rounds see every frame at the same transparency; G goes back at the end
   obs, G = obs / gains[:, None, None], G / gains[:, None, None]
   large = ndimage.gaussian_filter(F, SPLIT_PX, mode="nearest")
-  # each frame's F, the way the frame is fitted (a view of F when none is turned)
-  per_frame = ((lambda f: np.where(turned[:, None, None], f[None, ::-1, ::-1], f[None]))
-               if turned.any() else (lambda f: f[None]))
-  to_sensor = lambda a: np.where(turned[:, None, None], a[:, ::-1, ::-1], a)
   for it in range(iterations):
-    Fi = per_frame(F)
+    Fi = turn(F, turned)  # each frame's F, the way the frame is fitted (F itself: none turned)
     T = _registered_median((obs - G) / Fi, d, smooth_px=0.0)
     sky = np.stack([T[dy:dy + h, dx:dx + w] for dy, dx in d])
     coef, *_ = np.linalg.lstsq(basis, (obs - sky * Fi).reshape(n, -1).T, rcond=None)
     coef -= coef.mean(axis=1, keepdims=True)
     G = (basis @ coef).T.reshape(n, h, w)
-    num, den = sky * (obs - G), sky * sky
-    if turned.any():
-      num, den = to_sensor(num), to_sensor(den)
-    num = ndimage.gaussian_filter(num.sum(0), smooth)
-    den = ndimage.gaussian_filter(den.sum(0), smooth)
+    num = ndimage.gaussian_filter(turn(sky * (obs - G), turned).sum(0), smooth)
+    den = ndimage.gaussian_filter(turn(sky * sky, turned).sum(0), smooth)
     ratio = np.maximum(num / np.maximum(den, 1e-30), 1e-3)
     ratio = ratio / ndimage.gaussian_filter(ratio, SPLIT_PX, mode="nearest") * large
     F = ratio / np.median(ratio)
     if progress is not None:
       progress(it + 1, iterations)
-  G = G * gains[:, None, None]
-  return JointFit(F=F, T=T, G=to_sensor(G) if turned.any() else G, offsets=d, gains=gains,
-                  turned=turned if turned.any() else None)
+  return JointFit(F=F, T=T, G=turn(G * gains[:, None, None], turned), offsets=d, gains=gains,
+                  turned=turned)
 
 
 def pairs(n: int) -> list[tuple[int, int]]:
@@ -304,11 +311,7 @@ def large_scales(obs: np.ndarray, d: np.ndarray, degree: int = LARGE_DEGREE,
   k = kf + n * kg + n  # log F, every G, every log gain (their common part: the ridge's null)
   F, G, gains = np.ones((h, w)), np.zeros_like(obs), np.ones(n)
   for _ in range(rounds):
-    if turned.any():  # each frame's F, the way the frame is fitted
-      c = (obs - G) / (np.where(turned[:, None, None], F[None, ::-1, ::-1], F[None])
-                       * gains[:, None, None])
-    else:
-      c = (obs - G) / (F * gains[:, None, None])
+    c = (obs - G) / (turn(F, turned) * gains[:, None, None])  # each frame's F, as it is fitted
     sky = _registered_median(c, d)
     c = c.reshape(n, -1)
     f_flat = F.ravel()

@@ -85,7 +85,7 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage
 
-from flatai_jax import correct, scores, sky_surface, working_grid
+from flatai_jax import correct, scores, selfcal, sky_surface, working_grid
 from flatai_jax.io import images
 
 FINE_CELLS = 512  # fine grid: at most this many cells along the frame's long side
@@ -592,7 +592,6 @@ def joint_estimate(frames, grid_hw, progress=None) -> SessionFlat | None:
     grid_hw: the working grid ``(gh, gw)``.
     progress: optional ``callable(line)``.
   """
-  from flatai_jax import selfcal
   n = len(frames)
   if n < 2:
     raise ValueError(f"a session needs at least 2 frames, got {n}")
@@ -601,7 +600,7 @@ def joint_estimate(frames, grid_hw, progress=None) -> SessionFlat | None:
     return None
   # F is fitted on the frames of one sky, those turned 180° (a meridian flip) included; frames
   # of another sky (another target) get F and their own G
-  _, way = selfcal.sky_orientation(planes)
+  way = selfcal.sky_orientation(planes)
   group = np.flatnonzero(way >= 0)
   turned, foreign = way == 1, way < 0
   if group.size < 2:
@@ -617,9 +616,7 @@ def joint_estimate(frames, grid_hw, progress=None) -> SessionFlat | None:
       progress(f"  joint fit: {int(foreign.sum())} of {n} frames do not see the sky of the others "
                f"(another target, or the field rotated — an alt-az mount?): the shared F and each "
                f"one's own sky surface")
-  sky_way = lambda stack, idx: np.stack([p[::-1, ::-1] if turned[i] else p
-                                         for p, i in zip(stack, idx)])
-  frame_offsets = selfcal.offsets(sky_way(planes, group), subpixel=True)
+  frame_offsets = selfcal.offsets(selfcal.turn(planes, turned[group]), subpixel=True)
   spread = float(np.ptp(frame_offsets, 0).max())
   fitted = group
   if spread < JOINT_MIN_DITHER_PX:
@@ -633,7 +630,7 @@ def joint_estimate(frames, grid_hw, progress=None) -> SessionFlat | None:
     fitted = group[picked]
     del planes
     planes = _binned_planes(frames, fitted, b, shape)[0]
-    frame_offsets = selfcal.offsets(sky_way(planes, fitted), subpixel=True)
+    frame_offsets = selfcal.offsets(selfcal.turn(planes, turned[fitted]), subpixel=True)
     spread = float(np.ptp(frame_offsets, 0).max())
     if spread < JOINT_MIN_DITHER_PX:
       if progress:
@@ -670,23 +667,23 @@ def joint_estimate(frames, grid_hw, progress=None) -> SessionFlat | None:
     coefs[i] = np.linalg.lstsq(basis, fit.G[k].ravel(), rcond=None)[0]
   others = np.setdiff1d(np.arange(n), fitted)
   if others.size:
-    reference = planes[0][::-1, ::-1] if turned[fitted[0]] else planes[0]
+    reference = selfcal.turn(planes[0], turned[fitted[0]])
     shift0 = frame_offsets[0]  # subset frame 0 in the subset's offsets
     base = np.round(frame_offsets).astype(int).min(0)  # selfcal.align's integer origin
     del planes
     for count, i in enumerate(others):
       if foreign[i]:
         continue
-      plane = _binned_planes(frames, [i], b, shape)[0][0]
-      turn = (slice(None, None, -1),) * 2 if turned[i] else (slice(None),) * 2
-      plane = plane[turn]  # on the sky the way the fitted frames are
+      # on the sky the way the fitted frames are
+      plane = selfcal.turn(_binned_planes(frames, [i], b, shape)[0][0], turned[i])
       pair = selfcal.offsets(np.stack([reference, plane]), subpixel=True)
       offset = shift0 + pair[1] - pair[0]
       whole = np.round(offset).astype(int)
       aligned = ndimage.shift(plane, offset - whole, order=3, mode="nearest")
       origins[i] = whole - base
       sky_i = _sky_window(fit.T, origins[i], (h, w))
-      gains[i], coefs[i] = _fit_to_sky(aligned[turn], sky_i[turn], fit.F, basis)
+      gains[i], coefs[i] = _fit_to_sky(selfcal.turn(aligned, turned[i]),
+                                       selfcal.turn(sky_i, turned[i]), fit.F, basis)
       if progress and ((count + 1) % 10 == 0 or count + 1 == others.size):
         progress(f"  joint fit: frames outside it fitted to its sky, {count + 1}/{others.size}")
   f_full = _unbin(fit.F, b, shape[:2])
@@ -730,8 +727,7 @@ def _correct_joint(image: np.ndarray, flat: SessionFlat, index: int) -> correct.
   # is taken at the nearest place inside
   origin = np.clip(joint["origins"][index], 0, np.subtract(s_sky.shape, (h, w)))
   s_frame = joint["gains"][index] * s_sky[origin[0]:origin[0] + h, origin[1]:origin[1] + w]
-  if joint["turned"][index]:  # the sky surface is on the sky: it turns with it
-    s_frame = s_frame[::-1, ::-1]
+  s_frame = selfcal.turn(s_frame, joint["turned"][index])  # on the sky: it turns with it
   g_frame = (joint["basis"] @ joint["coef"][index]).reshape(h, w)
   f_plane = flat.F[..., 0]
   g_full = _unbin(s_frame, b, hw) * f_plane
