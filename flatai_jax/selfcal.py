@@ -52,7 +52,7 @@ import warnings
 import numpy as np
 from scipy import ndimage
 
-from flatai_jax import sky_surface
+from flatai_jax import scores, sky_surface
 
 ITERATIONS = 5  # alternating rounds (module docstring: more drift)
 OWN_SHARE = 0.01  # a frame's own pixels weigh at most this much in F at a pixel (smooth_px)
@@ -162,8 +162,7 @@ def sky_orientation(planes: np.ndarray, tries: int = 3) -> np.ndarray:
 
   def z(spectrum, passed):  # the correlation peak over the map's robust spread
     c = np.fft.irfft2(spectrum * np.fft.rfft2(passed), s=(h, w))
-    level = np.median(c)
-    return (c.max() - level) / (1.4826 * np.median(np.abs(c - level)) + 1e-30)
+    return (c.max() - np.median(c)) / (scores.robust_sigma(c) + 1e-30)
 
   def both_ways(spectrum, plane):  # the high-pass turns with the plane (a symmetric filter)
     passed = _high_pass(plane)
@@ -173,8 +172,8 @@ def sky_orientation(planes: np.ndarray, tries: int = 3) -> np.ndarray:
   reference = n // 2
   for _ in range(tries):
     spectrum = np.conj(np.fft.rfft2(_high_pass(planes[reference])))
-    scores = np.array([both_ways(spectrum, p) for p in planes])
-    way = np.where(scores.max(1) >= SAME_SKY_Z, scores.argmax(1), -1)
+    peaks = np.array([both_ways(spectrum, p) for p in planes])  # (n, 2): as it is, turned
+    way = np.where(peaks.max(1) >= SAME_SKY_Z, peaks.argmax(1), -1)
     if best is None or (way >= 0).sum() > (best >= 0).sum():
       best = way
     unmatched = np.flatnonzero(way < 0)
