@@ -16,9 +16,11 @@ import numpy as np
 
 from flatai_jax import correct, metrics
 from flatai_jax.io import atomic, images
-from flatai_jax.physics import deconvolve, psf_fit
+from flatai_jax.physics import deconvolve, psf_fit, star_detect
 
 DEFAULT_GRID = (11, 11)  # PSF nodes (rows, cols) over the frame
+GUARD_SIZE = 1.05  # deconvolved stars broader than this × before (median): not corrected
+GUARD_ELLIPTICITY = 0.02  # … or more elongated by more than this (median 1 − b/a)
 
 
 @dataclasses.dataclass
@@ -44,8 +46,36 @@ class PhysicsCorrection:
   deconvolved: np.ndarray | None = None
 
 
+def harm(before: np.ndarray, after: np.ndarray, xy: np.ndarray, sharpen: bool = True
+         ) -> str | None:
+  """Why a deconvolution must not be applied, or None: the same stars measured on the frame
+  before and after it (``star_detect.shapes``, adaptive moments: no PSF model) came out more
+  elongated (median ``1 − b/a`` up by more than ``GUARD_ELLIPTICITY``) or — where the target
+  is to sharpen (``sharpen``) — broader (median size × ``GUARD_SIZE``). It happens where the
+  fitted model cannot describe the frame's stars: stars narrower than the model's diffraction
+  pattern (optics sampled finer than its λ/D), defocused or seeing-blurred far beyond it.
+
+  Args:
+    before, after: ``(H, W)`` linear planes; xy: ``(n, 2)`` (x, y) px of the fit's stars.
+  """
+  size_b, ell_b = star_detect.shapes(before, xy)
+  size_a, ell_a = star_detect.shapes(after, xy)
+  ok = np.isfinite(size_b) & np.isfinite(size_a)
+  if ok.sum() < 3:
+    return None
+  size = (float(np.median(size_b[ok])), float(np.median(size_a[ok])))
+  ell = (float(np.median(ell_b[ok])), float(np.median(ell_a[ok])))
+  if sharpen and size[1] > GUARD_SIZE * size[0]:
+    return (f"deconvolving would make its stars broader (median FWHM {size[0]:.2f} → "
+            f"{size[1]:.2f} px by moments): they are sharper than the model's target")
+  if ell[1] > ell[0] + GUARD_ELLIPTICITY:
+    return (f"deconvolving would make its stars more elongated (median 1 − b/a {ell[0]:.3f} → "
+            f"{ell[1]:.3f})")
+  return None
+
+
 def correct_physics(image: np.ndarray, cfg, target="diffraction", grid=DEFAULT_GRID,
-                    max_iter: int = deconvolve.MAX_ITER, cleanup=None,
+                    max_iter: int = deconvolve.MAX_ITER, cleanup=None, guard: bool = True,
                     **fit_kw) -> PhysicsCorrection:
   """Fits the PSF field of a frame and deconvolves it to ``target``.
 
@@ -59,9 +89,11 @@ def correct_physics(image: np.ndarray, cfg, target="diffraction", grid=DEFAULT_G
     max_iter: cap on the Richardson–Lucy iterations (``deconvolve.sharpen``).
     cleanup: optional ``(H, W, C) -> (H, W, C)`` run on the deconvolved frame (the learned
       cleanup of a ``configs/psf.py`` model: ``correct.Corrector.cleanup``).
+    guard: refuse a deconvolution that harms the frame's stars (:func:`harm`).
     fit_kw: passed to ``psf_fit.fit_psf_field`` (``stamp``, ``snr``, ``steps``, …).
   Raises:
-    ValueError: one line, e.g. too few measurable stars.
+    ValueError: one line, e.g. too few measurable stars, or a deconvolution that would make
+      the stars broader or more elongated (the fitted model does not describe them).
   """
   image = np.asarray(image, np.float32)
   if image.ndim == 2:
@@ -74,6 +106,11 @@ def correct_physics(image: np.ndarray, cfg, target="diffraction", grid=DEFAULT_G
   t = deconvolve.target_psf(target, cfg, centre_coeffs=centre)
   fitted = time.perf_counter()
   out, iterations, chi2 = deconvolve.sharpen(filled, field.psfs, t, max_iter)
+  why = harm(filled.mean(-1), out.mean(-1), field.stars,
+             sharpen=target in ("diffraction", "centre")) if guard else None
+  if why:
+    raise ValueError(f"not corrected: {why}; the fitted PSF model (λ/D = {cfg.q:g} px, no "
+                     f"seeing term; residual {field.rms:.1f} σ) does not describe them")
   done = time.perf_counter()
   seconds = {"fit": fitted - start, "deconvolve": done - fitted}
   deconvolved = None

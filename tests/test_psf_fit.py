@@ -305,3 +305,46 @@ def test_cli_writes_the_corrected_frame_and_the_psf_field(frame, tmp_path):
     subprocess.run([sys.executable, "-m", "flatai_jax.main", "correct", str(path), "--task=flat",
                     "--method=physics"], capture_output=True, text=True, env=env, check=True,
                    timeout=300)
+
+
+@pytest.mark.parametrize("sx,sy", [(1.0, 1.0), (2.0, 1.0), (4.0, 4.0)])
+def test_star_shapes_by_moments_match_gaussian_stars(sx, sy):
+  """Adaptive moments of Gaussian stars sampled at pixel centres: FWHM 2.3548·√(σx σy),
+  ``1 − b/a`` = 1 − σy/σx."""
+  rng = np.random.default_rng(7)
+  yy, xx = np.mgrid[:200, :200]
+  xy = np.stack(np.meshgrid(np.arange(25, 200, 50), np.arange(25, 200, 50)), -1).reshape(-1, 2)
+  xy = xy + rng.uniform(-0.5, 0.5, xy.shape)
+  image = sum(1e3 * np.exp(-((xx - x) ** 2 / (2 * sx * sx) + (yy - y) ** 2 / (2 * sy * sy)))
+              for x, y in xy) + rng.normal(0.0, 1.0, (200, 200))
+  size, ell = star_detect.shapes(image, xy)
+  expected = 2.0 * np.sqrt(2.0 * np.log(2.0)) * np.sqrt(sx * sy)
+  assert abs(np.median(size) / expected - 1.0) < 0.02, (np.median(size), expected)
+  assert abs(np.median(ell) - (1.0 - sy / sx)) < 0.01, np.median(ell)
+
+
+def test_guard_refuses_a_deconvolution_that_broadens_or_elongates_the_stars():
+  """``correct_psf.harm``: the same stars broader after (an undersampled frame deconvolved to a
+  wider target) or more elongated → the reason; sharper and rounder → None."""
+  from flatai_jax import correct_psf
+  yy, xx = np.mgrid[:160, :160]
+  xy = np.stack(np.meshgrid(np.arange(20, 160, 30), np.arange(20, 160, 30)), -1).reshape(-1, 2)
+  stars_of = lambda sx, sy: sum(1e3 * np.exp(-((xx - x) ** 2 / (2 * sx * sx)
+                                               + (yy - y) ** 2 / (2 * sy * sy))) for x, y in xy)
+  sharp, broad, long = stars_of(0.8, 0.8), stars_of(1.6, 1.6), stars_of(1.6, 0.8)
+  assert correct_psf.harm(broad, sharp, xy) is None
+  assert "broader (median FWHM 1.76 → 3.77 px" in correct_psf.harm(sharp, broad, xy)
+  assert correct_psf.harm(sharp, broad, xy, sharpen=False) is None  # a wider target, asked for
+  assert "more elongated" in correct_psf.harm(sharp, long, xy, sharpen=False)
+
+
+def test_hot_pixels_are_not_stars_of_the_fit():
+  """Single hot pixels pass a raw frame's detection; no PSF of the model's optics is that
+  narrow, so the fit leaves them out and says so (here: nothing else to fit)."""
+  rng = np.random.default_rng(8)
+  image = SKY + rng.normal(0.0, NOISE, HW)
+  g = np.arange(28, 230, 40)
+  image[np.ix_(g, g)] += 500.0  # 36, isolated
+  with pytest.raises(ValueError, match=r"^only 0 measurable stars .*; 36 sources narrower than "
+                                       r"1\.2 px left out \(hot pixels"):
+    psf_fit.fit_psf_field(image, _cfg(), (5, 5))

@@ -79,11 +79,17 @@ def measure(plane: np.ndarray, xy: np.ndarray, box: int = 15, aperture: float = 
     xi, yi = int(round(x)), int(round(y))
     cut = data[yi - half:yi + half + 1, xi - half:xi + half + 1]
     fwhm[i], ell[i] = fit_star(cut, x - xi + half, y - yi + half)
-  flux = np.full(len(xy), np.nan)
-  if len(xy):
-    flux, _, _ = sep.sum_circle(data, xy[:, 0], xy[:, 1], aperture,
-                                bkgann=(aperture + 2.0, aperture + 6.0))
-  return {"fwhm": fwhm, "ellipticity": ell, "flux": np.asarray(flux, np.float64)}
+  return {"fwhm": fwhm, "ellipticity": ell, "flux": aperture_flux(data, xy, aperture)}
+
+
+def aperture_flux(data: np.ndarray, xy: np.ndarray, aperture: float) -> np.ndarray:
+  """``(n,) float64`` fluxes of the stars ``xy`` in a circle of ``aperture`` px on ``data``
+  (background removed), less a local background from the annulus 2–6 px outside it."""
+  if not len(xy):
+    return np.full(0, np.nan)
+  flux, _, _ = sep.sum_circle(np.ascontiguousarray(data, np.float64), xy[:, 0], xy[:, 1],
+                              aperture, bkgann=(aperture + 2.0, aperture + 6.0))
+  return np.asarray(flux, np.float64)
 
 
 def field_radius_px(xy: np.ndarray, hw) -> np.ndarray:

@@ -46,6 +46,7 @@ MODEL_FLOOR = 0.03  # per-star error floor, fraction of its peak: bright stars d
 EVEN_FIELDS = ("defocus", "spherical", "astigmatism", "field_curvature", "tilt", "astig0")
 ODD_FIELDS = ("coma", "trefoil", "coma0")  # the asymmetric part of a star, fitted first
 ODD_STEPS = 150  # Adam steps of the odd fields alone before all of them (module docstring)
+NARROWEST = 0.6  # sources narrower than this × the diffraction FWHM (≈ λ/D) are not its stars
 
 
 class FieldParams(NamedTuple):
@@ -297,9 +298,18 @@ def fit_psf_field(plane: np.ndarray, cfg, grid=(5, 5), stamp: int | None = None,
   data, rms = star_detect.background(plane)
   xy = star_detect.find_stars(plane, rms, usable=saturation_mask(plane), snr=snr,
                               max_stars=100_000, box=size, compact=False)
+  # hot pixels and cosmic rays pass the detection of a raw frame; no PSF of these optics is
+  # that narrow (measured on the brightest candidates spread over the frame: moments are cheap)
+  xy = xy[select_spread(xy, hw, 4 * max_stars)]
+  width, _ = star_detect.shapes(plane, xy)
+  narrow = width < NARROWEST * spec.q
+  xy = xy[~narrow]
   if len(xy) < min_stars:
+    why = (f"; {int(narrow.sum())} sources narrower than {NARROWEST * spec.q:.1f} px left out "
+           f"(hot pixels, or optics sampled finer than the model's λ/D = {spec.q:g} px)"
+           if narrow.any() else "")
     raise ValueError(f"only {len(xy)} measurable stars (isolated by {size} px, unsaturated, "
-                     f"peak ≥ {snr:g} σ); the PSF-field fit needs at least {min_stars}")
+                     f"peak ≥ {snr:g} σ){why}; the PSF-field fit needs at least {min_stars}")
   xy = xy[select_spread(xy, hw, max_stars)]
   stamps, offsets = cut_stamps(data, xy, size)
   n, n_pad = len(xy), bucket(len(xy))
