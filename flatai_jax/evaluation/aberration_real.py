@@ -3,7 +3,8 @@
 No truth: each frame is scored against itself, on the same stars before and after — their size
 and elongation (``physics.star_detect.shapes``: adaptive moments, no PSF model, so the measure
 does not share the correction's model), aperture flux after / before, dark halos
-(``stars.ringing``, noise σ) and the pixel noise after / before (``star_detect.sky_noise``) — per
+(``stars.ringing``, noise σ) and the background RMS after / before (``sep``'s, of pixel values:
+a deconvolved frame's noise is correlated, which pixel differences would not see) — per
 zone (``stars.zones``: centre, corner, all). Methods: doing nothing; the physics correction and
 the shipped model (fitted PSF field + Richardson–Lucy [+ cleanup]) *as they would run without
 their guard* (``correct_psf.harm``), with the guard's verdict beside them, so that the table
@@ -65,7 +66,7 @@ def score_frame(plane: np.ndarray, corrector) -> dict:
                            "flux_ratio": med(ratio, z),
                            "ringing_sigma": float(np.nanmin(ring[z])) if np.isfinite(ring[z]).any()
                            else float("nan")} for name, z in masks.items()}
-    methods[key]["noise_ratio"] = star_detect.sky_noise(out) / noise
+    methods[key]["noise_ratio"] = star_detect.background(out)[1] / star_detect.background(plane)[1]
   return {"stars": int(len(xy)), "zone_stars": {k: int(v.sum()) for k, v in masks.items()},
           "fit": {"stars_used": int(len(phys.field.stars)),
                   "residual_rms_sigma": float(phys.field.rms),

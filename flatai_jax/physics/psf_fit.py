@@ -47,6 +47,8 @@ EVEN_FIELDS = ("defocus", "spherical", "astigmatism", "field_curvature", "tilt",
 ODD_FIELDS = ("coma", "trefoil", "coma0")  # the asymmetric part of a star, fitted first
 ODD_STEPS = 150  # Adam steps of the odd fields alone before all of them (module docstring)
 NARROWEST = 0.6  # sources narrower than this × the diffraction FWHM (≈ λ/D) are not its stars
+STAMP_FWHM = 5.0  # default stamp: this × the 90th percentile of the stars' FWHM, …
+STAMP_RANGE = (11, 25)  # … within these px (and at most kernel_size)
 
 
 class FieldParams(NamedTuple):
@@ -267,6 +269,20 @@ def field_of(xy, hw):
   return geometry.field_position(geometry.pixel_coords(xy, hw), hw[0] / hw[1])
 
 
+def _stamp(plane, rms, usable, snr, max_stars, spec) -> int:
+  """The default fit stamp (:func:`fit_psf_field`): odd, from the FWHM (adaptive moments) of
+  the brightest stars isolated by the smallest stamp, hot pixels (``NARROWEST``) left out."""
+  low, high = STAMP_RANGE[0], min(STAMP_RANGE[1], spec.kernel_size)
+  xy = star_detect.find_stars(plane, rms, usable=usable, snr=snr, max_stars=100_000, box=low,
+                              compact=False)
+  width, _ = star_detect.shapes(plane, xy[select_spread(xy, plane.shape, max_stars)])
+  width = width[np.isfinite(width) & (width >= NARROWEST * spec.q)]
+  if width.size == 0:
+    return high
+  side = int(np.ceil(STAMP_FWHM * np.percentile(width, 90)))
+  return int(np.clip(side + 1 - side % 2, low, high))
+
+
 def fit_psf_field(plane: np.ndarray, cfg, grid=(5, 5), stamp: int | None = None,
                   snr: float = 20.0, max_stars: int = 256, steps: int = 300,
                   lr: float = 0.02, min_stars: int = MIN_STARS) -> PSFField:
@@ -277,8 +293,11 @@ def fit_psf_field(plane: np.ndarray, cfg, grid=(5, 5), stamp: int | None = None,
     cfg: ``config.degrade.psf``: the optics' sampling ``q``, pupil (obstruction,
       spiders), band, ``kernel_size`` and ``num_modes`` (static, known for a telescope).
     grid: PSF nodes ``(gy, gx)`` of the returned field.
-    stamp: fit stamp side, px, odd, ≤ ``kernel_size`` (default ``min(kernel_size, 25)``);
-      stars closer than this to another source or the border are not used.
+    stamp: fit stamp side, px, odd, ≤ ``kernel_size``; stars closer than this to another
+      source or the border are not used. Default (:func:`_stamp`): ``STAMP_FWHM`` × the
+      stars' 90th-percentile FWHM within ``STAMP_RANGE`` — the aberrated corners' 6-px stars
+      need 25 px, a crowded field of 2-px stars has none isolated by 25 px (a Spitzer mosaic:
+      0 of them, 24 by 15 px).
     snr: peak signal-to-noise of a usable star.
     max_stars: at most this many stars are fitted, spread over the frame (brightest per cell).
     steps, lr: Adam steps (after the ``ODD_STEPS`` of the odd fields alone) and peak learning
@@ -290,14 +309,15 @@ def fit_psf_field(plane: np.ndarray, cfg, grid=(5, 5), stamp: int | None = None,
     ValueError: one line naming the count when fewer than ``min_stars`` stars are measurable.
   """
   spec = psf.PSFSpec.from_config(cfg)
-  size = stamp or min(spec.kernel_size, 25)
-  if size % 2 != 1 or size > spec.kernel_size:
-    raise ValueError(f"stamp {size} must be odd and at most kernel_size {spec.kernel_size}")
   plane = np.asarray(plane, np.float64)
   hw = plane.shape
   data, rms = star_detect.background(plane)
-  xy = star_detect.find_stars(plane, rms, usable=saturation_mask(plane), snr=snr,
-                              max_stars=100_000, box=size, compact=False)
+  usable = saturation_mask(plane)
+  size = stamp or _stamp(plane, rms, usable, snr, max_stars, spec)
+  if size % 2 != 1 or size > spec.kernel_size:
+    raise ValueError(f"stamp {size} must be odd and at most kernel_size {spec.kernel_size}")
+  xy = star_detect.find_stars(plane, rms, usable=usable, snr=snr, max_stars=100_000, box=size,
+                              compact=False)
   # hot pixels and cosmic rays pass the detection of a raw frame; no PSF of these optics is
   # that narrow (measured on the brightest candidates spread over the frame: moments are cheap)
   xy = xy[select_spread(xy, hw, 4 * max_stars)]
