@@ -84,8 +84,10 @@ def frames(root=real.DEFAULT_DIR) -> list[tuple[str, str]]:
   """``(name, content)`` of the evaluation set's mono light and raw frames (the Bayer mosaics,
   whose stars are checkered by the filter pattern, are left out)."""
   files = real.load_manifest(root)["files"]
+  bayer = [Path(f["name"]).stem for f in files if "Bayer" in f.get("notes", "")]
+  mosaic = lambda f: any(b in f.get("notes", "") for b in ["Bayer", *bayer])  # "As <a Bayer one>"
   return [(f["name"], f["content"]) for f in files
-          if f["kind"] in ("light", "raw") and "Bayer" not in f.get("notes", "")]
+          if f["kind"] in ("light", "raw") and not mosaic(f)]
 
 
 METHODS = {"uncorrected": "uncorrected", "physics": "physics (fitted field + RL)",
