@@ -325,7 +325,8 @@ def fit_psf_field(plane: np.ndarray, cfg, grid=(5, 5), stamp: int | None = None,
   narrow = width < NARROWEST * spec.q
   xy = xy[~narrow]
   if len(xy) < min_stars:
-    why = (f"; {int(narrow.sum())} source{'s' * (narrow.sum() != 1)} narrower than {NARROWEST * spec.q:.1f} px left out "
+    count = int(narrow.sum())
+    why = (f"; {count} source{'s' * (count != 1)} narrower than {NARROWEST * spec.q:.1f} px left out "
            f"(hot pixels, or optics sampled finer than the model's λ/D = {spec.q:g} px)"
            if narrow.any() else "")
     raise ValueError(f"only {len(xy)} measurable stars (isolated by {size} px, unsaturated, "
