@@ -6,7 +6,7 @@ Seidel-like field model of ``optics.field_coefficients`` (constant defocus, sphe
 trefoil; coma ∝ h; astigmatism and field curvature ∝ h²; a tilted sensor) plus
 constant astigmatism and coma (a decentred or tilted element), and one Gaussian seeing σ for
 the whole frame (real stars are the optics' PSF blurred by the atmosphere: on the real NITES
-frame the fit's residual 7.7 → 4.2 σ with it, seeing 1.8 px; on the synthetic fields, which have
+frame the fit's residual 7.7 → 1.9 σ with it, seeing 2.2 px; on the synthetic fields, which have
 none, it stays at 0.00–0.02 px). Each star ``i`` is ``flux_i · shift(PSF(h_i) ⊗ seeing, δ_i) +
 background_i`` on its stamp, ``PSF`` from ``optics.render_psfs`` (the forward model's renderer:
 normalised, centroid on the centre pixel) and ``shift`` a sub-pixel Fourier shift (the
