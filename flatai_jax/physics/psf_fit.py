@@ -44,6 +44,7 @@ import optax
 from flatai_jax.physics import convolve, geometry, host_threads, optics, psf, star_detect
 
 MIN_STARS = 20  # fewer measurable stars than this: no fit (one-line error)
+CROWDED_BELOW = 50  # fewer isolated stars than this: neighbours masked instead (crowded field)
 SHIFT_SCALE = 5.0  # centre offsets are optimised in units of this many px (Adam steps ~ lr)
 MODEL_FLOOR = 0.03  # per-star error floor, fraction of its peak: bright stars do not dominate
 EVEN_FIELDS = ("defocus", "spherical", "astigmatism", "field_curvature", "tilt", "astig0")
@@ -297,18 +298,24 @@ def field_of(xy, hw):
   return geometry.field_position(geometry.pixel_coords(xy, hw), hw[0] / hw[1])
 
 
-def _stamp(plane, rms, usable, snr, max_stars, spec) -> int:
-  """The default fit stamp (:func:`fit_psf_field`): odd, from the FWHM (adaptive moments) of
-  the brightest stars isolated by the smallest stamp, hot pixels (``NARROWEST``) left out."""
+def _stamp(plane, rms, usable, snr, max_stars, spec) -> tuple[int, float]:
+  """The default fit stamp (:func:`fit_psf_field`), odd, and the stars' 90th-percentile FWHM
+  (px) it comes from: adaptive moments of the brightest stars isolated by the smallest stamp,
+  hot pixels (``NARROWEST``) left out; on a field too crowded for ten of them, ``sep``'s
+  second moments of its unblended stars."""
   low, high = STAMP_RANGE[0], min(STAMP_RANGE[1], spec.kernel_size)
   xy = star_detect.find_stars(plane, rms, usable=usable, snr=snr, max_stars=100_000, box=low,
                               compact=False)
   width, _ = star_detect.shapes(plane, xy[select_spread(xy, plane.shape, max_stars)])
   width = width[np.isfinite(width) & (width >= NARROWEST * spec.q)]
+  if width.size < 10:
+    width = star_detect.extraction_fwhm(plane, rms, snr)
+    width = width[width >= NARROWEST * spec.q]
   if width.size == 0:
-    return high
-  side = int(np.ceil(STAMP_FWHM * np.percentile(width, 90)))
-  return int(np.clip(side + 1 - side % 2, low, high))
+    return high, high / STAMP_FWHM
+  fwhm = float(np.percentile(width, 90))
+  side = int(np.ceil(STAMP_FWHM * fwhm))
+  return int(np.clip(side + 1 - side % 2, low, high)), fwhm
 
 
 def fit_psf_field(plane: np.ndarray, cfg, grid=(5, 5), stamp: int | None = None,
@@ -322,10 +329,13 @@ def fit_psf_field(plane: np.ndarray, cfg, grid=(5, 5), stamp: int | None = None,
       spiders), band, ``kernel_size`` and ``num_modes`` (static, known for a telescope).
     grid: PSF nodes ``(gy, gx)`` of the returned field.
     stamp: fit stamp side, px, odd, ≤ ``kernel_size``; stars closer than this to another
-      source or the border are not used. Default (:func:`_stamp`): ``STAMP_FWHM`` × the
-      stars' 90th-percentile FWHM within ``STAMP_RANGE`` — the aberrated corners' 6-px stars
-      need 25 px, a crowded field of 2-px stars has none isolated by 25 px (a Spitzer mosaic:
-      0 of them, 24 by 15 px).
+      source or the border are not used — unless fewer than ``CROWDED_BELOW`` are, on a
+      crowded field: then stars whose neighbours' light stays off their core, with it masked
+      on their stamps (``star_detect.crowded_stars``), where that gives more. Default
+      (:func:`_stamp`): ``STAMP_FWHM`` × the stars' 90th-percentile FWHM within
+      ``STAMP_RANGE`` — the aberrated corners' 6-px stars need 25 px, a crowded field of 2-px
+      stars has none isolated by 25 px (a Spitzer mosaic: 0 of them, 7 by 17 px; 377 with
+      their neighbours masked).
     snr: peak signal-to-noise of a usable star.
     max_stars: at most this many stars are fitted, spread over the frame (brightest per cell).
     steps, lr: Adam steps (after the ``ODD_STEPS`` of the odd fields alone) and peak learning
@@ -341,25 +351,36 @@ def fit_psf_field(plane: np.ndarray, cfg, grid=(5, 5), stamp: int | None = None,
   hw = plane.shape
   data, rms = star_detect.background(plane)
   usable = saturation_mask(plane)
-  size = stamp or _stamp(plane, rms, usable, snr, max_stars, spec)
+  size, fwhm = (stamp, stamp / STAMP_FWHM) if stamp else _stamp(plane, rms, usable, snr,
+                                                                 max_stars, spec)
   if size % 2 != 1 or size > spec.kernel_size:
     raise ValueError(f"stamp {size} must be odd and at most kernel_size {spec.kernel_size}")
   xy = star_detect.find_stars(plane, rms, usable=usable, snr=snr, max_stars=100_000, box=size,
                               compact=False)
+  clear = np.ones((len(xy), size, size), bool)
+  crowded = len(xy) < CROWDED_BELOW
+  if crowded:  # too few isolated stars: stars with their neighbours masked, where more
+    masked = star_detect.crowded_stars(plane, rms, size, fwhm, usable=usable, snr=snr)
+    crowded = len(masked[0]) > len(xy)
+    xy, clear = masked if crowded else (xy, clear)
   # hot pixels and cosmic rays pass the detection of a raw frame; no PSF of these optics is
   # that narrow (measured on the brightest candidates spread over the frame: moments are cheap)
-  xy = xy[select_spread(xy, hw, 4 * max_stars)]
+  pick = select_spread(xy, hw, 4 * max_stars)
+  xy, clear = xy[pick], clear[pick]
   width, _ = star_detect.shapes(plane, xy)
   narrow = width < NARROWEST * spec.q
-  xy, width = xy[~narrow], width[~narrow]
+  xy, clear, width = xy[~narrow], clear[~narrow], width[~narrow]
   if len(xy) < min_stars:
     count = int(narrow.sum())
     why = (f"; {count} source{'s' * (count != 1)} narrower than {NARROWEST * spec.q:.1f} px left out "
            f"(hot pixels, or optics sampled finer than the model's λ/D = {spec.q:g} px)"
            if narrow.any() else "")
-    raise ValueError(f"only {len(xy)} measurable stars (isolated by {size} px, unsaturated, "
+    where = (f"neighbours masked, core clear by {fwhm:.1f} px" if crowded
+             else f"isolated by {size} px")
+    raise ValueError(f"only {len(xy)} measurable stars ({where}, unsaturated, "
                      f"peak ≥ {snr:g} σ){why}; the PSF-field fit needs at least {min_stars}")
-  xy = xy[select_spread(xy, hw, max_stars)]
+  pick = select_spread(xy, hw, max_stars)
+  xy, clear = xy[pick], clear[pick]
   stamps, offsets = cut_stamps(data, xy, size)
   n, n_pad = len(xy), bucket(len(xy))
   peak = stamps.max(axis=(1, 2))
@@ -369,7 +390,7 @@ def fit_psf_field(plane: np.ndarray, cfg, grid=(5, 5), stamp: int | None = None,
   h = pad(np.asarray(field_of(xy, hw)))
   fit = _fit_fn(spec, size, int(steps), float(lr), ODD_STEPS)
   args = (jnp.asarray(pad(offsets) / SHIFT_SCALE), jnp.asarray(pad(stamps)),
-          jnp.ones((n_pad, size, size)), jnp.asarray(w), jnp.asarray(h))
+          jnp.asarray(pad(clear)), jnp.asarray(w), jnp.asarray(h))
   # the relative sign of astigmatism and field curvature has local minima: one fit per start,
   # compiled once, side by side on the CPU cores
   runs = [(start, *args) for start in starts(seeing_start(width, spec))]

@@ -57,21 +57,14 @@ def find_stars(plane: np.ndarray, noise_rms: float, usable: np.ndarray | None = 
     ``(n, 2) float64`` (x, y) pixel positions (pixel centres at integers),
     brightest first.
   """
-  data, _ = background(plane)
-  thresh = snr * max(noise_rms, 1e-12)
-  objs, segments = sep.extract(data, thresh, minarea=3, deblend_cont=1.0,
-                                segmentation_map=True)
+  data, objs, segments, faint = _extract(plane, noise_rms, snr)
   if len(objs) == 0:
     return np.zeros((0, 2))
-  h, w = plane.shape
   xy = np.stack([objs["x"], objs["y"]], -1)
   half = box // 2
   # isolation against every detection, also fainter ones (found at a lower threshold)
-  faint = sep.extract(data, max(thresh / 4, 1e-12), minarea=3)
   others = np.stack([faint["x"], faint["y"]], -1) if len(faint) else xy
-  inside = ((xy[:, 0] > half + 1) & (xy[:, 0] < w - half - 2) &
-            (xy[:, 1] > half + 1) & (xy[:, 1] < h - half - 2))
-  keep = isolated(xy, others, segments, box) & inside & (objs["flag"] == 0)
+  keep = isolated(xy, others, segments, box) & _inside(xy, plane.shape, half) & (objs["flag"] == 0)
   if compact:  # point sources only: nebula knots have larger half-light radii than the frame's stars
     hlr, _ = sep.flux_radius(data, xy[:, 0], xy[:, 1], np.full(len(xy), float(half)), 0.5,
                              subpix=5)
@@ -83,6 +76,104 @@ def find_stars(plane: np.ndarray, noise_rms: float, usable: np.ndarray | None = 
   idx = np.flatnonzero(keep)
   idx = idx[np.argsort(-objs["peak"][idx])][:max_stars]
   return xy[idx]
+
+
+def _extract(plane: np.ndarray, noise_rms: float, snr: float):
+  """The plane minus its background; ``sep``'s detections above ``snr · noise_rms`` (no
+  deblending) with their segmentation map; and every detection at a quarter of that threshold
+  (deblended), the neighbours."""
+  data, _ = background(plane)
+  thresh = snr * max(noise_rms, 1e-12)
+  objs, segments = sep.extract(data, thresh, minarea=3, deblend_cont=1.0,
+                                segmentation_map=True)
+  if len(objs) == 0:
+    return data, objs, segments, objs
+  try:
+    faint = sep.extract(data, max(thresh / 4, 1e-12), minarea=3)
+  except Exception as err:  # a crowded frame's blends overflow sep's deblending: keep them whole
+    if "deblending overflow" not in str(err):
+      raise
+    faint = sep.extract(data, max(thresh / 4, 1e-12), minarea=3, deblend_nthresh=1)
+  return data, objs, segments, faint
+
+
+def _inside(xy: np.ndarray, hw, half: int) -> np.ndarray:
+  """``(n,) bool``: a stamp of half-side ``half`` about the rounded position is in the frame."""
+  h, w = hw
+  return ((xy[:, 0] > half + 1) & (xy[:, 0] < w - half - 2) &
+          (xy[:, 1] > half + 1) & (xy[:, 1] < h - half - 2))
+
+
+def extraction_fwhm(plane: np.ndarray, noise_rms: float, snr: float = 10.0) -> np.ndarray:
+  """``(n,)`` FWHM, px, of the unblended detections above ``snr · noise_rms`` from ``sep``'s
+  second moments (``2.355 · sqrt(a · b)``): cruder than :func:`shapes`, but needs no isolation."""
+  _, objs, _, _ = _extract(plane, noise_rms, snr)
+  ok = (objs["flag"] == 0) & (objs["b"] > 0) if len(objs) else np.zeros(0, bool)
+  return 2.0 * np.sqrt(2.0 * np.log(2.0)) * np.sqrt(objs["a"][ok] * objs["b"][ok])
+
+
+def crowded_stars(plane: np.ndarray, noise_rms: float, size: int, fwhm: float,
+                  usable: np.ndarray | None = None, snr: float = 10.0
+                  ) -> tuple[np.ndarray, np.ndarray]:
+  """Stars of a crowded plane, each with its neighbours' light masked on its stamp.
+
+  Where no star is isolated by a whole stamp (a dense field), a star is still measurable when
+  its neighbours' light stays off its core: each other detection ``j`` (the deblended faint
+  extraction, also fainter ones) covers a disk out to where a Gaussian of the frame's ``fwhm``
+  and its peak falls to the noise, ``r_j = fwhm/2 · sqrt(log2(peak_j / σ)) + 1`` px. A star is
+  kept when no disk reaches within ``fwhm`` of its centre and at least half of its stamp is
+  clear; the disks are its stamp's mask. A star's own lobes (faint detections inside its own
+  segment, :func:`isolated`) are not its neighbours.
+
+  Args:
+    plane: ``(H, W)`` linear image.
+    noise_rms: its pixel noise σ, same unit.
+    size: stamp side, px, odd (stamps centred on the rounded positions, as
+      ``psf_fit.cut_stamps``).
+    fwhm: the frame's typical star FWHM, px.
+    usable: optional ``(H, W) bool``; stars touching an unusable pixel within the stamp
+      are dropped.
+    snr: peak signal-to-noise threshold of a star.
+  Returns:
+    ``(n, 2) float64`` (x, y) px brightest first, and ``(n, size, size) bool``: True where the
+    stamp is clear of other sources.
+  """
+  data, objs, segments, faint = _extract(plane, noise_rms, snr)
+  half = size // 2
+  if len(objs) == 0 or len(faint) == 0:
+    return np.zeros((0, 2)), np.zeros((0, size, size), bool)
+  xy = np.stack([objs["x"], objs["y"]], -1)
+  others = np.stack([faint["x"], faint["y"]], -1)
+  radius = 0.5 * fwhm * np.sqrt(np.log2(np.maximum(faint["peak"] / max(noise_rms, 1e-12), 2.0))) + 1
+  h, w = segments.shape
+  ij = np.rint(others).astype(int)
+  label = segments[np.clip(ij[:, 1], 0, h - 1), np.clip(ij[:, 0], 0, w - 1)]
+  tree = cKDTree(others)
+  _, nearest = tree.query(xy)
+  yy, xx = np.mgrid[-half:half + 1, -half:half + 1].astype(np.float64)
+  reach = half * np.sqrt(2.0) + float(radius.max())
+  keep = _inside(xy, plane.shape, half) & (objs["flag"] == 0)
+  clear = np.ones((len(xy), size, size), bool)
+  for i in np.flatnonzero(keep):
+    near = np.asarray(tree.query_ball_point(xy[i], reach), int)
+    near = near[(near != nearest[i]) & (label[near] != i + 1)]
+    if near.size == 0:
+      continue
+    d = np.hypot(*(others[near] - xy[i]).T)
+    if np.any(d - radius[near] < fwhm):
+      keep[i] = False
+      continue
+    cx, cy = np.rint(xy[i])
+    for (ox, oy), r in zip(others[near] - (cx, cy), radius[near]):
+      clear[i] &= (xx - ox) ** 2 + (yy - oy) ** 2 > r * r
+    keep[i] = clear[i].mean() >= 0.5
+  if usable is not None:
+    for i in np.flatnonzero(keep):
+      x, y = int(round(xy[i, 0])), int(round(xy[i, 1]))
+      keep[i] = usable[y - half:y + half + 1, x - half:x + half + 1].all()
+  idx = np.flatnonzero(keep)
+  idx = idx[np.argsort(-objs["peak"][idx])]
+  return xy[idx], clear[idx]
 
 
 def isolated(xy: np.ndarray, others: np.ndarray, segments: np.ndarray, box: float) -> np.ndarray:
