@@ -85,7 +85,7 @@ def correct_physics(image: np.ndarray, cfg, target="diffraction", grid=DEFAULT_G
     cfg: ``config.degrade.psf`` (the optics' sampling, pupil, band, kernel, modes).
     target: ``"diffraction"``, ``"centre"`` or a Gaussian FWHM in px
       (``deconvolve.target_psf``); the first two keep the frame's fitted seeing (the field's
-      ``seeing_sigma_px``): the optics are corrected, the atmosphere is not an aberration.
+      ``seeing_fwhm_px``): the optics are corrected, the atmosphere is not an aberration.
     grid: PSF nodes ``(gy, gx)``.
     max_iter: cap on the Richardson–Lucy iterations (``deconvolve.sharpen``).
     cleanup: optional ``(H, W, C) -> (H, W, C)`` run on the deconvolved frame (the learned
@@ -105,7 +105,7 @@ def correct_physics(image: np.ndarray, cfg, target="diffraction", grid=DEFAULT_G
   spec_modes = field.coeffs.shape[-1]
   centre = psf_fit.field_model(psf_fit.params_from_dict(field.params), jnp.zeros(2), spec_modes)
   t = deconvolve.target_psf(target, cfg, centre_coeffs=centre)
-  seeing = field.params.get("seeing_sigma_px", 0.0)
+  seeing = field.params.get("seeing_fwhm_px", 0.0)
   if target in ("diffraction", "centre") and seeing > 0:  # the optics corrected, not the air
     t = np.asarray(psf_fit.shift_psfs(jnp.asarray(t)[None], jnp.zeros((1, 2)), seeing)[0])
   fitted = time.perf_counter()
@@ -114,7 +114,7 @@ def correct_physics(image: np.ndarray, cfg, target="diffraction", grid=DEFAULT_G
              sharpen=target in ("diffraction", "centre")) if guard else None
   if why:
     raise ValueError(f"not corrected: {why}; the fitted PSF model (λ/D = {cfg.q:g} px, seeing "
-                     f"σ {seeing:.2f} px; residual {field.rms:.1f} σ) does not describe them")
+                     f"FWHM {seeing:.2f} px; residual {field.rms:.1f} σ) does not describe them")
   done = time.perf_counter()
   seconds = {"fit": fitted - start, "deconvolve": done - fitted}
   deconvolved = None
