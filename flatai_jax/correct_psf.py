@@ -107,7 +107,8 @@ def correct_physics(image: np.ndarray, cfg, target="diffraction", grid=DEFAULT_G
   t = deconvolve.target_psf(target, cfg, centre_coeffs=centre)
   seeing = field.params.get("seeing_fwhm_px", 0.0)
   if target in ("diffraction", "centre") and seeing > 0:  # the optics corrected, not the air
-    t = np.asarray(psf_fit.shift_psfs(jnp.asarray(t)[None], jnp.zeros((1, 2)), seeing)[0])
+    t = np.asarray(psf_fit.shift_psfs(jnp.asarray(t)[None], jnp.zeros((1, 2)),
+                                      seeing / psf_fit.FWHM_PER_SIGMA)[0])
   fitted = time.perf_counter()
   out, iterations, chi2 = deconvolve.sharpen(filled, field.psfs, t, max_iter)
   why = harm(filled.mean(-1), out.mean(-1), field.stars,

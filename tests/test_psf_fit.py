@@ -78,9 +78,9 @@ def test_fit_recovers_the_zernike_field(name):
 
 def test_fit_recovers_the_seeing_and_the_optics_under_it():
   """Real stars are the optics' PSF blurred by the atmosphere: the strong frame's optics under a
-  Kolmogorov seeing of FWHM 2.4 px (as wide as the diffraction core) — the seeing back within
+  Kolmogorov seeing of FWHM 2.35 px (as wide as the diffraction core) — the seeing back within
   10 % and every Zernike mode within the issue's 0.03 waves."""
-  params = TRUTH._replace(seeing=2.4)
+  params = TRUTH._replace(seeing=1.0)  # FWHM / psf_fit.FWHM_PER_SIGMA
   _, observed, _ = _star_field(truth=params)
   field = psf_fit.fit_psf_field(observed, _cfg(), (5, 5))
   h = jnp.asarray(psf_fit.field_of(field.node_xy, HW))
@@ -89,7 +89,7 @@ def test_fit_recovers_the_seeing_and_the_optics_under_it():
             key=lambda e: e.max())
   seeing = field.params["seeing_fwhm_px"]
   print(f"seeing FWHM {seeing:.3f} px, residual {field.rms:.2f} σ, mode errors {err.round(4)}")
-  assert abs(seeing - 2.4) < 0.24, seeing
+  assert abs(seeing - psf_fit.FWHM_PER_SIGMA) < 0.24, seeing
   assert err.max() < COEFF_TOL, err.round(4)
 
 
@@ -100,7 +100,8 @@ def test_kolmogorov_seeing_has_its_fwhm_and_moffat_wings():
   k = 101
   point = np.zeros((1, k, k), np.float32)
   point[0, k // 2, k // 2] = 1.0
-  star = np.asarray(psf_fit.shift_psfs(jnp.asarray(point), jnp.zeros((1, 2)), 6.0))[0]
+  star = np.asarray(psf_fit.shift_psfs(jnp.asarray(point), jnp.zeros((1, 2)),
+                                       6.0 / psf_fit.FWHM_PER_SIGMA))[0]
   _, ell = star_detect.shapes(star.astype(np.float64) * 1e4, np.array([[50.0, 50.0]]), radius=40)
   row = star[k // 2, k // 2:] / star.max()  # the profile from the centre outwards
   half = np.interp(0.5, row[::-1], np.arange(len(row))[::-1])  # where it falls to half, px

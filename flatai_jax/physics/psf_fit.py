@@ -6,7 +6,7 @@ Seidel-like field model of ``optics.field_coefficients`` (constant defocus, sphe
 trefoil; coma ∝ h; astigmatism and field curvature ∝ h²; a tilted sensor) plus
 constant astigmatism and coma (a decentred or tilted element), and one seeing for the whole
 frame (real stars are the optics' PSF blurred by the atmosphere: on the real NITES frame the
-fit's residual 7.7 → 2.0 σ with it, seeing FWHM 5 px; on the synthetic fields, which have none,
+fit's residual 7.7 → 2.0 σ with it, seeing FWHM 4.9 px; on the synthetic fields, which have none,
 it stays near 0). The seeing is Kolmogorov turbulence's long-exposure transfer function,
 ``exp(−3.44 (λ/r0 · ν)^{5/3})`` with ``λ/r0 = FWHM / 0.98`` (``ν`` cycles/px): its wings are
 a Moffat's of β ≈ 4.8, as real stars' and the training skies' (``physics.sky``: Moffat seeing).
@@ -55,8 +55,9 @@ MODEL_FLOOR = 0.03  # per-star error floor, fraction of its peak: bright stars d
 EVEN_FIELDS = ("defocus", "spherical", "astigmatism", "field_curvature", "tilt", "astig0")
 ODD_FIELDS = ("coma", "trefoil", "coma0")  # the asymmetric part of a star, fitted first
 ODD_STEPS = 150  # Adam steps of the odd fields alone before all of them (module docstring)
-SEEING_START = 0.7  # px FWHM: the seeing's start (0 would be a saddle: the loss is even in it)
+SEEING_START = 0.3  # px (FWHM / FWHM_PER_SIGMA): the seeing's start (0 would be a saddle)
 KOLMOGOROV_FWHM = 0.98  # FWHM of the Kolmogorov long-exposure PSF, units of λ/r0
+FWHM_PER_SIGMA = 2.0 * math.sqrt(2.0 * math.log(2.0))  # the seeing is fitted as FWHM / this
 NARROWEST = 0.6  # sources narrower than this × the diffraction FWHM (≈ λ/D) are not its stars
 STAMP_FWHM = 5.0  # default stamp: this × the 90th percentile of the stars' FWHM, …
 STAMP_RANGE = (11, 25)  # … within these px (and at most kernel_size)
@@ -67,7 +68,9 @@ class FieldParams(NamedTuple):
   system: optics.OpticalSystem  # the Seidel-like field model (optics.field_coefficients)
   astig0: jax.Array  # (2,) constant (Z5, Z6): decentred element
   coma0: jax.Array  # (2,) constant (Z7, Z8): decentred element
-  seeing: jax.Array | float = 0.0  # FWHM (px, its absolute value) of the atmosphere (Kolmogorov), everywhere
+  # the atmosphere (Kolmogorov) everywhere: its FWHM / FWHM_PER_SIGMA, px (absolute value) — in
+  # these units Adam's steps suit it (fitted as the FWHM, the fit stopped short: NITES 2.3 σ, not 2.0)
+  seeing: jax.Array | float = 0.0
 
 
 class PSFField(NamedTuple):
@@ -108,7 +111,7 @@ def initial_params() -> FieldParams:
 def starts(seeing: float = SEEING_START) -> list[FieldParams]:
   """Starts of the fit: :func:`initial_params` and the same with field curvature and defocus
   of the opposite sign to astigmatism (the fit keeps the one with the lowest loss), both with
-  the seeing FWHM ``seeing`` px (:func:`seeing_start`)."""
+  the seeing ``seeing`` (:func:`seeing_start`)."""
   p = initial_params()._replace(seeing=jnp.float32(seeing))
   s = p.system
   return [p, p._replace(system=s._replace(field_curvature=-s.field_curvature,
@@ -116,9 +119,9 @@ def starts(seeing: float = SEEING_START) -> list[FieldParams]:
 
 
 def seeing_start(width: np.ndarray, spec: psf.PSFSpec) -> float:
-  """The seeing FWHM's start from the stars' FWHM (``star_detect.shapes``): the part of their
-  5th percentile (the sharpest, least aberrated) beyond the diffraction pattern's, in quadrature,
-  at least ``SEEING_START``. (A Gaussian seeing started at σ = 0.3 px stopped at 1.06 px with the
+  """The seeing's start (FWHM / ``FWHM_PER_SIGMA``) from the stars' FWHM (``star_detect.shapes``):
+  the part of their 5th percentile (the sharpest, least aberrated) beyond the diffraction
+  pattern's, in quadrature, at least ``SEEING_START``. (A Gaussian seeing started at σ = 0.3 px stopped at 1.06 px with the
   even modes 0.1 waves off on a frame with σ = 1 px; started from the stars: 1.00 px, every mode
   within 0.01.)"""
   width = width[np.isfinite(width)]
@@ -131,7 +134,7 @@ def seeing_start(width: np.ndarray, spec: psf.PSFSpec) -> float:
   centre = np.array([[3 * k // 2 + k // 2, 3 * k // 2 + k // 2]], np.float64)
   diffraction = float(star_detect.shapes(pad, centre)[0][0])
   excess = float(np.percentile(width, 5)) ** 2 - diffraction ** 2
-  return max(SEEING_START, math.sqrt(max(excess, 0.0)))
+  return max(SEEING_START, math.sqrt(max(excess, 0.0)) / FWHM_PER_SIGMA)
 
 
 def field_model(params: FieldParams, h, num_modes: int, obstruction: float = 0.0):
@@ -163,8 +166,9 @@ def shift_psfs(p, dxy, seeing=0.0):
   Args:
     p: ``(N, k, k)`` images.
     dxy: ``(N, 2)`` (x, y) shifts, px (positive: towards larger column / row).
-    seeing: FWHM of the Kolmogorov long-exposure PSF, px (its absolute value; 0 = none):
-      transfer function ``exp(−3.44 (seeing / 0.98 · ν)^{5/3})``, ``ν`` in cycles/px.
+    seeing: the Kolmogorov long-exposure PSF's FWHM / ``FWHM_PER_SIGMA`` (the σ of a Gaussian
+      as wide), px, its absolute value; 0 = none: transfer function
+      ``exp(−3.44 (FWHM / 0.98 · ν)^{5/3})``, ``ν`` in cycles/px.
   Returns:
     ``(N, k, k) float32`` (periodic: keep the content away from the border).
   """
@@ -172,7 +176,7 @@ def shift_psfs(p, dxy, seeing=0.0):
   fy = jnp.fft.fftfreq(k)[None, :, None]
   fx = jnp.fft.rfftfreq(k)[None, None, :]
   ramp = jnp.exp(-2j * jnp.pi * (fy * dxy[:, 1, None, None] + fx * dxy[:, 0, None, None]))
-  x = (seeing / KOLMOGOROV_FWHM) ** 2 * (fy * fy + fx * fx)  # (λ/r0 · ν)², px² cycles²/px²
+  x = (FWHM_PER_SIGMA * seeing / KOLMOGOROV_FWHM) ** 2 * (fy * fy + fx * fx)  # (λ/r0 · ν)²
   safe = jnp.where(x > 0, x, 1.0)  # x^(5/6) has an infinite slope at 0: keep it out of the grad
   ramp = ramp * jnp.exp(-3.44 * jnp.where(x > 0, safe ** (5.0 / 6.0), 0.0))
   return jnp.fft.irfft2(jnp.fft.rfft2(p) * ramp, s=(k, k)).astype(jnp.float32)
@@ -180,7 +184,7 @@ def shift_psfs(p, dxy, seeing=0.0):
 
 def unit_stamps(coeffs, dxy, spec: psf.PSFSpec, size: int, seeing=0.0):
   """``(N, size, size)`` unit-flux star images: the PSFs of ``(N, J)`` coefficients blurred by
-  a seeing of FWHM ``seeing`` px (:func:`shift_psfs`) and shifted by ``(N, 2)`` (x, y) px, the central ``size`` px of
+  the seeing ``seeing`` (:func:`shift_psfs`) and shifted by ``(N, 2)`` (x, y) px, the central ``size`` px of
   the ``k``-px kernel."""
   k = spec.kernel_size
   p = shift_psfs(optics.render_psfs(coeffs, spec), dxy, seeing)
@@ -418,7 +422,8 @@ def fit_psf_field(plane: np.ndarray, cfg, grid=(5, 5), stamp: int | None = None,
 
 
 def node_psfs(coeffs, seeing, spec: psf.PSFSpec):
-  """``(..., k, k)`` PSFs of ``(..., J)`` coefficients blurred by the seeing (FWHM px), centred."""
+  """``(..., k, k)`` PSFs of ``(..., J)`` coefficients blurred by the seeing (:func:`shift_psfs`),
+  centred."""
   coeffs = jnp.asarray(coeffs)
   flat = coeffs.reshape(-1, coeffs.shape[-1])
   p = shift_psfs(optics.render_psfs(flat, spec), jnp.zeros((flat.shape[0], 2)), seeing)
@@ -429,7 +434,7 @@ def params_to_dict(params: FieldParams) -> dict:
   """:class:`FieldParams` as a JSON-ready dict of floats / lists (waves RMS)."""
   out = {k: np.asarray(v).tolist() for k, v in params.system._asdict().items()}
   out.update(astig0=np.asarray(params.astig0).tolist(), coma0=np.asarray(params.coma0).tolist(),
-             seeing_fwhm_px=abs(float(params.seeing)))
+             seeing_fwhm_px=FWHM_PER_SIGMA * abs(float(params.seeing)))
   return out
 
 
@@ -439,7 +444,7 @@ def params_from_dict(d: dict) -> FieldParams:
   return FieldParams(system=optics.OpticalSystem(**{k: f(d[k]) for k in
                                                     optics.OpticalSystem._fields}),
                      astig0=f(d["astig0"]), coma0=f(d["coma0"]),
-                     seeing=f(d.get("seeing_fwhm_px", 0.0)))
+                     seeing=f(d.get("seeing_fwhm_px", 0.0) / FWHM_PER_SIGMA))
 
 
 def field_json(field: PSFField, extra: dict | None = None) -> str:
