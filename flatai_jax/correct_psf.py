@@ -199,7 +199,16 @@ def correct_file(input_path, cfg, output=None, out_dir=None, target="diffraction
 
 
 def report(out: PhysicsCorrection) -> dict:
-  """The numbers ``flatai correct`` prints of an aberration correction."""
+  """The numbers ``flatai correct`` prints of an aberration correction (:func:`describe`)."""
   return {"stars": len(out.field.stars), "residual_rms_sigma": out.field.rms,
+          "seeing_fwhm_px": float(out.field.params.get("seeing_fwhm_px", 0.0)),
           "rl_iterations": out.iterations,
           "seconds": {k: round(v, 2) for k, v in out.seconds.items()}}
+
+
+def describe(report: dict) -> str:
+  """One line of a :func:`report`: ``PSF field from 24 stars, residual 1.97 σ, seeing FWHM
+  4.87 px, 200 Richardson–Lucy iterations`` (the CLI's and the GUI's)."""
+  return (f"PSF field from {report['stars']} stars, residual {report['residual_rms_sigma']:.2f} σ, "
+          f"seeing FWHM {report.get('seeing_fwhm_px', 0.0):.2f} px, {report['rl_iterations']} "
+          f"Richardson–Lucy iterations")

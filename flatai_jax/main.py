@@ -397,7 +397,7 @@ def _evaluate_psf(checkpoint):
 
 
 def _correct(argv):
-  from flatai_jax import correct
+  from flatai_jax import correct, correct_psf
   inputs = argv[2:]
   if not inputs:
     raise app.UsageError("needs at least one IMAGE")
@@ -432,9 +432,7 @@ def _correct(argv):
           f"{report['background_nonuniformity_before']:.4f}"
           f"  after {report['background_nonuniformity_after']:.4f}")
     if "stars" in report:
-      print(f"{path}: PSF field from {report['stars']} stars, residual "
-            f"{report['residual_rms_sigma']:.2f} σ, {report['rl_iterations']} Richardson–Lucy "
-            f"iterations, then the learned cleanup")
+      print(f"{path}: {correct_psf.describe(report)}, then the learned cleanup")
     if "mae_before" in report:
       print(f"error vs reference: MAE {report['mae_before']:.5f} → {report['mae_after']:.5f}"
             f"   PSNR {report['psnr_before']:.2f} → {report['psnr_after']:.2f} dB")
@@ -513,9 +511,7 @@ def _correct_physics(inputs):
       raise app.UsageError(f"--target={target:g}: a FWHM must be > 0 px")
   def one(path):
     report = correct_psf.correct_file(path, config.degrade.psf, FLAGS.output, FLAGS.out, target)
-    print(f"{path}: PSF field from {report['stars']} stars, residual "
-          f"{report['residual_rms_sigma']:.2f} σ, "
-          f"{report['rl_iterations']} Richardson–Lucy iterations")
+    print(f"{path}: {correct_psf.describe(report)}")
     return report
 
   _correct_each(inputs, one)

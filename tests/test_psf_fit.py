@@ -9,6 +9,7 @@ waves RMS at the corner). ``oversample = 2`` keeps the renderer cheap.
 """
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -385,6 +386,11 @@ def test_cli_writes_the_corrected_frame_and_the_psf_field(frame, tmp_path):
   meta = json.loads((tmp_path / "field_corrected_psf.json").read_text())
   assert np.asarray(meta["node_coefficients"]).shape == (11, 11, 11)
   assert meta["stars_used"] >= 40 and "coma" in meta["field_model"]
+  # the one line of the fit (correct_psf.describe): the synthetic frame has no seeing
+  line = re.search(r"PSF field from (\d+) stars, residual ([\d.]+) σ, seeing FWHM ([\d.]+) px",
+                   out.stdout)
+  assert line and int(line[1]) == meta["stars_used"] and float(line[3]) < 0.3, out.stdout
+  assert abs(meta["field_model"]["seeing_fwhm_px"] - float(line[3])) < 0.01
   with pytest.raises(subprocess.CalledProcessError):  # --method=physics is psf only
     subprocess.run([sys.executable, "-m", "flatai_jax.main", "correct", str(path), "--task=flat",
                     "--method=physics"], capture_output=True, text=True, env=env, check=True,

@@ -207,8 +207,7 @@ class Worker:
     job.total = 1
     report = correct_psf.correct_file(job.input, default_config("psf").degrade.psf,
                                       out_dir=job.input.parent)
-    job.notes.append(f"PSF field from {report['stars']} stars, residual "
-                     f"{report['residual_rms_sigma']:.2f} σ")
+    job.notes.append(correct_psf.describe(report))
     job.outputs = {k: Path(v) for k, v in report["outputs"].items()}
     job.shape = _full(str(job.input)).shape[:2]
     job.done = 1
