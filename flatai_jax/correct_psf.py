@@ -106,13 +106,13 @@ def correct_physics(image: np.ndarray, cfg, target="diffraction", grid=DEFAULT_G
   centre = psf_fit.field_model(psf_fit.params_from_dict(field.params), jnp.zeros(2), spec_modes)
   t = deconvolve.target_psf(target, cfg, centre_coeffs=centre)
   seeing = field.params.get("seeing_fwhm_px", 0.0)
-  if target in ("diffraction", "centre") and seeing > 0:  # the optics corrected, not the air
+  sharpen = target in ("diffraction", "centre")
+  if sharpen and seeing > 0:  # the optics corrected, not the air
     t = np.asarray(psf_fit.shift_psfs(jnp.asarray(t)[None], jnp.zeros((1, 2)),
                                       seeing / psf_fit.FWHM_PER_SIGMA)[0])
   fitted = time.perf_counter()
   out, iterations, chi2 = deconvolve.sharpen(filled, field.psfs, t, max_iter)
-  why = harm(filled.mean(-1), out.mean(-1), field.stars,
-             sharpen=target in ("diffraction", "centre")) if guard else None
+  why = harm(filled.mean(-1), out.mean(-1), field.stars, sharpen=sharpen) if guard else None
   if why:
     raise ValueError(f"not corrected: {why}; the fitted PSF model (λ/D = {cfg.q:g} px, seeing "
                      f"FWHM {seeing:.2f} px; residual {field.rms:.1f} σ) does not describe them")

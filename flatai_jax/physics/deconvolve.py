@@ -99,7 +99,7 @@ def gaussian_psf(fwhm_px: float, size: int) -> np.ndarray:
   """``(size, size) float32`` round Gaussian of ``fwhm_px``, integrated over each pixel, centred
   on pixel ``size // 2``, summing to 1."""
   from scipy.special import erf
-  s = fwhm_px / (2.0 * math.sqrt(2.0 * math.log(2.0)))
+  s = fwhm_px / star_detect.FWHM_PER_SIGMA
   x = np.arange(size) - size // 2
   g = erf((x + 0.5) / (s * math.sqrt(2.0))) - erf((x - 0.5) / (s * math.sqrt(2.0)))
   p = np.outer(g, g)

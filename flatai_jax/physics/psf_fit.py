@@ -47,6 +47,7 @@ import numpy as np
 import optax
 
 from flatai_jax.physics import convolve, geometry, host_threads, optics, psf, star_detect
+from flatai_jax.physics.star_detect import FWHM_PER_SIGMA  # the seeing is fitted as FWHM / this
 
 MIN_STARS = 20  # fewer measurable stars than this: no fit (one-line error)
 CROWDED_BELOW = 50  # fewer isolated stars than this: neighbours masked instead (crowded field)
@@ -57,7 +58,6 @@ ODD_FIELDS = ("coma", "trefoil", "coma0")  # the asymmetric part of a star, fitt
 ODD_STEPS = 150  # Adam steps of the odd fields alone before all of them (module docstring)
 SEEING_START = 0.3  # px (FWHM / FWHM_PER_SIGMA): the seeing's start (0 would be a saddle)
 KOLMOGOROV_FWHM = 0.98  # FWHM of the Kolmogorov long-exposure PSF, units of λ/r0
-FWHM_PER_SIGMA = 2.0 * math.sqrt(2.0 * math.log(2.0))  # the seeing is fitted as FWHM / this
 NARROWEST = 0.6  # sources narrower than this × the diffraction FWHM (≈ λ/D) are not its stars
 STAMP_FWHM = 5.0  # default stamp: this × the 90th percentile of the stars' FWHM, …
 STAMP_RANGE = (11, 25)  # … within these px (and at most kernel_size)

@@ -13,6 +13,8 @@ from scipy.spatial import cKDTree
 
 from flatai_jax.physics import noise
 
+FWHM_PER_SIGMA = 2.0 * np.sqrt(2.0 * np.log(2.0))  # a Gaussian's FWHM / σ
+
 
 def background(plane: np.ndarray) -> tuple[np.ndarray, float]:
   """``(H, W)`` plane minus its ``sep`` background (mesh of ``max(16, min(H, W) // 8)`` px),
@@ -69,10 +71,7 @@ def find_stars(plane: np.ndarray, noise_rms: float, usable: np.ndarray | None = 
     hlr, _ = sep.flux_radius(data, xy[:, 0], xy[:, 1], np.full(len(xy), float(half)), 0.5,
                              subpix=5)
     keep &= hlr < 1.5 * np.percentile(hlr, 20)
-  if usable is not None:
-    for i in np.flatnonzero(keep):
-      x, y = int(round(xy[i, 0])), int(round(xy[i, 1]))
-      keep[i] = usable[y - half:y + half + 1, x - half:x + half + 1].all()
+  keep = _usable(keep, xy, usable, half)
   idx = np.flatnonzero(keep)
   idx = idx[np.argsort(-objs["peak"][idx])][:max_stars]
   return xy[idx]
@@ -97,6 +96,17 @@ def _extract(plane: np.ndarray, noise_rms: float, snr: float):
   return data, objs, segments, faint
 
 
+def _usable(keep: np.ndarray, xy: np.ndarray, usable: np.ndarray | None, half: int) -> np.ndarray:
+  """``keep``, less the stars whose stamp of half-side ``half`` about the rounded position
+  touches a pixel that is not ``usable`` (``(H, W) bool``; None: every pixel is)."""
+  keep = keep.copy()
+  if usable is not None:
+    for i in np.flatnonzero(keep):
+      x, y = int(round(xy[i, 0])), int(round(xy[i, 1]))
+      keep[i] = usable[y - half:y + half + 1, x - half:x + half + 1].all()
+  return keep
+
+
 def _inside(xy: np.ndarray, hw, half: int) -> np.ndarray:
   """``(n,) bool``: a stamp of half-side ``half`` about the rounded position is in the frame."""
   h, w = hw
@@ -109,7 +119,7 @@ def extraction_fwhm(plane: np.ndarray, noise_rms: float, snr: float = 10.0) -> n
   second moments (``2.355 · sqrt(a · b)``): cruder than :func:`shapes`, but needs no isolation."""
   _, objs, _, _ = _extract(plane, noise_rms, snr)
   ok = (objs["flag"] == 0) & (objs["b"] > 0) if len(objs) else np.zeros(0, bool)
-  return 2.0 * np.sqrt(2.0 * np.log(2.0)) * np.sqrt(objs["a"][ok] * objs["b"][ok])
+  return FWHM_PER_SIGMA * np.sqrt(objs["a"][ok] * objs["b"][ok])
 
 
 def crowded_stars(plane: np.ndarray, noise_rms: float, size: int, fwhm: float,
@@ -145,18 +155,13 @@ def crowded_stars(plane: np.ndarray, noise_rms: float, size: int, fwhm: float,
   xy = np.stack([objs["x"], objs["y"]], -1)
   others = np.stack([faint["x"], faint["y"]], -1)
   radius = 0.5 * fwhm * np.sqrt(np.log2(np.maximum(faint["peak"] / max(noise_rms, 1e-12), 2.0))) + 1
-  h, w = segments.shape
-  ij = np.rint(others).astype(int)
-  label = segments[np.clip(ij[:, 1], 0, h - 1), np.clip(ij[:, 0], 0, w - 1)]
-  tree = cKDTree(others)
-  _, nearest = tree.query(xy)
   yy, xx = np.mgrid[-half:half + 1, -half:half + 1].astype(np.float64)
   reach = half * np.sqrt(2.0) + float(radius.max())
   keep = _inside(xy, plane.shape, half) & (objs["flag"] == 0)
   clear = np.ones((len(xy), size, size), bool)
+  around = neighbours(xy, others, segments, reach)
   for i in np.flatnonzero(keep):
-    near = np.asarray(tree.query_ball_point(xy[i], reach), int)
-    near = near[(near != nearest[i]) & (label[near] != i + 1)]
+    near = around[i]
     if near.size == 0:
       continue
     d = np.hypot(*(others[near] - xy[i]).T)
@@ -167,10 +172,7 @@ def crowded_stars(plane: np.ndarray, noise_rms: float, size: int, fwhm: float,
     for (ox, oy), r in zip(others[near] - (cx, cy), radius[near]):
       clear[i] &= (xx - ox) ** 2 + (yy - oy) ** 2 > r * r
     keep[i] = clear[i].mean() >= 0.5
-  if usable is not None:
-    for i in np.flatnonzero(keep):
-      x, y = int(round(xy[i, 0])), int(round(xy[i, 1]))
-      keep[i] = usable[y - half:y + half + 1, x - half:x + half + 1].all()
+  keep = _usable(keep, xy, usable, half)
   idx = np.flatnonzero(keep)
   idx = idx[np.argsort(-objs["peak"][idx])]
   return xy[idx], clear[idx]
@@ -197,15 +199,23 @@ def isolated(xy: np.ndarray, others: np.ndarray, segments: np.ndarray, box: floa
     ``(n,) bool``: no detection of ``others`` within ``box`` px except the nearest (the star
     itself) and those whose position is inside the star's own segment.
   """
+  return np.array([near.size == 0 for near in neighbours(xy, others, segments, box)], bool)
+
+
+def neighbours(xy: np.ndarray, others: np.ndarray, segments: np.ndarray, radius: float
+               ) -> list[np.ndarray]:
+  """For each star, the indices of the detections ``others`` within ``radius`` px that are
+  other sources: neither the nearest (the star itself) nor inside the star's own segment (its
+  lobes, :func:`isolated`). Arguments as :func:`isolated`'s; a k-d tree, no distance matrix."""
   tree = cKDTree(others)
   _, nearest = tree.query(xy)
   h, w = segments.shape
   ij = np.rint(others).astype(int)
   label = segments[np.clip(ij[:, 1], 0, h - 1), np.clip(ij[:, 0], 0, w - 1)]
-  out = np.ones(len(xy), bool)
-  for i, near in enumerate(tree.query_ball_point(xy, box)):
+  out = []
+  for i, near in enumerate(tree.query_ball_point(xy, radius)):
     near = np.asarray(near, int)
-    out[i] = not np.any((near != nearest[i]) & (label[near] != i + 1))
+    out.append(near[(near != nearest[i]) & (label[near] != i + 1)])
   return out
 
 
@@ -261,6 +271,6 @@ def shapes(plane: np.ndarray, xy: np.ndarray, radius: int = SHAPE_RADIUS
     else:
       lam = np.linalg.eigvalsh(np.array([[mxx, mxy], [mxy, myy]]))
       if lam[0] > 0:
-        size[i] = 2.0 * np.sqrt(2.0 * np.log(2.0)) * float(np.sqrt(np.sqrt(lam[0] * lam[1])))
+        size[i] = FWHM_PER_SIGMA * float(np.sqrt(np.sqrt(lam[0] * lam[1])))
         ell[i] = 1.0 - float(np.sqrt(lam[0] / lam[1]))
   return size, ell
