@@ -21,6 +21,10 @@ from flatai_jax.physics import deconvolve, psf_fit, star_detect
 DEFAULT_GRID = (11, 11)  # PSF nodes (rows, cols) over the frame
 GUARD_SIZE = 1.05  # deconvolved stars broader than this × before (median): not corrected
 GUARD_ELLIPTICITY = 0.02  # … or more elongated by more than this (median 1 − b/a)
+GUARD_HALO = -3.0  # … or a tenth of them with a dark halo below this (noise σ) …
+GUARD_HALO_SHARE = 0.1  # … (that share of the stars: one star's neighbour is not a verdict)
+GUARD_FLUX = 0.8  # … or their median aperture flux after / before below this (light dug out;
+#                   above 1 is no harm: sharpening brings the wings' light into the aperture)
 
 
 @dataclasses.dataclass
@@ -50,10 +54,14 @@ def harm(before: np.ndarray, after: np.ndarray, xy: np.ndarray, sharpen: bool = 
          ) -> str | None:
   """Why a deconvolution must not be applied, or None: the same stars measured on the frame
   before and after it (``star_detect.shapes``, adaptive moments: no PSF model) came out more
-  elongated (median ``1 − b/a`` up by more than ``GUARD_ELLIPTICITY``) or — where the target
-  is to sharpen (``sharpen``) — broader (median size × ``GUARD_SIZE``). It happens where the
-  fitted model cannot describe the frame's stars: stars narrower than the model's diffraction
-  pattern (optics sampled finer than its λ/D), defocused or seeing-blurred far beyond it.
+  elongated (median ``1 − b/a`` up by more than ``GUARD_ELLIPTICITY``), — where the target
+  is to sharpen (``sharpen``) — broader (median size × ``GUARD_SIZE``), ringed (more than
+  ``GUARD_HALO_SHARE`` of them with a radial minimum below ``GUARD_HALO`` σ,
+  ``star_detect.ringing``) or dimmer (median aperture flux after / before, in twice their
+  median size, below ``GUARD_FLUX``). It happens where the fitted model cannot describe
+  the frame's stars: stars narrower than the model's diffraction pattern (optics sampled finer
+  than its λ/D), defocused or seeing-blurred far beyond it, or "stars" that are a nebula's or a
+  galaxy's knots.
 
   Args:
     before, after: ``(H, W)`` linear planes; xy: ``(n, 2)`` (x, y) px of the fit's stars.
@@ -71,6 +79,20 @@ def harm(before: np.ndarray, after: np.ndarray, xy: np.ndarray, sharpen: bool = 
   if ell[1] > ell[0] + GUARD_ELLIPTICITY:
     return (f"deconvolving would make its stars more elongated (median 1 − b/a {ell[0]:.3f} → "
             f"{ell[1]:.3f})")
+  noise = star_detect.sky_noise(before)
+  halo = star_detect.ringing(after, xy[ok], noise)
+  halo = halo[np.isfinite(halo)]
+  if halo.size and np.mean(halo < GUARD_HALO) > GUARD_HALO_SHARE:
+    return (f"deconvolving would dig dark halos around its stars ({np.mean(halo < GUARD_HALO):.0%} "
+            f"of them below {GUARD_HALO:g} σ, the worst {halo.min():.1f} σ)")
+  aperture = max(4.0, 2.0 * size[0])
+  flux = [star_detect.aperture_flux(star_detect.background(p)[0], xy[ok], aperture)
+          for p in (before, after)]
+  ratio = flux[1] / np.where(flux[0] > 0, flux[0], np.nan)
+  median = float(np.nanmedian(ratio)) if np.isfinite(ratio).any() else 1.0
+  if median < GUARD_FLUX:
+    return (f"deconvolving would take light out of its stars (median {median:.2f}× in a "
+            f"{aperture:.0f}-px aperture)")
   return None
 
 
@@ -112,16 +134,17 @@ def correct_physics(image: np.ndarray, cfg, target="diffraction", grid=DEFAULT_G
                                       seeing / psf_fit.FWHM_PER_SIGMA)[0])
   fitted = time.perf_counter()
   out, iterations, chi2 = deconvolve.sharpen(filled, field.psfs, t, max_iter)
-  why = harm(filled.mean(-1), out.mean(-1), field.stars, sharpen=sharpen) if guard else None
-  if why:
-    raise ValueError(f"not corrected: {why}; the fitted PSF model (λ/D = {cfg.q:g} px, seeing "
-                     f"FWHM {seeing:.2f} px; residual {field.rms:.1f} σ) does not describe them")
   done = time.perf_counter()
   seconds = {"fit": fitted - start, "deconvolve": done - fitted}
   deconvolved = None
   if cleanup is not None:
     deconvolved, out = out, np.asarray(cleanup(out), np.float32)
     seconds["cleanup"] = time.perf_counter() - done
+  # the guard judges what would be written: the cleanup's output where there is one
+  why = harm(filled.mean(-1), out.mean(-1), field.stars, sharpen=sharpen) if guard else None
+  if why:
+    raise ValueError(f"not corrected: {why}; the fitted PSF model (λ/D = {cfg.q:g} px, seeing "
+                     f"FWHM {seeing:.2f} px; residual {field.rms:.1f} σ) does not describe them")
   if mask is not None:
     out[mask] = np.nan
   return PhysicsCorrection(out, field, t, iterations, chi2, seconds, deconvolved)

@@ -415,17 +415,28 @@ def test_star_shapes_by_moments_match_gaussian_stars(sx, sy):
 
 def test_guard_refuses_a_deconvolution_that_broadens_or_elongates_the_stars():
   """``correct_psf.harm``: the same stars broader after (an undersampled frame deconvolved to a
-  wider target) or more elongated → the reason; sharper and rounder → None."""
+  wider target), more elongated, ringed by dark halos or of another flux → the reason; sharper
+  and rounder → None."""
   from flatai_jax import correct_psf
   yy, xx = np.mgrid[:160, :160]
   xy = np.stack(np.meshgrid(np.arange(20, 160, 30), np.arange(20, 160, 30)), -1).reshape(-1, 2)
-  stars_of = lambda sx, sy: sum(1e3 * np.exp(-((xx - x) ** 2 / (2 * sx * sx)
+  stars_of = lambda sx, sy: sum(640 / (sx * sy) * np.exp(-((xx - x) ** 2 / (2 * sx * sx)
                                                + (yy - y) ** 2 / (2 * sy * sy))) for x, y in xy)
-  sharp, broad, long = stars_of(0.8, 0.8), stars_of(1.6, 1.6), stars_of(1.6, 0.8)
+  sky = 10.0 + np.random.default_rng(0).normal(0.0, 1.0, yy.shape)  # σ = 1
+  sharp, broad, long = (sky + stars_of(0.8, 0.8), sky + stars_of(1.6, 1.6),
+                        sky + stars_of(1.6, 0.8))
   assert correct_psf.harm(broad, sharp, xy) is None
   assert "broader (median FWHM 1.76 → 3.77 px" in correct_psf.harm(sharp, broad, xy)
   assert correct_psf.harm(sharp, broad, xy, sharpen=False) is None  # a wider target, asked for
   assert "more elongated" in correct_psf.harm(sharp, long, xy, sharpen=False)
+  # a moat 5 σ deep at 4–6 px around every star
+  r = np.min([np.hypot(xx - x, yy - y) for x, y in xy], axis=0)
+  moat = np.where((r >= 4) & (r <= 6), -5.0, 0.0)
+  assert "dark halos around its stars (100% of them below -3 σ" in correct_psf.harm(
+      broad, broad + moat, xy)
+  assert "take light out of its stars (median 0.60× in a 8-px aperture)" in correct_psf.harm(
+      broad, sky + 0.6 * stars_of(1.6, 1.6), xy)
+  assert correct_psf.harm(broad, sky + 1.3 * stars_of(1.6, 1.6), xy) is None  # wings gathered
 
 
 def test_hot_pixels_are_not_stars_of_the_fit():

@@ -82,7 +82,7 @@ def score_frame(plane: np.ndarray, corrector) -> dict:
           "fit": {"stars_used": int(len(phys.field.stars)),
                   "residual_rms_sigma": float(phys.field.rms),
                   "rl_iterations": int(phys.iterations)},
-          "guard": correct_psf.harm(plane, phys.deconvolved[..., 0], phys.field.stars),
+          "guard": correct_psf.harm(plane, phys.corrected[..., 0], phys.field.stars),
           "methods": methods, "seconds": round(time.perf_counter() - start, 1)}
 
 
@@ -174,7 +174,7 @@ def score_rendered(plane: np.ndarray, corrector, params=star_field.TRUTH) -> dic
                   "residual_rms_sigma": float(phys.field.rms),
                   "seeing_fwhm_px": float(phys.field.params.get("seeing_fwhm_px", 0.0)),
                   "rl_iterations": int(phys.iterations)},
-          "guard": correct_psf.harm(observed, phys.deconvolved[..., 0], phys.field.stars),
+          "guard": correct_psf.harm(observed, phys.corrected[..., 0], phys.field.stars),
           "methods": methods, "seconds": round(time.perf_counter() - start, 1)}
 
 

@@ -8,7 +8,6 @@ noise) and then measured at those positions on every image to compare
 from __future__ import annotations
 
 import numpy as np
-import sep
 from scipy import optimize
 
 from flatai_jax.physics import geometry, star_detect
@@ -17,6 +16,8 @@ CENTRE_RADIUS = 0.4  # stars within this field radius (0 centre, 1 corner) are "
 CORNER_RADIUS = 0.7  # stars beyond it are "corner"
 
 find_stars = star_detect.find_stars  # the one detection, shared with the PSF-field fit
+aperture_flux = star_detect.aperture_flux  # the one aperture flux and halo measure, shared with
+ringing = star_detect.ringing  # the correction's guard (correct_psf.harm)
 
 
 def moffat(params, dx, dy):
@@ -82,16 +83,6 @@ def measure(plane: np.ndarray, xy: np.ndarray, box: int = 15, aperture: float = 
   return {"fwhm": fwhm, "ellipticity": ell, "flux": aperture_flux(data, xy, aperture)}
 
 
-def aperture_flux(data: np.ndarray, xy: np.ndarray, aperture: float) -> np.ndarray:
-  """``(n,) float64`` fluxes of the stars ``xy`` in a circle of ``aperture`` px on ``data``
-  (background removed), less a local background from the annulus 2–6 px outside it."""
-  if not len(xy):
-    return np.full(0, np.nan)
-  flux, _, _ = sep.sum_circle(np.ascontiguousarray(data, np.float64), xy[:, 0], xy[:, 1],
-                              aperture, bkgann=(aperture + 2.0, aperture + 6.0))
-  return np.asarray(flux, np.float64)
-
-
 def field_radius_px(xy: np.ndarray, hw) -> np.ndarray:
   """``(n,) float64`` field radius (``physics.geometry.field_radius``) of ``(n, 2)`` (x, y)
   pixel positions on a frame of ``hw`` = ``(H, W)`` px: 0 at the frame centre, 1 at its corners."""
@@ -119,35 +110,6 @@ def summarize(table: dict, reference: dict, radius: np.ndarray, min_stars: int =
           "ellipticity": med(table["ellipticity"][ok]),
           "flux_ratio": med(ratio[good_flux]),
           "stars": int(ok.sum())}
-
-
-def ringing(plane: np.ndarray, xy: np.ndarray, noise: float, radius: int = 12) -> np.ndarray:
-  """Dark halos around stars: the minimum of each star's radial profile, in noise units.
-
-  The plane's ``sep`` background is removed, the profile is the mean in 1-px annuli
-  from 1 to ``radius`` px around the star's position, and its minimum is divided by
-  ``noise`` (the pixel σ of the same plane, its unit). Around a star without ringing
-  the profile falls to the sky: ≳ −1 for a few pixels per annulus; a dark halo gives a
-  large negative value.
-
-  Args:
-    plane: ``(H, W)`` linear image.
-    xy: ``(n, 2)`` star positions, px, at least ``radius`` inside the border.
-    noise: pixel noise σ.
-  Returns:
-    ``(n,) float64``.
-  """
-  data, _ = star_detect.background(plane)
-  yy, xx = np.mgrid[-radius:radius + 1, -radius:radius + 1]
-  rr = np.rint(np.hypot(xx, yy)).astype(int)
-  out = np.full(len(xy), np.nan)
-  for i, (x, y) in enumerate(np.rint(xy).astype(int)):
-    cut = data[y - radius:y + radius + 1, x - radius:x + radius + 1]
-    if cut.shape != rr.shape:
-      continue
-    prof = [cut[rr == r].mean() for r in range(1, radius + 1)]
-    out[i] = min(prof) / max(noise, 1e-12)
-  return out
 
 
 ZONE_CENTRE, ZONE_CORNER = 0.3, 0.7  # aberration zones (issue 15): field radius < 0.3, > 0.7

@@ -274,3 +274,42 @@ def shapes(plane: np.ndarray, xy: np.ndarray, radius: int = SHAPE_RADIUS
         size[i] = FWHM_PER_SIGMA * float(np.sqrt(np.sqrt(lam[0] * lam[1])))
         ell[i] = 1.0 - float(np.sqrt(lam[0] / lam[1]))
   return size, ell
+
+
+def aperture_flux(data: np.ndarray, xy: np.ndarray, aperture: float) -> np.ndarray:
+  """``(n,) float64`` fluxes of the stars ``xy`` in a circle of ``aperture`` px on ``data``
+  (background removed), less a local background from the annulus 2–6 px outside it."""
+  if not len(xy):
+    return np.full(0, np.nan)
+  flux, _, _ = sep.sum_circle(np.ascontiguousarray(data, np.float64), xy[:, 0], xy[:, 1],
+                              aperture, bkgann=(aperture + 2.0, aperture + 6.0))
+  return np.asarray(flux, np.float64)
+
+
+def ringing(plane: np.ndarray, xy: np.ndarray, noise: float, radius: int = 12) -> np.ndarray:
+  """Dark halos around stars: the minimum of each star's radial profile, in noise units.
+
+  The plane's ``sep`` background is removed, the profile is the mean in 1-px annuli
+  from 1 to ``radius`` px around the star's position, and its minimum is divided by
+  ``noise`` (the pixel σ of the same plane, its unit). Around a star without ringing
+  the profile falls to the sky: ≳ −1 for a few pixels per annulus; a dark halo gives a
+  large negative value.
+
+  Args:
+    plane: ``(H, W)`` linear image.
+    xy: ``(n, 2)`` star positions, px, at least ``radius`` inside the border.
+    noise: pixel noise σ.
+  Returns:
+    ``(n,) float64``.
+  """
+  data, _ = background(plane)
+  yy, xx = np.mgrid[-radius:radius + 1, -radius:radius + 1]
+  rr = np.rint(np.hypot(xx, yy)).astype(int)
+  out = np.full(len(xy), np.nan)
+  for i, (x, y) in enumerate(np.rint(xy).astype(int)):
+    cut = data[y - radius:y + radius + 1, x - radius:x + radius + 1]
+    if cut.shape != rr.shape:
+      continue
+    prof = [cut[rr == r].mean() for r in range(1, radius + 1)]
+    out[i] = min(prof) / max(noise, 1e-12)
+  return out
