@@ -129,7 +129,8 @@ def render_aberrations(plane: np.ndarray, cfg, params=star_field.TRUTH, grid=REN
   return {"observed": observed, "ideal": ideal, "psfs": psfs}
 
 
-def score_rendered(plane: np.ndarray, corrector, params=star_field.TRUTH) -> dict:
+def score_rendered(plane: np.ndarray, corrector, params=star_field.TRUTH,
+                   keep_images: bool = False) -> dict:
   """Every method on one real frame seen through a known aberration (:func:`render_aberrations`),
   against its truth, per zone (``stars.zone_metrics``: Moffat FWHM, ellipticity, aperture flux
   corrected / true, ringing) and the corner / centre FWHM ratio; methods as :func:`score_frame`'s
@@ -138,7 +139,9 @@ def score_rendered(plane: np.ndarray, corrector, params=star_field.TRUTH) -> dic
 
   Returns:
     ``stars``, ``zone_stars``, ``fit``, ``guard``, ``methods``: key → zone metrics +
-    ``fwhm_ratio``, ``noise_ratio`` (background RMS after / before); or ``{"failed": reason}``.
+    ``fwhm_ratio``, ``noise_ratio`` (background RMS after / before); with ``keep_images`` also
+    ``images`` (key → ``(H, W)``, ``original`` added) and ``xy``, ``corner`` (the stars, and which
+    are in the corner zone); or ``{"failed": reason}``.
   """
   cfg = corrector.config.degrade.psf
   start = time.perf_counter()
@@ -175,7 +178,9 @@ def score_rendered(plane: np.ndarray, corrector, params=star_field.TRUTH) -> dic
                   "seeing_fwhm_px": float(phys.field.params.get("seeing_fwhm_px", 0.0)),
                   "rl_iterations": int(phys.iterations)},
           "guard": correct_psf.harm(observed, phys.corrected[..., 0], phys.field.stars),
-          "methods": methods, "seconds": round(time.perf_counter() - start, 1)}
+          "methods": methods, "seconds": round(time.perf_counter() - start, 1),
+          **({"images": {"original": plane, **outputs}, "xy": xy, "corner": masks["corner"]}
+             if keep_images else {})}
 
 
 def _flux(plane: np.ndarray, xy: np.ndarray) -> np.ndarray:
