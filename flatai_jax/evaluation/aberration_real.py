@@ -202,31 +202,46 @@ METHODS = {"uncorrected": "uncorrected", "physics": "physics (fitted field + RL)
            "model": "shipped model (+ cleanup)", "rl_one_psf": "RL, one PSF (fitted on-axis)"}
 
 
-def markdown(results: dict) -> str:
-  """A table per scored frame (a row per method), then one line per frame the fit refused."""
-  f = lambda v, d: "" if v is None or not np.isfinite(v) else f"{v:.{d}f}"
+def _tables(results: dict, head, rows, refused_title: str) -> str:
+  """The layout of :func:`markdown` and :func:`markdown_rendered`: per scored frame the lines of
+  ``head(name, result)`` (heading, summary, table header) and ``rows(result)``, then one line per
+  frame the fit refused under ``refused_title``."""
   lines, refused = [], []
   for name, r in results.items():
     if "failed" in r:
       refused.append(f"- {name}: {r['failed']}")
       continue
+    lines += [*head(name, r), *rows(r), ""]
+  if refused:
+    lines += [refused_title, "", *refused]
+  return "\n".join(lines)
+
+
+def _fmt(v, digits: int, missing: str = "") -> str:
+  return missing if v is None or not np.isfinite(v) else f"{v:.{digits}f}"
+
+
+def markdown(results: dict) -> str:
+  """A table per scored frame (a row per method), then one line per frame the fit refused."""
+  f = _fmt
+
+  def head(name, r):
     verdict = ("**applied** (the guard finds no harm)" if r["guard"] is None
                else f"**not applied**: {r['guard']}")
-    lines += [f"#### {name}", "",
-              f"{r['stars']} stars measured ({r['zone_stars']['centre']} centre, "
-              f"{r['zone_stars']['corner']} corner); fit on {r['fit']['stars_used']} stars, "
-              f"residual {r['fit']['residual_rms_sigma']:.1f} σ; {verdict}", "",
-              "| method | size centre px | size corner px | ellipticity all | flux after/before "
-              "| ringing σ | noise after/before |", "|---|---|---|---|---|---|---|"]
-    for key, label in METHODS.items():
-      m = r["methods"][key]
-      lines.append(f"| {label} | {f(m['centre']['size_px'], 2)} | {f(m['corner']['size_px'], 2)} "
-                   f"| {f(m['all']['ellipticity'], 3)} | {f(m['all']['flux_ratio'], 3)} | "
-                   f"{f(m['all']['ringing_sigma'], 1)} | {f(m['noise_ratio'], 2)} |")
-    lines.append("")
-  if refused:
-    lines += ["Frames the PSF-field fit refuses (the model's message):", "", *refused]
-  return "\n".join(lines)
+    return [f"#### {name}", "",
+            f"{r['stars']} stars measured ({r['zone_stars']['centre']} centre, "
+            f"{r['zone_stars']['corner']} corner); fit on {r['fit']['stars_used']} stars, "
+            f"residual {r['fit']['residual_rms_sigma']:.1f} σ; {verdict}", "",
+            "| method | size centre px | size corner px | ellipticity all | flux after/before "
+            "| ringing σ | noise after/before |", "|---|---|---|---|---|---|---|"]
+
+  def rows(r):
+    return [f"| {label} | {f(m['centre']['size_px'], 2)} | {f(m['corner']['size_px'], 2)} "
+            f"| {f(m['all']['ellipticity'], 3)} | {f(m['all']['flux_ratio'], 3)} | "
+            f"{f(m['all']['ringing_sigma'], 1)} | {f(m['noise_ratio'], 2)} |"
+            for key, label in METHODS.items() for m in [r["methods"][key]]]
+
+  return _tables(results, head, rows, "Frames the PSF-field fit refuses (the model's message):")
 
 
 RENDERED_METHODS = {**METHODS,
@@ -238,34 +253,30 @@ def markdown_rendered(results: dict) -> str:
   """:func:`markdown` for :func:`score_rendered`'s results: a table per frame (a row per method:
   FWHM centre / corner and their ratio, ellipticity centre / corner, flux corrected / true centre
   / corner, ringing, noise after / before), then the frames the fit refuses."""
-  f = lambda v, d: "–" if v is None or not np.isfinite(v) else f"{v:.{d}f}"
-  lines, refused = [], []
-  for name, r in results.items():
-    if "failed" in r:
-      refused.append(f"- {name}: {r['failed']}")
-      continue
+  f = lambda v, d: _fmt(v, d, "–")
+
+  def head(name, r):
     verdict = ("applied (the guard finds no harm)" if r["guard"] is None
                else f"not applied: {r['guard']}")
     z = r["zone_stars"]
-    lines += [f"#### {name} × the rendered aberration", "",
-              f"{r['stars']} stars measured ({z['centre']} centre, {z['corner']} corner); fit on "
-              f"{r['fit']['stars_used']} stars, residual {r['fit']['residual_rms_sigma']:.1f} σ, "
-              f"seeing FWHM {r['fit']['seeing_fwhm_px']:.2f} px; guard: {verdict}", "",
-              "| method | FWHM centre / corner px | corner/centre | ellipticity centre / corner "
-              "| flux centre / corner | ringing σ | noise after/before |",
-              "|---|---|---|---|---|---|---|"]
-    for key, label in RENDERED_METHODS.items():
-      m = r["methods"][key]
-      c, k = m["centre"], m["corner"]
-      lines.append(f"| {label} | {f(c['fwhm_px'], 2)} / {f(k['fwhm_px'], 2)} | "
-                   f"{f(m['fwhm_ratio'], 2)} | {f(c['ellipticity'], 3)} / {f(k['ellipticity'], 3)} | "
-                   f"{f(c['flux_ratio'], 3)} / {f(k['flux_ratio'], 3)} | "
-                   f"{f(m['all']['ringing_sigma'], 1)} | {f(m['noise_ratio'], 2)} |")
-    lines.append("")
-  if refused:
-    lines += ["Frames the PSF-field fit refuses once the aberration is added (the model's message):",
-              "", *refused]
-  return "\n".join(lines)
+    return [f"#### {name} × the rendered aberration", "",
+            f"{r['stars']} stars measured ({z['centre']} centre, {z['corner']} corner); fit on "
+            f"{r['fit']['stars_used']} stars, residual {r['fit']['residual_rms_sigma']:.1f} σ, "
+            f"seeing FWHM {r['fit']['seeing_fwhm_px']:.2f} px; guard: {verdict}", "",
+            "| method | FWHM centre / corner px | corner/centre | ellipticity centre / corner "
+            "| flux centre / corner | ringing σ | noise after/before |",
+            "|---|---|---|---|---|---|---|"]
+
+  def rows(r):
+    return [f"| {label} | {f(c['fwhm_px'], 2)} / {f(k['fwhm_px'], 2)} | "
+            f"{f(m['fwhm_ratio'], 2)} | {f(c['ellipticity'], 3)} / {f(k['ellipticity'], 3)} | "
+            f"{f(c['flux_ratio'], 3)} / {f(k['flux_ratio'], 3)} | "
+            f"{f(m['all']['ringing_sigma'], 1)} | {f(m['noise_ratio'], 2)} |"
+            for key, label in RENDERED_METHODS.items()
+            for m in [r["methods"][key]] for c, k in [(m["centre"], m["corner"])]]
+
+  return _tables(results, head, rows, "Frames the PSF-field fit refuses once the aberration is "
+                 "added (the model's message):")
 
 
 def evaluate(corrector, root=real.DEFAULT_DIR, names=None, progress=print,
