@@ -66,8 +66,9 @@ def harm(before: np.ndarray, after: np.ndarray, xy: np.ndarray, sharpen: bool = 
   Args:
     before, after: ``(H, W)`` linear planes; xy: ``(n, 2)`` (x, y) px of the fit's stars.
   """
-  size_b, ell_b = star_detect.shapes(before, xy)
-  size_a, ell_a = star_detect.shapes(after, xy)
+  data_b, data_a = star_detect.background(before)[0], star_detect.background(after)[0]
+  size_b, ell_b = star_detect.shapes(before, xy, data=data_b)
+  size_a, ell_a = star_detect.shapes(after, xy, data=data_a)
   ok = np.isfinite(size_b) & np.isfinite(size_a)
   if ok.sum() < 3:
     return None
@@ -79,15 +80,14 @@ def harm(before: np.ndarray, after: np.ndarray, xy: np.ndarray, sharpen: bool = 
   if ell[1] > ell[0] + GUARD_ELLIPTICITY:
     return (f"deconvolving would make its stars more elongated (median 1 − b/a {ell[0]:.3f} → "
             f"{ell[1]:.3f})")
-  noise = star_detect.sky_noise(before)
-  halo = star_detect.ringing(after, xy[ok], noise)
+  noise = star_detect.sky_noise(before, data_b)
+  halo = star_detect.ringing(after, xy[ok], noise, data=data_a)
   halo = halo[np.isfinite(halo)]
   if halo.size and np.mean(halo < GUARD_HALO) > GUARD_HALO_SHARE:
     return (f"deconvolving would dig dark halos around its stars ({np.mean(halo < GUARD_HALO):.0%} "
             f"of them below {GUARD_HALO:g} σ, the worst {halo.min():.1f} σ)")
   aperture = max(4.0, 2.0 * size[0])
-  flux = [star_detect.aperture_flux(star_detect.background(p)[0], xy[ok], aperture)
-          for p in (before, after)]
+  flux = [star_detect.aperture_flux(d, xy[ok], aperture) for d in (data_b, data_a)]
   ratio = flux[1] / np.where(flux[0] > 0, flux[0], np.nan)
   median = float(np.nanmedian(ratio)) if np.isfinite(ratio).any() else 1.0
   if median < GUARD_FLUX:

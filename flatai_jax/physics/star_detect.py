@@ -25,12 +25,13 @@ def background(plane: np.ndarray) -> tuple[np.ndarray, float]:
   return data - bkg.back(), float(bkg.globalrms)
 
 
-def sky_noise(plane: np.ndarray) -> float:
+def sky_noise(plane: np.ndarray, data: np.ndarray | None = None) -> float:
   """Pixel noise σ of a plane with white noise (``noise.second_difference_sigma`` against its
-  ``sep`` background). Unlike ``sep``'s global RMS it is not inflated by the wide halos of
-  aberrated stars, which can cover half of a crowded frame."""
+  ``sep`` background; ``data``: the plane less it, :func:`background`'s, when at hand). Unlike
+  ``sep``'s global RMS it is not inflated by the wide halos of aberrated stars, which can cover
+  half of a crowded frame."""
   p = np.asarray(plane, np.float64)
-  data, _ = background(p)
+  data = background(p)[0] if data is None else data
   return float(noise.second_difference_sigma(p, data))
 
 
@@ -223,8 +224,8 @@ SHAPE_RADIUS = 12  # px: stamp half-side of :func:`shapes`
 SHAPE_ROUNDS = 12  # adaptive-weight iterations of :func:`shapes`
 
 
-def shapes(plane: np.ndarray, xy: np.ndarray, radius: int = SHAPE_RADIUS
-           ) -> tuple[np.ndarray, np.ndarray]:
+def shapes(plane: np.ndarray, xy: np.ndarray, radius: int = SHAPE_RADIUS,
+           data: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
   """Size and elongation of stars from adaptive second moments (a Gaussian weight matched to
   each star, ``SHAPE_ROUNDS`` rounds), on the plane minus its ``sep`` background.
 
@@ -236,12 +237,13 @@ def shapes(plane: np.ndarray, xy: np.ndarray, radius: int = SHAPE_RADIUS
     plane: ``(H, W)`` linear image.
     xy: ``(n, 2)`` (x, y) px of the stars.
     radius: stamp half-side, px.
+    data: the plane less its background (:func:`background`'s), when at hand.
   Returns:
     ``(n,) float64`` each: ``size`` the FWHM of the Gaussian of the same weighted moments
     (px), ``ellipticity`` ``1 − b/a`` of its moment ellipse; NaN where a stamp leaves the
     frame or its weighted flux is not positive.
   """
-  data, _ = background(plane)
+  data = background(plane)[0] if data is None else data
   h, w = data.shape
   yy, xx = np.mgrid[-radius:radius + 1, -radius:radius + 1].astype(np.float64)
   size, ell = np.full(len(xy), np.nan), np.full(len(xy), np.nan)
@@ -286,7 +288,8 @@ def aperture_flux(data: np.ndarray, xy: np.ndarray, aperture: float) -> np.ndarr
   return np.asarray(flux, np.float64)
 
 
-def ringing(plane: np.ndarray, xy: np.ndarray, noise: float, radius: int = 12) -> np.ndarray:
+def ringing(plane: np.ndarray, xy: np.ndarray, noise: float, radius: int = 12,
+            data: np.ndarray | None = None) -> np.ndarray:
   """Dark halos around stars: the minimum of each star's radial profile, in noise units.
 
   The plane's ``sep`` background is removed, the profile is the mean in 1-px annuli
@@ -299,10 +302,11 @@ def ringing(plane: np.ndarray, xy: np.ndarray, noise: float, radius: int = 12) -
     plane: ``(H, W)`` linear image.
     xy: ``(n, 2)`` star positions, px, at least ``radius`` inside the border.
     noise: pixel noise σ.
+    data: the plane less its background (:func:`background`'s), when at hand.
   Returns:
     ``(n,) float64``.
   """
-  data, _ = background(plane)
+  data = background(plane)[0] if data is None else data
   yy, xx = np.mgrid[-radius:radius + 1, -radius:radius + 1]
   rr = np.rint(np.hypot(xx, yy)).astype(int)
   out = np.full(len(xy), np.nan)
