@@ -149,9 +149,9 @@ def test_rendered_aberration_blurs_by_the_field_and_restores_the_noise():
   from flatai_jax.evaluation import aberration_real
   from flatai_jax.physics import deconvolve
   cfg = star_field.optics_cfg()
-  n, c = 191, 95  # the 11 × 11 nodes put one on the centre pixel and one at (9.5, 9.5) × 9.5
+  n, c = 191, 95  # 11 × 11 nodes every 19 px: node 5 on the centre pixel 95, node 1 on pixel 19
   point = np.zeros((n, n))
-  point[c, c] = point[19, 19] = 1.0  # 19 = node 1 of each axis (spacing 19)
+  point[c, c] = point[19, 19] = 1.0
   case = aberration_real.render_aberrations(point, cfg)
   k = case["psfs"].shape[-1] // 2
   np.testing.assert_allclose(case["observed"][c - k:c + k + 1, c - k:c + k + 1],

@@ -67,6 +67,7 @@ def score_frame(plane: np.ndarray, corrector) -> dict:
   size0, _ = star_detect.shapes(plane, xy)
   xy, masks = xy[size0 >= 0.5], {k: v[size0 >= 0.5] for k, v in masks.items()}  # hot pixels
   flux0 = _flux(plane, xy)
+  rms = star_detect.background(plane)[1]
   methods = {}
   for key, out in outputs.items():
     size, ell = star_detect.shapes(out, xy)
@@ -77,7 +78,7 @@ def score_frame(plane: np.ndarray, corrector) -> dict:
                            "flux_ratio": med(ratio, z),
                            "ringing_sigma": float(np.nanmin(ring[z])) if np.isfinite(ring[z]).any()
                            else float("nan")} for name, z in masks.items()}
-    methods[key]["noise_ratio"] = star_detect.background(out)[1] / star_detect.background(plane)[1]
+    methods[key]["noise_ratio"] = star_detect.background(out)[1] / rms
   return {"stars": int(len(xy)), "zone_stars": {k: int(v.sum()) for k, v in masks.items()},
           "fit": {"stars_used": int(len(phys.field.stars)),
                   "residual_rms_sigma": float(phys.field.rms),
@@ -108,7 +109,8 @@ def render_aberrations(plane: np.ndarray, cfg, params=star_field.TRUTH, grid=REN
     light lost at the border) plus white noise of variance ``σ² (1 − Σ p²)``, the part of the
     frame's pixel noise σ (``star_detect.sky_noise``) the blur averaged away (``Σ p²`` of the
     local PSF, bilinear between the nodes); ``ideal`` ``(H, W)``: the frame through the
-    diffraction target (``deconvolve.target_psf``); ``psfs`` ``(gy, gx, k, k)`` the true field.
+    diffraction target ``target`` (``deconvolve.target_psf``); ``psfs`` ``(gy, gx, k, k)`` the
+    true field.
   """
   plane = np.asarray(plane, np.float64)
   hw = plane.shape
@@ -123,10 +125,11 @@ def render_aberrations(plane: np.ndarray, cfg, params=star_field.TRUTH, grid=REN
   wx = convolve.tent_weights(hw[1], convolve.node_positions(hw[1], grid[1]))
   sigma = star_detect.sky_noise(plane) * np.sqrt(np.clip(1.0 - wy.T @ keep @ wx, 0.0, 1.0))
   observed = blurred + sigma * np.random.default_rng(seed).normal(size=hw)
-  target = deconvolve.target_psf("diffraction", cfg).astype(np.float64)
+  target = deconvolve.target_psf("diffraction", cfg)
   t = target.shape[0] // 2
-  ideal = signal.fftconvolve(np.pad(plane, t, mode="reflect"), target, mode="valid")
-  return {"observed": observed, "ideal": ideal, "psfs": psfs}
+  ideal = signal.fftconvolve(np.pad(plane, t, mode="reflect"), target.astype(np.float64),
+                             mode="valid")
+  return {"observed": observed, "ideal": ideal, "psfs": psfs, "target": target}
 
 
 def score_rendered(plane: np.ndarray, corrector, params=star_field.TRUTH,
@@ -153,11 +156,10 @@ def score_rendered(plane: np.ndarray, corrector, params=star_field.TRUTH,
     return {"failed": str(e)}
   gy, gx = phys.field.psfs.shape[:2]
   rl = lambda psfs, target: deconvolve.sharpen(observed[..., None], psfs, target)[0][..., 0]
-  diffraction = deconvolve.target_psf("diffraction", cfg)
   outputs = {"uncorrected": observed, "physics": phys.deconvolved[..., 0],
              "model": phys.corrected[..., 0],
              "rl_one_psf": rl(phys.field.psfs[gy // 2:gy // 2 + 1, gx // 2:gx // 2 + 1], phys.target),
-             "rl_true_field": rl(case["psfs"], diffraction), "ideal": ideal}
+             "rl_true_field": rl(case["psfs"], case["target"]), "ideal": ideal}
   noise = star_detect.sky_noise(plane)
   border = max(stars.MEASURE_BOX // 2, 12) + 4
   xy = star_detect.find_stars(plane, noise, snr=RENDERED_SNR, max_stars=MAX_STARS,
@@ -167,11 +169,11 @@ def score_rendered(plane: np.ndarray, corrector, params=star_field.TRUTH,
   xy = xy[size0 >= psf_fit.NARROWEST * cfg.q]  # hot pixels, cosmic rays: the fit's rule
   masks = stars.zones(xy, plane.shape)
   methods = {}
+  rms = star_detect.background(observed)[1]
   for key, out in outputs.items():
     z = stars.zone_metrics(out, xy, ideal, masks, noise)
     methods[key] = {**z, "fwhm_ratio": z["corner"]["fwhm_px"] / z["centre"]["fwhm_px"],
-                    "noise_ratio": star_detect.background(out)[1]
-                    / star_detect.background(observed)[1]}
+                    "noise_ratio": star_detect.background(out)[1] / rms}
   return {"stars": int(len(xy)), "zone_stars": {k: int(v.sum()) for k, v in masks.items()},
           "fit": {"stars_used": int(len(phys.field.stars)),
                   "residual_rms_sigma": float(phys.field.rms),

@@ -16,8 +16,9 @@ CENTRE_RADIUS = 0.4  # stars within this field radius (0 centre, 1 corner) are "
 CORNER_RADIUS = 0.7  # stars beyond it are "corner"
 
 find_stars = star_detect.find_stars  # the one detection, shared with the PSF-field fit
-aperture_flux = star_detect.aperture_flux  # the one aperture flux and halo measure, shared with
-ringing = star_detect.ringing  # the correction's guard (correct_psf.harm)
+# the one aperture flux and halo measure, shared with the correction's guard (correct_psf.harm)
+aperture_flux = star_detect.aperture_flux
+ringing = star_detect.ringing
 
 
 def moffat(params, dx, dy):
