@@ -16,9 +16,10 @@ import numpy as np
 
 from flatai_jax import correct, metrics
 from flatai_jax.io import atomic, images
-from flatai_jax.physics import deconvolve, psf_fit, star_detect
+from flatai_jax.physics import deconvolve, psf, psf_fit, star_detect
 
 DEFAULT_GRID = (11, 11)  # PSF nodes (rows, cols) over the frame
+SPLIT_VARIANCE = 1.0 / 6.0  # px², per axis: RL's split of a point over pixels, mean over offsets
 GUARD_SIZE = 1.05  # deconvolved stars broader than this × before (median): not corrected
 GUARD_ELLIPTICITY = 0.02  # … or more elongated by more than this (median 1 − b/a)
 GUARD_HALO = -3.0  # … or a tenth of them with a dark halo below this (noise σ) …
@@ -35,6 +36,10 @@ class PhysicsCorrection:
     corrected: ``(H, W, C) float32`` linear, the frame's unit; NaN where the input was NaN.
     field: the fitted :class:`psf_fit.PSFField`.
     target: ``(k, k)`` the target PSF.
+    psfs: ``(gy, gx, k, k)`` the PSFs deconvolved (:func:`correct_physics`): the fitted
+      field's optics alone for a sharpening target (the seeing stays in the frame), the
+      whole fitted PSF (``field.psfs``) for a Gaussian one.
+    compensation: the target's pixel compensation (``deconvolve.sharpen``'s) it was run with.
     iterations: Richardson–Lucy iterations run (the early stop).
     chi2: the last χ² per signal pixel of the RL model, in noise σ² (≫ 1: PSF-model error).
     seconds: wall-clock seconds of the steps, ``{"fit": …, "deconvolve": …[, "cleanup": …]}``
@@ -44,6 +49,8 @@ class PhysicsCorrection:
   corrected: np.ndarray
   field: psf_fit.PSFField
   target: np.ndarray
+  psfs: np.ndarray
+  compensation: float
   iterations: int
   chi2: float
   seconds: dict
@@ -106,8 +113,9 @@ def correct_physics(image: np.ndarray, cfg, target="diffraction", grid=DEFAULT_G
       The field is fitted on the channel mean; every channel is deconvolved with it.
     cfg: ``config.degrade.psf`` (the optics' sampling, pupil, band, kernel, modes).
     target: ``"diffraction"``, ``"centre"`` or a Gaussian FWHM in px
-      (``deconvolve.target_psf``); the first two keep the frame's fitted seeing (the field's
-      ``seeing_fwhm_px``): the optics are corrected, the atmosphere is not an aberration.
+      (``deconvolve.target_psf``); the first two correct the fitted optics alone and keep the
+      frame's own seeing (the atmosphere is not an aberration); a Gaussian replaces the
+      whole fitted PSF, seeing included.
     grid: PSF nodes ``(gy, gx)``.
     max_iter: cap on the Richardson–Lucy iterations (``deconvolve.sharpen``).
     cleanup: optional ``(H, W, C) -> (H, W, C)`` run on the deconvolved frame (the learned
@@ -129,11 +137,21 @@ def correct_physics(image: np.ndarray, cfg, target="diffraction", grid=DEFAULT_G
   t = deconvolve.target_psf(target, cfg, centre_coeffs=centre)
   seeing = field.params.get("seeing_fwhm_px", 0.0)
   sharpen = target in ("diffraction", "centre")
-  if sharpen and seeing > 0:  # the optics corrected, not the air
-    t = np.asarray(psf_fit.shift_psfs(jnp.asarray(t)[None], jnp.zeros((1, 2)),
-                                      seeing / psf_fit.FWHM_PER_SIGMA)[0])
+  # the optics corrected, not the air: RL undoes the fitted optics alone and the seeing stays
+  # in x (the training's deconvolution too), rather than undoing optics ⊛ seeing and putting
+  # the fitted seeing back — the same linear map, but x ≥ 0 cannot hold a star sharper than
+  # the Kolmogorov seeing that stands in for the real one, and RL converges slower
+  keep_seeing = sharpen and seeing > 0
+  psfs = (np.asarray(psf_fit.node_psfs(field.coeffs, 0.0, psf.PSFSpec.from_config(cfg)))
+          if keep_seeing else field.psfs)
+  # RL splits a star restored to a point over pixels (``deconvolve.pixel_compensated``), mean
+  # variance 1/6 px² per axis; a star that keeps a seeing of variance s² is not a point: the
+  # compensation fades as the split's share of the restored star's variance
+  s2 = (seeing / psf_fit.FWHM_PER_SIGMA) ** 2 if keep_seeing else 0.0
+  compensation = deconvolve.PIXEL_COMPENSATION * SPLIT_VARIANCE / (SPLIT_VARIANCE + s2)
   fitted = time.perf_counter()
-  out, iterations, chi2 = deconvolve.sharpen(filled, field.psfs, t, max_iter)
+  out, iterations, chi2 = deconvolve.sharpen(filled, psfs, t, max_iter,
+                                             compensation=compensation)
   done = time.perf_counter()
   seconds = {"fit": fitted - start, "deconvolve": done - fitted}
   deconvolved = None
@@ -147,7 +165,8 @@ def correct_physics(image: np.ndarray, cfg, target="diffraction", grid=DEFAULT_G
                      f"FWHM {seeing:.2f} px; residual {field.rms:.1f} σ) does not describe them")
   if mask is not None:
     out[mask] = np.nan
-  return PhysicsCorrection(out, field, t, iterations, chi2, seconds, deconvolved)
+  return PhysicsCorrection(out, field, t, psfs, compensation, iterations, chi2, seconds,
+                           deconvolved)
 
 
 def output_paths(input_path, output=None, out_dir=None) -> dict[str, Path]:

@@ -349,8 +349,8 @@ def _sharpen_tile(y, psfs, sigma, signal, target, max_iter: int):
 
 
 def sharpen(image: np.ndarray, psfs: np.ndarray, target: np.ndarray,
-            max_iter: int = MAX_ITER, tile: int = TILE,
-            workers: int | None = None) -> tuple[np.ndarray, int, float]:
+            max_iter: int = MAX_ITER, tile: int = TILE, workers: int | None = None,
+            compensation: float = PIXEL_COMPENSATION) -> tuple[np.ndarray, int, float]:
   """Deconvolves a frame with its PSF field to a round target (module docstring).
 
   Args:
@@ -363,6 +363,9 @@ def sharpen(image: np.ndarray, psfs: np.ndarray, target: np.ndarray,
     tile: tile core side, px (module docstring); a frame no larger is one whole-frame RL.
     workers: tiles deconvolved at once, on threads (default: the CPU cores,
       ``host_threads.cpu_workers``); the result does not depend on it.
+    compensation: the power of :func:`pixel_compensated` (RL restoring stars to points
+      splits them over pixels; a restored frame that keeps a seeing wider than that split
+      needs less).
   Returns:
     ``(H, W, C) float32`` the frame with PSF ``target`` everywhere (the sky and its level
     kept; the sum kept up to the light the reflect-padded border exchanges with the
@@ -378,7 +381,7 @@ def sharpen(image: np.ndarray, psfs: np.ndarray, target: np.ndarray,
     sigma[c] = star_detect.sky_noise(image[..., c])
   y, signal, pedestal, sigma = _rl_frame(image, sky, sigma)
   h, w, c = image.shape
-  target = jnp.asarray(pixel_compensated(target), jnp.float32)
+  target = jnp.asarray(pixel_compensated(target, compensation), jnp.float32)
   sigma = jnp.asarray(sigma)
   if max(h, w) <= tile:
     out, iters, chi2 = jax.device_get(_sharpen_tile(
