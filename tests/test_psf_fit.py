@@ -354,6 +354,39 @@ def test_crowded_stars_mask_their_neighbours_and_keep_their_cores():
         assert not c[ny - y + 12, nx - x + 12]
 
 
+def test_fit_reaches_out_to_fainter_stars_only_where_the_bright_ones_stop():
+  """``psf_fit._reach_out``: 24 bright stars (peak 60 σ) inside 0.55 of the field radius and 12
+  faint ones (peak 16 σ, under the fit's 20 σ) beyond 0.75 — the faint ones are added, as an
+  aberrated frame's spread corner stars; with the outer stars bright too nothing is added; and
+  a set too small for the fit is never extended (``fit_psf_field`` calls it only at
+  ``MIN_STARS`` or more)."""
+  hw = (300, 400)
+  yy, xx = np.mgrid[:hw[0], :hw[1]]
+  rng = np.random.default_rng(4)
+  radius = lambda xy: np.hypot(*np.moveaxis(psf_fit.field_of(xy, hw), -1, 0))
+
+  def stars_at(lo, hi, n):
+    out = []
+    while len(out) < n:
+      x, y = rng.uniform(20, hw[1] - 20), rng.uniform(20, hw[0] - 20)
+      if lo < radius(np.array([[x, y]]))[0] < hi and all(np.hypot(x - a, y - b) > 30 for a, b in out):
+        out.append((x, y))
+    return np.array(out)
+
+  inner, outer = stars_at(0.0, 0.55, 24), stars_at(0.75, 0.95, 12)
+  g = lambda xy, a: sum(a * np.exp(-((xx - x) ** 2 + (yy - y) ** 2) / (2 * 1.5 ** 2)) for x, y in xy)
+  for outer_peak, expect in ((16.0, 12), (60.0, 0)):
+    plane = rng.normal(0.0, 1.0, hw) + 10.0 + g(inner, 60.0) + g(outer, outer_peak)
+    bright = star_detect.find_stars(plane, 1.0, snr=20.0, max_stars=100_000, box=15,
+                                    compact=False)
+    assert len(bright) == 24 + (12 if outer_peak > 20 else 0), len(bright)
+    got = psf_fit._reach_out(plane, 1.0, None, 20.0, 15, bright)
+    added = got[len(bright):]
+    assert len(added) == expect, (outer_peak, len(added), radius(added).round(2))
+    if expect:
+      assert radius(added).min() > 0.7 and radius(got).max() > psf_fit.REACH
+
+
 @pytest.mark.slow
 def test_fit_recovers_the_zernike_field_in_a_crowded_frame():
   """A 12 × 12 grid of the strong frame's stars, 21 px apart: none is isolated by the 25-px

@@ -45,12 +45,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from scipy import spatial
 
 from flatai_jax.physics import convolve, geometry, host_threads, optics, psf, star_detect
 from flatai_jax.physics.star_detect import FWHM_PER_SIGMA  # the seeing is fitted as FWHM / this
 
 MIN_STARS = 20  # fewer measurable stars than this: no fit (one-line error)
 CROWDED_BELOW = 50  # fewer isolated stars than this: neighbours masked instead (crowded field)
+REACH = 0.85  # field radius (1 = corner) the fit's stars should reach: else fainter ones beyond
+REACH_SNR = 0.5  # … found at this × the fit's peak threshold (:func:`fit_psf_field`)
 SHIFT_SCALE = 5.0  # centre offsets are optimised in units of this many px (Adam steps ~ lr)
 MODEL_FLOOR = 0.03  # per-star error floor, fraction of its peak: bright stars do not dominate
 EVEN_FIELDS = ("defocus", "spherical", "astigmatism", "field_curvature", "tilt", "astig0")
@@ -332,6 +335,24 @@ def _stamp(plane, rms, usable, snr, max_stars, spec) -> tuple[int, float]:
   return int(np.clip(side + 1 - side % 2, low, high)), fwhm
 
 
+def _reach_out(plane, rms, usable, snr, size, xy) -> np.ndarray:
+  """``xy`` and, where its stars do not reach ``REACH`` of the field radius, the isolated stars
+  of peak ≥ ``REACH_SNR · snr`` beyond the farthest of them. An aberrated frame's corner stars
+  spread their light over many pixels and fall under a peak threshold; without them the fit
+  extrapolates the field from the inner stars (a rendered M67 plate: 27 stars to 0.72, corners
+  left with 1.74× their flux and more elongated than before). Only added to a set that is
+  enough on its own: frames refused for too few stars stay refused (a nebula's knots are not
+  let in by the fainter threshold)."""
+  far = np.hypot(*np.moveaxis(field_of(xy, plane.shape), -1, 0)).max()
+  if far >= REACH:
+    return xy
+  faint = star_detect.find_stars(plane, rms, usable=usable, snr=REACH_SNR * snr,
+                                 max_stars=100_000, box=size, compact=False)
+  beyond = np.hypot(*np.moveaxis(field_of(faint, plane.shape), -1, 0)) > far
+  beyond &= spatial.cKDTree(xy).query(faint)[0] > 2.0  # not the farthest star found again
+  return np.concatenate([xy, faint[beyond]])
+
+
 def fit_psf_field(plane: np.ndarray, cfg, grid=(5, 5), stamp: int | None = None,
                   snr: float = 20.0, max_stars: int = 256, steps: int = 300,
                   lr: float = 0.02, min_stars: int = MIN_STARS) -> PSFField:
@@ -350,7 +371,8 @@ def fit_psf_field(plane: np.ndarray, cfg, grid=(5, 5), stamp: int | None = None,
       ``STAMP_RANGE`` — the aberrated corners' 6-px stars need 25 px, a crowded field of 2-px
       stars has none isolated by 25 px (a Spitzer mosaic: 0 of them, 7 by 17 px; 377 with
       their neighbours masked).
-    snr: peak signal-to-noise of a usable star.
+    snr: peak signal-to-noise of a usable star; where those do not reach ``REACH`` of the
+      field radius, fainter ones beyond them (:func:`_reach_out`).
     max_stars: at most this many stars are fitted, spread over the frame (brightest per cell).
     steps, lr: Adam steps (after the ``ODD_STEPS`` of the odd fields alone) and peak learning
       rate (waves; centres in units of ``SHIFT_SCALE`` px).
@@ -371,6 +393,8 @@ def fit_psf_field(plane: np.ndarray, cfg, grid=(5, 5), stamp: int | None = None,
     raise ValueError(f"stamp {size} must be odd and at most kernel_size {spec.kernel_size}")
   xy = star_detect.find_stars(plane, rms, usable=usable, snr=snr, max_stars=100_000, box=size,
                               compact=False)
+  if len(xy) >= min_stars:
+    xy = _reach_out(plane, rms, usable, snr, size, xy)
   clear = np.ones((len(xy), size, size), bool)
   crowded = len(xy) < CROWDED_BELOW
   if crowded:  # too few isolated stars: stars with their neighbours masked, where more
