@@ -2,7 +2,18 @@
 
 The PSF field is fitted to the frame's own stars (``physics.psf_fit``), and the frame is
 deconvolved with that field to a round target PSF (``physics.deconvolve.sharpen``: spatially
-varying Richardson–Lucy, early-stopped, then the target). Imports only what
+varying Richardson–Lucy, early-stopped, then the target).
+
+The optics are corrected, not the air. Real stars are the optics' PSF under the seeing, which the
+fit stands in for by a Kolmogorov kernel. RL undoing optics ⊛ that whole kernel, the target
+putting it back (the previous release), is the right linear map, but RL's x ≥ 0 cannot hold a
+star sharper than the stand-in seeing and the wide PSF converges slowly: on real stars through a
+known aberration the corners kept 34–52 % of their excess FWHM. Undoing the optics alone (the
+seeing left in x, as in the training's deconvolution) removes 78–94 % — but where the fitted
+optics are partly a stand-in for a non-Kolmogorov real PSF (unaberrated real frames) it digs
+halos to −5.4 σ. So RL undoes the optics under ``RL_SEEING`` of the fitted seeing's FWHM and
+the target puts that part back (README, "the seeing kept in the frame": every share measured).
+Imports only what
 ``correct`` may (``physics``, ``io``, ``metrics``, ``correct``); nothing of training or evaluation.
 """
 from __future__ import annotations
@@ -19,6 +30,7 @@ from flatai_jax.io import atomic, images
 from flatai_jax.physics import deconvolve, psf, psf_fit, star_detect
 
 DEFAULT_GRID = (11, 11)  # PSF nodes (rows, cols) over the frame
+RL_SEEING = 0.7  # share of the fitted seeing's FWHM that RL undoes and the target puts back
 SPLIT_VARIANCE = 1.0 / 6.0  # px², per axis: RL's split of a point over pixels, mean over offsets
 GUARD_SIZE = 1.05  # deconvolved stars broader than this × before (median): not corrected
 GUARD_ELLIPTICITY = 0.02  # … or more elongated by more than this (median 1 − b/a)
@@ -37,8 +49,8 @@ class PhysicsCorrection:
     field: the fitted :class:`psf_fit.PSFField`.
     target: ``(k, k)`` the target PSF.
     psfs: ``(gy, gx, k, k)`` the PSFs deconvolved (:func:`correct_physics`): the fitted
-      field's optics alone for a sharpening target (the seeing stays in the frame), the
-      whole fitted PSF (``field.psfs``) for a Gaussian one.
+      field's optics under ``RL_SEEING`` of its seeing for a sharpening target, the whole
+      fitted PSF (``field.psfs``) for a Gaussian one.
     compensation: the target's pixel compensation (``deconvolve.sharpen``'s) it was run with.
     iterations: Richardson–Lucy iterations run (the early stop).
     chi2: the last χ² per signal pixel of the RL model, in noise σ² (≫ 1: PSF-model error).
@@ -113,9 +125,9 @@ def correct_physics(image: np.ndarray, cfg, target="diffraction", grid=DEFAULT_G
       The field is fitted on the channel mean; every channel is deconvolved with it.
     cfg: ``config.degrade.psf`` (the optics' sampling, pupil, band, kernel, modes).
     target: ``"diffraction"``, ``"centre"`` or a Gaussian FWHM in px
-      (``deconvolve.target_psf``); the first two correct the fitted optics alone and keep the
-      frame's own seeing (the atmosphere is not an aberration); a Gaussian replaces the
-      whole fitted PSF, seeing included.
+      (``deconvolve.target_psf``); the first two correct the fitted optics and keep the
+      frame's own seeing (the atmosphere is not an aberration; module docstring); a Gaussian
+      replaces the whole fitted PSF, seeing included.
     grid: PSF nodes ``(gy, gx)``.
     max_iter: cap on the Richardson–Lucy iterations (``deconvolve.sharpen``).
     cleanup: optional ``(H, W, C) -> (H, W, C)`` run on the deconvolved frame (the learned
@@ -137,17 +149,18 @@ def correct_physics(image: np.ndarray, cfg, target="diffraction", grid=DEFAULT_G
   t = deconvolve.target_psf(target, cfg, centre_coeffs=centre)
   seeing = field.params.get("seeing_fwhm_px", 0.0)
   sharpen = target in ("diffraction", "centre")
-  # the optics corrected, not the air: RL undoes the fitted optics alone and the seeing stays
-  # in x (the training's deconvolution too), rather than undoing optics ⊛ seeing and putting
-  # the fitted seeing back — the same linear map, but x ≥ 0 cannot hold a star sharper than
-  # the Kolmogorov seeing that stands in for the real one, and RL converges slower
+  # the optics corrected, not the air (module docstring): RL undoes the fitted optics under
+  # RL_SEEING × the fitted seeing's FWHM, and the target puts that part back
   keep_seeing = sharpen and seeing > 0
-  psfs = (np.asarray(psf_fit.node_psfs(field.coeffs, 0.0, psf.PSFSpec.from_config(cfg)))
+  part = RL_SEEING * seeing / psf_fit.FWHM_PER_SIGMA if keep_seeing else 0.0
+  psfs = (np.asarray(psf_fit.node_psfs(field.coeffs, part, psf.PSFSpec.from_config(cfg)))
           if keep_seeing else field.psfs)
+  if part > 0:
+    t = np.asarray(psf_fit.shift_psfs(jnp.asarray(t)[None], jnp.zeros((1, 2)), part)[0])
   # RL splits a star restored to a point over pixels (``deconvolve.pixel_compensated``), mean
   # variance 1/6 px² per axis; a star that keeps a seeing of variance s² is not a point: the
   # compensation fades as the split's share of the restored star's variance
-  s2 = (seeing / psf_fit.FWHM_PER_SIGMA) ** 2 if keep_seeing else 0.0
+  s2 = (1 - RL_SEEING ** 2) * (seeing / psf_fit.FWHM_PER_SIGMA) ** 2 if keep_seeing else 0.0
   compensation = deconvolve.PIXEL_COMPENSATION * SPLIT_VARIANCE / (SPLIT_VARIANCE + s2)
   fitted = time.perf_counter()
   out, iterations, chi2 = deconvolve.sharpen(filled, psfs, t, max_iter,
