@@ -57,6 +57,8 @@ class PhysicsCorrection:
     seconds: wall-clock seconds of the steps, ``{"fit": …, "deconvolve": …[, "cleanup": …]}``
       (JIT included).
     deconvolved: with a cleanup, the frame before it (``(H, W, C)``); else None.
+    rl_seeing_fwhm_px: the part of the fitted seeing RL undid and the target put back, px
+      (``RL_SEEING`` × its FWHM for a sharpening target; 0 for a Gaussian one).
   """
   corrected: np.ndarray
   field: psf_fit.PSFField
@@ -67,6 +69,7 @@ class PhysicsCorrection:
   chi2: float
   seconds: dict
   deconvolved: np.ndarray | None = None
+  rl_seeing_fwhm_px: float = 0.0
 
 
 def harm(before: np.ndarray, after: np.ndarray, xy: np.ndarray, sharpen: bool = True
@@ -179,7 +182,7 @@ def correct_physics(image: np.ndarray, cfg, target="diffraction", grid=DEFAULT_G
   if mask is not None:
     out[mask] = np.nan
   return PhysicsCorrection(out, field, t, psfs, compensation, iterations, chi2, seconds,
-                           deconvolved)
+                           deconvolved, float(part * psf_fit.FWHM_PER_SIGMA))
 
 
 def output_paths(input_path, output=None, out_dir=None) -> dict[str, Path]:
@@ -220,6 +223,8 @@ def write_field(paths: dict, image: np.ndarray, out: PhysicsCorrection, history:
                      history=history + " (fitted PSF grid, nodes as tiles)", protect=protect)
   atomic.write_text_atomic(paths["psf_json"], psf_fit.field_json(out.field, {
       "rl_iterations": out.iterations, "rl_chi2": round(out.chi2, 3),
+      "rl_seeing_fwhm_px": round(out.rl_seeing_fwhm_px, 3),
+      "target_pixel_compensation": round(out.compensation, 3),
       "psf_mosaic": paths["psf"].name, **(extra or {})}))
   metrics.save_panel_grid(paths["psf_field"], psf_field_panels(image, out), cols=3)
 

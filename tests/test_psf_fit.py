@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 import sep
 
+from flatai_jax import correct_psf
 from flatai_jax.evaluation import quality, star_field, stars
 from flatai_jax.io import images
 from flatai_jax.physics import deconvolve, psf_fit, star_detect
@@ -476,6 +477,10 @@ def test_cli_writes_the_corrected_frame_and_the_psf_field(frame, tmp_path):
                    out.stdout)
   assert line and int(line[1]) == meta["stars_used"] and float(line[3]) < 0.3, out.stdout
   assert abs(meta["field_model"]["seeing_fwhm_px"] - float(line[3])) < 0.01
+  # what RL undid of the seeing, and the target's pixel compensation, recorded
+  seeing = meta["field_model"]["seeing_fwhm_px"]
+  assert abs(meta["rl_seeing_fwhm_px"] - correct_psf.RL_SEEING * seeing) < 2e-3, meta
+  assert 0 < meta["target_pixel_compensation"] <= 1, meta
   with pytest.raises(subprocess.CalledProcessError):  # --method=physics is psf only
     subprocess.run([sys.executable, "-m", "flatai_jax.main", "correct", str(path), "--task=flat",
                     "--method=physics"], capture_output=True, text=True, env=env, check=True,
