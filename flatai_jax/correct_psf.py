@@ -8,7 +8,7 @@ The optics are corrected, not the air. Real stars are the optics' PSF under the 
 fit stands in for by a Kolmogorov kernel. RL undoing optics ⊛ that whole kernel, the target
 putting it back (the previous release), is the right linear map, but RL's x ≥ 0 cannot hold a
 star sharper than the stand-in seeing and the wide PSF converges slowly: on real stars through a
-known aberration the corners kept 34–52 % of their excess FWHM. Undoing the optics alone (the
+known aberration the corners kept 34–88 % of their excess FWHM. Undoing the optics alone (the
 seeing left in x, as in the training's deconvolution) removes 78–94 % — but where the fitted
 optics are partly a stand-in for a non-Kolmogorov real PSF (unaberrated real frames) it digs
 halos to −5.4 σ. So RL undoes the optics under ``RL_SEEING`` of the fitted seeing's FWHM and
