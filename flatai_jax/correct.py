@@ -549,12 +549,15 @@ class Corrector:
   Attributes:
     config, graphdef, params, step: the restored model and its config.
     checkpoint: the run directory it came from.
+    seeing_share: aberration models: the share of the fitted seeing RL undoes
+      (``correct_psf.correct_physics``); None: ``correct_psf.RL_SEEING``.
   """
 
   def __init__(self, config, graphdef, params, step: int, checkpoint: str, flat=None):
     self.config, self.graphdef, self.params = config, graphdef, params
     self.step, self.checkpoint = step, str(checkpoint)
     self.flat = flat  # combined = this flat Corrector, then this (a psf model) on its output
+    self.seeing_share: float | None = None
     if flat is not None and config.model.input != "deconvolved":
       raise ValueError("a flat stage chains only before a model that deconvolves first")
 
@@ -641,7 +644,8 @@ class Corrector:
       image = flat_out.corrected
     filled, mask = fill_masked(image)
     cleanup = lambda x: self.cleanup(x, tile, overlap, progress)
-    phys = correct_psf.correct_physics(filled, self.config.degrade.psf, cleanup=cleanup)
+    phys = correct_psf.correct_physics(filled, self.config.degrade.psf, cleanup=cleanup,
+                                       seeing_share=self.seeing_share)
     out = Correction(corrected=phys.corrected, F=None, G=None, aberration=phys)
     out = apply_strength(filled, out, strength)
     if mask is not None:

@@ -49,7 +49,7 @@ class PhysicsCorrection:
     field: the fitted :class:`psf_fit.PSFField`.
     target: ``(k, k)`` the target PSF.
     psfs: ``(gy, gx, k, k)`` the PSFs deconvolved (:func:`correct_physics`): the fitted
-      field's optics under ``RL_SEEING`` of its seeing for a sharpening target, the whole
+      field's optics under the seeing share of its seeing for a sharpening target, the whole
       fitted PSF (``field.psfs``) for a Gaussian one.
     compensation: the target's pixel compensation (``deconvolve.sharpen``'s) it was run with.
     iterations: Richardson–Lucy iterations run (the early stop).
@@ -58,7 +58,7 @@ class PhysicsCorrection:
       (JIT included).
     deconvolved: with a cleanup, the frame before it (``(H, W, C)``); else None.
     rl_seeing_fwhm_px: the part of the fitted seeing RL undid and the target put back, px
-      (``RL_SEEING`` × its FWHM for a sharpening target; 0 for a Gaussian one).
+      (the seeing share × its FWHM for a sharpening target; 0 for a Gaussian one).
   """
   corrected: np.ndarray
   field: psf_fit.PSFField
@@ -120,7 +120,7 @@ def harm(before: np.ndarray, after: np.ndarray, xy: np.ndarray, sharpen: bool = 
 
 def correct_physics(image: np.ndarray, cfg, target="diffraction", grid=DEFAULT_GRID,
                     max_iter: int = deconvolve.MAX_ITER, cleanup=None, guard: bool = True,
-                    **fit_kw) -> PhysicsCorrection:
+                    seeing_share: float | None = None, **fit_kw) -> PhysicsCorrection:
   """Fits the PSF field of a frame and deconvolves it to ``target``.
 
   Args:
@@ -136,11 +136,16 @@ def correct_physics(image: np.ndarray, cfg, target="diffraction", grid=DEFAULT_G
     cleanup: optional ``(H, W, C) -> (H, W, C)`` run on the deconvolved frame (the learned
       cleanup of a ``configs/psf.py`` model: ``correct.Corrector.cleanup``).
     guard: refuse a deconvolution that harms the frame's stars (:func:`harm`).
+    seeing_share: the share of the fitted seeing's FWHM that RL undoes and a sharpening target
+      puts back, in [0, 1] (module docstring); None: ``RL_SEEING``.
     fit_kw: passed to ``psf_fit.fit_psf_field`` (``stamp``, ``snr``, ``steps``, …).
   Raises:
     ValueError: one line, e.g. too few measurable stars, or a deconvolution that would make
       the stars broader or more elongated (the fitted model does not describe them).
   """
+  share = RL_SEEING if seeing_share is None else float(seeing_share)
+  if not 0.0 <= share <= 1.0:
+    raise ValueError(f"seeing share {share:g} must be in [0, 1]")
   image = np.asarray(image, np.float32)
   if image.ndim == 2:
     image = image[:, :, None]
@@ -153,9 +158,9 @@ def correct_physics(image: np.ndarray, cfg, target="diffraction", grid=DEFAULT_G
   seeing = field.params.get("seeing_fwhm_px", 0.0)
   sharpen = target in ("diffraction", "centre")
   # the optics corrected, not the air (module docstring): RL undoes the fitted optics under
-  # RL_SEEING × the fitted seeing's FWHM, and the target puts that part back
+  # the seeing share × the fitted seeing's FWHM, and the target puts that part back
   keep_seeing = sharpen and seeing > 0
-  part = RL_SEEING * seeing / psf_fit.FWHM_PER_SIGMA if keep_seeing else 0.0
+  part = share * seeing / psf_fit.FWHM_PER_SIGMA if keep_seeing else 0.0
   psfs = (np.asarray(psf_fit.node_psfs(field.coeffs, part, psf.PSFSpec.from_config(cfg)))
           if keep_seeing else field.psfs)
   if part > 0:
@@ -163,7 +168,7 @@ def correct_physics(image: np.ndarray, cfg, target="diffraction", grid=DEFAULT_G
   # RL splits a star restored to a point over pixels (``deconvolve.pixel_compensated``), mean
   # variance 1/6 px² per axis; a star that keeps a seeing of variance s² is not a point: the
   # compensation fades as the split's share of the restored star's variance
-  s2 = (1 - RL_SEEING ** 2) * (seeing / psf_fit.FWHM_PER_SIGMA) ** 2 if keep_seeing else 0.0
+  s2 = (1 - share ** 2) * (seeing / psf_fit.FWHM_PER_SIGMA) ** 2 if keep_seeing else 0.0
   compensation = deconvolve.PIXEL_COMPENSATION * SPLIT_VARIANCE / (SPLIT_VARIANCE + s2)
   fitted = time.perf_counter()
   out, iterations, chi2 = deconvolve.sharpen(filled, psfs, t, max_iter,
@@ -230,7 +235,7 @@ def write_field(paths: dict, image: np.ndarray, out: PhysicsCorrection, history:
 
 
 def correct_file(input_path, cfg, output=None, out_dir=None, target="diffraction",
-                 grid=DEFAULT_GRID) -> dict:
+                 grid=DEFAULT_GRID, seeing_share: float | None = None) -> dict:
   """Reads, corrects and writes one frame (atomic writes, never over the input).
 
   Writes ``<name>_corrected.<ext>`` (the input's format, header and HDUs kept, a HISTORY
@@ -246,7 +251,7 @@ def correct_file(input_path, cfg, output=None, out_dir=None, target="diffraction
     if p.resolve() == Path(input_path).resolve():
       raise images.ImageError(p, "refusing to overwrite the input file; choose another --output")
   try:
-    out = correct_physics(image, cfg, target, grid)
+    out = correct_physics(image, cfg, target, grid, seeing_share=seeing_share)
   except ValueError as e:
     raise images.ImageError(input_path, str(e)) from None
   history = (f"flatai correct: method=physics task=psf target={target} grid={grid[0]}x{grid[1]} "

@@ -8,6 +8,7 @@
   flatai correct  --session FRAME... --out=DIR   (one flat for a dithered sequence)
   flatai correct  IMAGE... --task=psf|combined   (the shipped aberration model; combined: flat first)
   flatai correct  IMAGE... --task=psf --method=physics [--target=diffraction|centre|FWHM_PX]
+                  [--seeing_share=0.7]   (psf, combined: the part of the fitted seeing RL undoes)
   flatai synth    --config=configs/default.py:flat,quickstart --output_dir=synth [--num=8] [--full_frame]
   flatai export   --checkpoint=runs/x --output=models/x   (parameters + config only)
   flatai gui      [--port=8765] [--checkpoint=runs/x]   (local web page on 127.0.0.1)
@@ -49,6 +50,10 @@ flags.DEFINE_enum("method", "model", ["model", "physics"], "psf correction by a 
                   "optics from --config's degrade.psf, default configs/default.py:psf).")
 flags.DEFINE_string("target", "diffraction", "--method=physics: PSF to deconvolve to: "
                     "'diffraction', 'centre' (the fitted on-axis PSF) or a Gaussian FWHM in px.")
+flags.DEFINE_float("seeing_share", None, "psf, combined: share in [0, 1] of the fitted "
+                   "seeing's FWHM that Richardson–Lucy undoes and the target puts back (default "
+                   "correct_psf.RL_SEEING = 0.7; 0 = the optics alone: sharpest aberrated corners, "
+                   "halos where the frame has little field-dependent aberration).")
 flags.DEFINE_string("output_dir", None, "Output folder.")
 flags.DEFINE_enum("format", "orbax", ["orbax", "onnx"], "export: 'orbax' = inference checkpoint "
                   "folder; 'onnx' = the whole-frame network as one .onnx file (needs jax2onnx).")
@@ -410,12 +415,15 @@ def _correct(argv):
     stretch.parse(FLAGS.input_stretch)
   except ValueError as e:
     raise app.UsageError(str(e))
+  if FLAGS.seeing_share is not None and not 0.0 <= FLAGS.seeing_share <= 1.0:
+    raise app.UsageError(f"--seeing_share={FLAGS.seeing_share} must be in [0, 1]")
   if FLAGS.session:
     return _correct_session(inputs)
   if FLAGS.method == "physics":
     return _correct_physics(inputs)
   corrector = correct.load(FLAGS.checkpoint, FLAGS.step,
                            task=None if FLAGS.checkpoint else FLAGS.task)
+  corrector.seeing_share = FLAGS.seeing_share
   checkpoint = corrector.checkpoint
   try:
     task = correct.resolve_task(corrector.task, FLAGS.task)
@@ -461,7 +469,7 @@ def _correct_each(inputs, correct_one):
 
 
 SESSION_EXCLUDES = ("output", "reference", "task", "tile", "overlap", "strength", "method",
-                    "target", "config")  # flags of single-frame correction that --session refuses
+                    "target", "config", "seeing_share")  # flags of single-frame correction that --session refuses
 
 
 def _correct_session(inputs):
@@ -510,7 +518,8 @@ def _correct_physics(inputs):
     if not target > 0:
       raise app.UsageError(f"--target={target:g}: a FWHM must be > 0 px")
   def one(path):
-    report = correct_psf.correct_file(path, config.degrade.psf, FLAGS.output, FLAGS.out, target)
+    report = correct_psf.correct_file(path, config.degrade.psf, FLAGS.output, FLAGS.out, target,
+                                      seeing_share=FLAGS.seeing_share)
     print(f"{path}: {correct_psf.describe(report)}")
     return report
 

@@ -440,6 +440,8 @@ def test_too_few_stars_is_one_line(tmp_path):
   sparse += rng.normal(0.0, NOISE, HW)
   with pytest.raises(ValueError, match=r"^only \d measurable stars .* at least 20$"):
     correct_psf.correct_physics(sparse, _cfg())
+  with pytest.raises(ValueError, match=r"^seeing share 1.5 must be in \[0, 1\]$"):
+    correct_psf.correct_physics(sparse, _cfg(), seeing_share=1.5)  # before any fit
   path = tmp_path / "sparse.fits"
   images.write_image(path, sparse.astype(np.float32))
   env = dict(os.environ, JAX_PLATFORMS="cpu")
@@ -450,16 +452,23 @@ def test_too_few_stars_is_one_line(tmp_path):
   lines = out.stderr.strip().splitlines()
   assert lines[0].startswith(f"flatai correct: error: {path}: only ") and "at least 20" in lines[0]
   assert len(lines) == 2 and "1 of 1 file(s) failed" in lines[1], out.stderr
+  out = subprocess.run([sys.executable, "-m", "flatai_jax.main", "correct", str(path),
+                        "--task=psf", "--seeing_share=-0.1"], capture_output=True, text=True,
+                       env=env, timeout=300)
+  assert out.returncode != 0 and "--seeing_share=-0.1 must be in [0, 1]" in out.stderr, out.stderr
+  assert sorted(p.name for p in tmp_path.iterdir()) == ["sparse.fits"]  # nothing written
 
 
-def test_cli_writes_the_corrected_frame_and_the_psf_field(frame, tmp_path):
-  _, observed, _ = frame
+def test_cli_writes_the_corrected_frame_and_the_psf_field(seeing_frame, tmp_path):
+  """The strong optics under a 2.35-px seeing through ``flatai correct --method=physics
+  --seeing_share=0.3``: every output written, the fit's line, and what RL undid of the seeing."""
+  observed = seeing_frame[0].observed
   path = tmp_path / "field.fits"
   images.write_image(path, observed.astype(np.float32))
   env = dict(os.environ, JAX_PLATFORMS="cpu")
   out = subprocess.run([sys.executable, "-m", "flatai_jax.main", "correct", str(path),
                         "--task=psf", "--method=physics", "--config=configs/default.py:psf",
-                        "--config.degrade.psf.oversample=2"],
+                        "--config.degrade.psf.oversample=2", "--seeing_share=0.3"],
                        capture_output=True, text=True, env=env, timeout=600)
   assert out.returncode == 0, out.stderr
   for name in ("field_corrected.fits", "field_corrected_psf.fits", "field_corrected_psf.json",
@@ -472,14 +481,15 @@ def test_cli_writes_the_corrected_frame_and_the_psf_field(frame, tmp_path):
   meta = json.loads((tmp_path / "field_corrected_psf.json").read_text())
   assert np.asarray(meta["node_coefficients"]).shape == (11, 11, 11)
   assert meta["stars_used"] >= 40 and "coma" in meta["field_model"]
-  # the one line of the fit (correct_psf.describe): the synthetic frame has no seeing
+  # the one line of the fit (correct_psf.describe): the seeing found again
   line = re.search(r"PSF field from (\d+) stars, residual ([\d.]+) σ, seeing FWHM ([\d.]+) px",
                    out.stdout)
-  assert line and int(line[1]) == meta["stars_used"] and float(line[3]) < 0.3, out.stdout
+  assert line and int(line[1]) == meta["stars_used"] and abs(float(line[3]) - 2.35) < 0.24, out.stdout
   assert abs(meta["field_model"]["seeing_fwhm_px"] - float(line[3])) < 0.01
   # what RL undid of the seeing, and the target's pixel compensation, recorded
   seeing = meta["field_model"]["seeing_fwhm_px"]
-  assert abs(meta["rl_seeing_fwhm_px"] - correct_psf.RL_SEEING * seeing) < 2e-3, meta
+  print(f"seeing {seeing:.4f} px, RL undid {meta['rl_seeing_fwhm_px']} px of it")
+  assert abs(meta["rl_seeing_fwhm_px"] - 0.3 * seeing) < 2e-3, meta  # --seeing_share=0.3
   assert 0 < meta["target_pixel_compensation"] <= 1, meta
   with pytest.raises(subprocess.CalledProcessError):  # --method=physics is psf only
     subprocess.run([sys.executable, "-m", "flatai_jax.main", "correct", str(path), "--task=flat",
