@@ -53,7 +53,6 @@ def frame():
 
 @pytest.fixture(scope="module")
 def corrected(frame):
-  from flatai_jax import correct_psf
   _, observed, _ = frame
   return correct_psf.correct_physics(observed, _cfg(), target="diffraction", grid=(11, 11))
 
@@ -96,7 +95,6 @@ def seeing_frame():
 
 @pytest.fixture(scope="module")
 def seeing_corrected(seeing_frame):
-  from flatai_jax import correct_psf
   return correct_psf.correct_physics(seeing_frame[0].observed, _cfg(), grid=(11, 11))
 
 
@@ -433,7 +431,6 @@ def test_starless_frame_is_not_sharpened():
 
 
 def test_too_few_stars_is_one_line(tmp_path):
-  from flatai_jax import correct_psf
   rng = np.random.default_rng(1)
   xy = rng.uniform(40, 216, (8, 2))
   sparse = psf_fit.render_stars(HW, xy, np.full(8, 2e4), TRUTH, _cfg()) + SKY
@@ -517,7 +514,6 @@ def test_guard_refuses_a_deconvolution_that_broadens_or_elongates_the_stars():
   """``correct_psf.harm``: the same stars broader after (an undersampled frame deconvolved to a
   wider target), more elongated, ringed by dark halos or of another flux → the reason; sharper
   and rounder → None."""
-  from flatai_jax import correct_psf
   yy, xx = np.mgrid[:160, :160]
   xy = np.stack(np.meshgrid(np.arange(20, 160, 30), np.arange(20, 160, 30)), -1).reshape(-1, 2)
   stars_of = lambda sx, sy: sum(640 / (sx * sy) * np.exp(-((xx - x) ** 2 / (2 * sx * sx)
