@@ -160,7 +160,8 @@ def correct_physics(image: np.ndarray, cfg, target="diffraction", grid=DEFAULT_G
   # the optics corrected, not the air (module docstring): RL undoes the fitted optics under
   # the seeing share × the fitted seeing's FWHM, and the target puts that part back
   keep_seeing = sharpen and seeing > 0
-  part = share * seeing / psf_fit.FWHM_PER_SIGMA if keep_seeing else 0.0
+  sigma = seeing / psf_fit.FWHM_PER_SIGMA if keep_seeing else 0.0  # the seeing's, px
+  part = share * sigma
   psfs = (np.asarray(psf_fit.node_psfs(field.coeffs, part, psf.PSFSpec.from_config(cfg)))
           if keep_seeing else field.psfs)
   if part > 0:
@@ -168,7 +169,7 @@ def correct_physics(image: np.ndarray, cfg, target="diffraction", grid=DEFAULT_G
   # RL splits a star restored to a point over pixels (``deconvolve.pixel_compensated``), mean
   # variance 1/6 px² per axis; a star that keeps a seeing of variance s² is not a point: the
   # compensation fades as the split's share of the restored star's variance
-  s2 = (1 - share ** 2) * (seeing / psf_fit.FWHM_PER_SIGMA) ** 2 if keep_seeing else 0.0
+  s2 = (1 - share ** 2) * sigma ** 2
   compensation = deconvolve.PIXEL_COMPENSATION * SPLIT_VARIANCE / (SPLIT_VARIANCE + s2)
   fitted = time.perf_counter()
   out, iterations, chi2 = deconvolve.sharpen(filled, psfs, t, max_iter,

@@ -21,7 +21,7 @@ import sep
 from flatai_jax import correct_psf
 from flatai_jax.evaluation import quality, star_field, stars
 from flatai_jax.io import images
-from flatai_jax.physics import deconvolve, psf_fit, star_detect
+from flatai_jax.physics import deconvolve, geometry, psf_fit, star_detect
 
 HW = (256, 256)
 NOISE, SKY = star_field.NOISE, star_field.SKY
@@ -37,13 +37,18 @@ MODERATE = _params(coma=0.3, astig=0.2, curvature=0.15, spherical=0.03, trefoil=
                    tilt=(0.03, -0.02))  # corners at ~1.5× the centre's FWHM
 
 
-def _star_field(n_side=8, seed=0, truth=TRUTH, light=False):
-  """``(xy, observed, ideal)``; with ``light`` also the observed stars without sky and noise."""
+def _grid_frame(n_side=8, seed=0, truth=TRUTH) -> star_field.StarField:
+  """Stars on a jittered ``n_side × n_side`` grid through ``truth``'s field."""
   rng = np.random.default_rng(seed)
   g = np.arange(n_side) * (HW[0] // n_side) + HW[0] // (2 * n_side)
   xy = np.stack(np.meshgrid(g, g), -1).reshape(-1, 2) + rng.uniform(-2, 2, (n_side ** 2, 2))
-  f = star_field.frame(HW, xy, rng, truth, _cfg())
-  return (xy, f.observed, f.ideal, f.light) if light else (xy, f.observed, f.ideal)
+  return star_field.frame(HW, xy, rng, truth, _cfg())
+
+
+def _star_field(n_side=8, seed=0, truth=TRUTH, light=False):
+  """``(xy, observed, ideal)``; with ``light`` also the observed stars without sky and noise."""
+  f = _grid_frame(n_side, seed, truth)
+  return (f.xy, f.observed, f.ideal, f.light) if light else (f.xy, f.observed, f.ideal)
 
 
 @pytest.fixture(scope="module")
@@ -85,11 +90,8 @@ def seeing_frame():
   """The strong frame's stars under :data:`SEEING` (``star_field.StarField``) and the same
   stars through the diffraction target and the seeing (what a correction of the optics alone
   should give), ``(H, W)`` with the sky."""
-  rng = np.random.default_rng(0)
-  g = np.arange(8) * (HW[0] // 8) + HW[0] // 16
-  xy = np.stack(np.meshgrid(g, g), -1).reshape(-1, 2) + rng.uniform(-2, 2, (64, 2))
-  f = star_field.frame(HW, xy, rng, SEEING, _cfg())
-  kept = star_field.render(HW, xy, f.flux, _params()._replace(seeing=SEEING.seeing), _cfg()) + SKY
+  f = _grid_frame(truth=SEEING)
+  kept = star_field.render(HW, f.xy, f.flux, _params()._replace(seeing=SEEING.seeing), _cfg()) + SKY
   return f, kept
 
 
@@ -362,7 +364,7 @@ def test_fit_reaches_out_to_fainter_stars_only_where_the_bright_ones_stop():
   hw = (300, 400)
   yy, xx = np.mgrid[:hw[0], :hw[1]]
   rng = np.random.default_rng(4)
-  radius = lambda xy: np.hypot(*np.moveaxis(psf_fit.field_of(xy, hw), -1, 0))
+  radius = lambda xy: geometry.field_radius_px(xy, hw)
 
   def stars_at(lo, hi, n):
     out = []

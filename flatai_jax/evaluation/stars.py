@@ -19,6 +19,7 @@ find_stars = star_detect.find_stars  # the one detection, shared with the PSF-fi
 # the one aperture flux and halo measure, shared with the correction's guard (correct_psf.harm)
 aperture_flux = star_detect.aperture_flux
 ringing = star_detect.ringing
+field_radius_px = geometry.field_radius_px
 
 
 def moffat(params, dx, dy):
@@ -82,14 +83,6 @@ def measure(plane: np.ndarray, xy: np.ndarray, box: int = 15, aperture: float = 
     cut = data[yi - half:yi + half + 1, xi - half:xi + half + 1]
     fwhm[i], ell[i] = fit_star(cut, x - xi + half, y - yi + half)
   return {"fwhm": fwhm, "ellipticity": ell, "flux": aperture_flux(data, xy, aperture)}
-
-
-def field_radius_px(xy: np.ndarray, hw) -> np.ndarray:
-  """``(n,) float64`` field radius (``physics.geometry.field_radius``) of ``(n, 2)`` (x, y)
-  pixel positions on a frame of ``hw`` = ``(H, W)`` px: 0 at the frame centre, 1 at its corners."""
-  h, w = hw
-  coords = geometry.pixel_coords(xy, (h, w))
-  return np.asarray(geometry.field_radius(coords, h / w), np.float64)
 
 
 def summarize(table: dict, reference: dict, radius: np.ndarray, min_stars: int = 3) -> dict:

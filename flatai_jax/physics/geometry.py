@@ -10,6 +10,7 @@ position is measured from the sensor centre in units of the half-diagonal
 from __future__ import annotations
 
 import jax.numpy as jnp
+import numpy as np
 
 
 def frame_coords(offset_yx, crop_hw: tuple[int, int], sensor_hw) -> jnp.ndarray:
@@ -69,3 +70,10 @@ def field_radius(coords, aspect: float) -> jnp.ndarray:
     aspect: sensor height / width.
   """
   return jnp.linalg.norm(field_position(coords, aspect), axis=-1)
+
+
+def field_radius_px(xy, hw) -> np.ndarray:
+  """``(n,) float64`` field radius (:func:`field_radius`) of ``(n, 2)`` (x, y) pixel positions
+  on a frame of ``hw`` = ``(H, W)`` px: 0 at the frame centre, 1 at its corners."""
+  h, w = hw
+  return np.asarray(field_radius(pixel_coords(xy, (h, w)), h / w), np.float64)

@@ -343,12 +343,12 @@ def _reach_out(plane, rms, usable, snr, size, xy) -> np.ndarray:
   left with 1.74× their flux and more elongated than before). Only added to a set that is
   enough on its own: frames refused for too few stars stay refused (a nebula's knots are not
   let in by the fainter threshold)."""
-  far = np.hypot(*np.moveaxis(field_of(xy, plane.shape), -1, 0)).max()
+  far = geometry.field_radius_px(xy, plane.shape).max()
   if far >= REACH:
     return xy
   faint = star_detect.find_stars(plane, rms, usable=usable, snr=REACH_SNR * snr,
                                  max_stars=100_000, box=size, compact=False)
-  beyond = np.hypot(*np.moveaxis(field_of(faint, plane.shape), -1, 0)) > far
+  beyond = geometry.field_radius_px(faint, plane.shape) > far
   beyond &= spatial.cKDTree(xy).query(faint)[0] > 2.0  # not the farthest star found again
   return np.concatenate([xy, faint[beyond]])
 
