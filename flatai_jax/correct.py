@@ -549,8 +549,8 @@ class Corrector:
   Attributes:
     config, graphdef, params, step: the restored model and its config.
     checkpoint: the run directory it came from.
-    seeing_share: aberration models: the share of the fitted seeing RL undoes
-      (``correct_psf.correct_physics``); None: ``correct_psf.RL_SEEING``.
+    seeing_share: aberration models: the share of the fitted seeing RL undoes where the
+      optics are at their best (``correct_psf.correct_physics``); None: ``correct_psf.RL_SEEING``.
   """
 
   def __init__(self, config, graphdef, params, step: int, checkpoint: str, flat=None):

@@ -51,9 +51,10 @@ flags.DEFINE_enum("method", "model", ["model", "physics"], "psf correction by a 
 flags.DEFINE_string("target", "diffraction", "--method=physics: PSF to deconvolve to: "
                     "'diffraction', 'centre' (the fitted on-axis PSF) or a Gaussian FWHM in px.")
 flags.DEFINE_float("seeing_share", None, "psf, combined: share in [0, 1] of the fitted "
-                   "seeing's FWHM that Richardson–Lucy undoes and the target puts back (default "
-                   "correct_psf.RL_SEEING = 0.7; 0 = the optics alone: sharpest aberrated corners, "
-                   "halos where the frame has little field-dependent aberration).")
+                   "seeing's FWHM that Richardson–Lucy undoes and the target puts back where the "
+                   "optics are at their best, less where the field widens them (default "
+                   "correct_psf.RL_SEEING = 0.7; 0 = the optics alone everywhere: sharpest "
+                   "aberrated corners, halos where the frame has little field-dependent aberration).")
 flags.DEFINE_string("output_dir", None, "Output folder.")
 flags.DEFINE_enum("format", "orbax", ["orbax", "onnx"], "export: 'orbax' = inference checkpoint "
                   "folder; 'onnx' = the whole-frame network as one .onnx file (needs jax2onnx).")

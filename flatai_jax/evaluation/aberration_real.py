@@ -53,9 +53,9 @@ def score_frame(plane: np.ndarray, corrector) -> dict:
     phys = correct_psf.correct_physics(plane, cfg, cleanup=corrector.cleanup, guard=False)
   except ValueError as e:
     return {"failed": str(e)}
-  on_axis = phys.psfs[phys.psfs.shape[0] // 2, phys.psfs.shape[1] // 2]  # RL's, on-axis
-  one_psf = deconvolve.sharpen(plane[..., None], on_axis[None, None], phys.target,
-                               compensation=phys.compensation)[0][..., 0]
+  on_axis, target, compensation = phys.on_axis()  # RL's, on-axis
+  one_psf = deconvolve.sharpen(plane[..., None], on_axis, target,
+                               compensation=compensation)[0][..., 0]
   outputs = {"uncorrected": plane, "physics": phys.deconvolved[..., 0],
              "model": phys.corrected[..., 0], "rl_one_psf": one_psf}
   noise = star_detect.sky_noise(plane)
@@ -155,13 +155,10 @@ def score_rendered(plane: np.ndarray, corrector, params=star_field.TRUTH,
     phys = correct_psf.correct_physics(observed, cfg, cleanup=corrector.cleanup, guard=False)
   except ValueError as e:
     return {"failed": str(e)}
-  gy, gx = phys.psfs.shape[:2]
   rl = lambda psfs, target, c=deconvolve.PIXEL_COMPENSATION: deconvolve.sharpen(
       observed[..., None], psfs, target, compensation=c)[0][..., 0]
   outputs = {"uncorrected": observed, "physics": phys.deconvolved[..., 0],
-             "model": phys.corrected[..., 0],
-             "rl_one_psf": rl(phys.psfs[gy // 2:gy // 2 + 1, gx // 2:gx // 2 + 1], phys.target,
-                              phys.compensation),
+             "model": phys.corrected[..., 0], "rl_one_psf": rl(*phys.on_axis()),
              "rl_true_field": rl(case["psfs"], case["target"]), "ideal": ideal}
   noise = star_detect.sky_noise(plane)
   border = max(stars.MEASURE_BOX // 2, 12) + 4

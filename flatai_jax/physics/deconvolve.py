@@ -159,6 +159,22 @@ def pixel_compensated(target: np.ndarray, power: float = PIXEL_COMPENSATION) -> 
   return (out / out.sum()).astype(np.float32)
 
 
+def compensated_targets(target, compensation=PIXEL_COMPENSATION) -> np.ndarray:
+  """:func:`pixel_compensated` of one target or of one per PSF node.
+
+  Args:
+    target: ``(kt, kt)``, or ``(gy, gx, kt, kt)`` one per node of the PSF field.
+    compensation: the power, a float or ``(gy, gx)`` one per node.
+  Returns:
+    ``(1, 1, kt, kt)`` or ``(gy, gx, kt, kt) float32``, each summing to 1.
+  """
+  t = np.asarray(target, np.float32)
+  t = t.reshape((1, 1) + t.shape) if t.ndim == 2 else t
+  power = np.broadcast_to(np.asarray(compensation, np.float64), t.shape[:2])
+  return np.stack([np.stack([pixel_compensated(t[i, j], power[i, j])
+                             for j in range(t.shape[1])]) for i in range(t.shape[0])])
+
+
 def wiener_kernels(psfs: np.ndarray, target: np.ndarray, lam: float = 1e-4,
                    size: int | None = None):
   """Linear deconvolution kernels of a PSF field to a target (the reference method).
@@ -332,7 +348,7 @@ def sharpen_traced(image, psfs, target, max_iter: int):
   sigma = jnp.stack([noise.second_difference_sigma(p, p - s) for p, s in zip(planes, sky)])
   y, signal, pedestal, sigma = _rl_frame(image, sky, sigma)
   t = jnp.asarray(pixel_compensated(np.asarray(target)), jnp.float32)
-  out, _, _ = _sharpen_tile(y, psfs, sigma, signal, t, max_iter=max_iter)
+  out, _, _ = _sharpen_tile(y, psfs, sigma, signal, t[None, None], max_iter=max_iter)
   return out + (sky - pedestal)
 
 
@@ -341,11 +357,11 @@ def _sharpen_tile(y, psfs, sigma, signal, target, max_iter: int):
   """:func:`richardson_lucy` then the target, on one tile (or the whole frame).
 
   Args: ``y (L, L', C)``, ``psfs (gty, gtx, k, k)``, ``signal (L, L', C)``, ``sigma (C,)``,
-  ``target (kt, kt)`` (:func:`pixel_compensated`). Returns ``T' ⊛ x (L, L', C)``, the
+  ``target (1, 1, kt, kt)`` or one per node ``(gty, gtx, kt, kt)`` (:func:`compensated_targets`). Returns ``T' ⊛ x (L, L', C)``, the
   iterations ``()`` and the last χ² ``()``.
   """
   x, i, c = richardson_lucy(y, psfs, sigma, signal, max_iter=max_iter)
-  return optics.blur(x, target[None, None]), i, c
+  return optics.blur(x, target), i, c
 
 
 def sharpen(image: np.ndarray, psfs: np.ndarray, target: np.ndarray,
@@ -357,15 +373,16 @@ def sharpen(image: np.ndarray, psfs: np.ndarray, target: np.ndarray,
     image: ``(H, W, C) float32`` linear, finite; the frame whose PSF field is ``psfs``
       (nodes ``convolve.node_positions`` over the whole frame).
     psfs: ``(gy, gx, k, k)`` each summing to 1 (e.g. ``psf_fit.PSFField.psfs``).
-    target: ``(kt, kt)`` the target PSF, summing to 1 (:func:`target_psf`); RL's result is
-      convolved with its :func:`pixel_compensated` version.
+    target: ``(kt, kt)`` the target PSF, summing to 1 (:func:`target_psf`), or one per node of
+      ``psfs`` ``(gy, gx, kt, kt)``; RL's result is convolved with its
+      :func:`pixel_compensated` version (:func:`compensated_targets`).
     max_iter: cap on the RL iterations.
     tile: tile core side, px (module docstring); a frame no larger is one whole-frame RL.
     workers: tiles deconvolved at once, on threads (default: the CPU cores,
       ``host_threads.cpu_workers``); the result does not depend on it.
-    compensation: the power of :func:`pixel_compensated` (RL restoring stars to points
-      splits them over pixels; a restored frame that keeps a seeing wider than that split
-      needs less).
+    compensation: the power of :func:`pixel_compensated`, a float or one per node ``(gy, gx)``
+      (RL restoring stars to points splits them over pixels; a restored frame that keeps a
+      seeing wider than that split needs less).
   Returns:
     ``(H, W, C) float32`` the frame with PSF ``target`` everywhere (the sky and its level
     kept; the sum kept up to the light the reflect-padded border exchanges with the
@@ -381,21 +398,23 @@ def sharpen(image: np.ndarray, psfs: np.ndarray, target: np.ndarray,
     sigma[c] = star_detect.sky_noise(image[..., c])
   y, signal, pedestal, sigma = _rl_frame(image, sky, sigma)
   h, w, c = image.shape
-  target = jnp.asarray(pixel_compensated(target, compensation), jnp.float32)
+  target = compensated_targets(target, compensation)
   sigma = jnp.asarray(sigma)
   if max(h, w) <= tile:
     out, iters, chi2 = jax.device_get(_sharpen_tile(
-        jnp.asarray(y), jnp.asarray(psfs, jnp.float32), sigma, jnp.asarray(signal), target,
-        max_iter=int(max_iter)))
+        jnp.asarray(y), jnp.asarray(psfs, jnp.float32), sigma, jnp.asarray(signal),
+        jnp.asarray(target), max_iter=int(max_iter)))
     return out + (sky - pedestal), int(iters), float(chi2)
   (oy, ly, wy), (ox, lx, wx) = tile_plan(h, tile), tile_plan(w, tile)
   padded_y, padded_signal = (np.pad(a, ((-oy[0], oy[-1] + ly - h), (-ox[0], ox[-1] + lx - w),
                                         (0, 0)), mode="reflect") for a in (y, signal))
   tile_psfs = _tile_psfs(psfs, (h, w), (oy, ox), (ly, lx))
+  tile_targets = (_tile_psfs(target, (h, w), (oy, ox), (ly, lx)) if target.shape[:2] != (1, 1)
+                  else np.broadcast_to(target, (len(oy), len(ox)) + target.shape))
   cells = list(itertools.product(range(len(oy)), range(len(ox))))
   crop = lambda a, i, j: a[oy[i] - oy[0]:oy[i] - oy[0] + ly, ox[j] - ox[0]:ox[j] - ox[0] + lx]
-  tiles = [(crop(padded_y, i, j), tile_psfs[i, j], sigma, crop(padded_signal, i, j), target)
-           for i, j in cells]  # host views: each goes to the device when its turn comes
+  tiles = [(crop(padded_y, i, j), tile_psfs[i, j], sigma, crop(padded_signal, i, j),
+            tile_targets[i, j]) for i, j in cells]  # host views: each goes to the device in turn
   fn = _sharpen_tile.lower(*tiles[0], max_iter=int(max_iter)).compile()
   results = host_threads.map_compiled(fn, tiles, workers)
   out = np.zeros((oy[-1] - oy[0] + ly, ox[-1] - ox[0] + lx, c), np.float32)

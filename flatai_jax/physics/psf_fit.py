@@ -170,8 +170,8 @@ def shift_psfs(p, dxy, seeing=0.0):
     p: ``(N, k, k)`` images.
     dxy: ``(N, 2)`` (x, y) shifts, px (positive: towards larger column / row).
     seeing: the Kolmogorov long-exposure PSF's FWHM / ``FWHM_PER_SIGMA`` (the σ of a Gaussian
-      as wide), px, its absolute value; 0 = none: transfer function
-      ``exp(−3.44 (FWHM / 0.98 · ν)^{5/3})``, ``ν`` in cycles/px.
+      as wide), px, its absolute value, one or ``(N,)`` one per image; 0 = none: transfer
+      function ``exp(−3.44 (FWHM / 0.98 · ν)^{5/3})``, ``ν`` in cycles/px.
   Returns:
     ``(N, k, k) float32`` (periodic: keep the content away from the border).
   """
@@ -179,6 +179,7 @@ def shift_psfs(p, dxy, seeing=0.0):
   fy = jnp.fft.fftfreq(k)[None, :, None]
   fx = jnp.fft.rfftfreq(k)[None, None, :]
   ramp = jnp.exp(-2j * jnp.pi * (fy * dxy[:, 1, None, None] + fx * dxy[:, 0, None, None]))
+  seeing = jnp.reshape(jnp.asarray(seeing, jnp.float32), (-1, 1, 1))
   x = (FWHM_PER_SIGMA * seeing / KOLMOGOROV_FWHM) ** 2 * (fy * fy + fx * fx)  # (λ/r0 · ν)²
   safe = jnp.where(x > 0, x, 1.0)  # x^(5/6) has an infinite slope at 0: keep it out of the grad
   ramp = ramp * jnp.exp(-3.44 * jnp.where(x > 0, safe ** (5.0 / 6.0), 0.0))
@@ -446,10 +447,11 @@ def fit_psf_field(plane: np.ndarray, cfg, grid=(5, 5), stamp: int | None = None,
 
 
 def node_psfs(coeffs, seeing, spec: psf.PSFSpec):
-  """``(..., k, k)`` PSFs of ``(..., J)`` coefficients blurred by the seeing (:func:`shift_psfs`),
-  centred."""
+  """``(..., k, k)`` PSFs of ``(..., J)`` coefficients blurred by the seeing (:func:`shift_psfs`;
+  one, or one per PSF ``(...)``), centred."""
   coeffs = jnp.asarray(coeffs)
   flat = coeffs.reshape(-1, coeffs.shape[-1])
+  seeing = jnp.broadcast_to(jnp.asarray(seeing, jnp.float32), coeffs.shape[:-1]).reshape(-1)
   p = shift_psfs(optics.render_psfs(flat, spec), jnp.zeros((flat.shape[0], 2)), seeing)
   return p.reshape(coeffs.shape[:-1] + p.shape[-2:])
 
