@@ -151,7 +151,8 @@ def seeing_shares(coeffs, sigma: float, share: float, spec: psf.PSFSpec) -> np.n
     return np.full(coeffs.shape[:2], float(share))
   p = np.asarray(psf_fit.node_psfs(coeffs, 0.0, spec), np.float64)
   v = 1.0 / (4.0 * np.pi * (p ** 2).sum(axis=(-2, -1)))
-  return share * (sigma ** 2 / (sigma ** 2 + v - v.min())) ** FIELD_SHARE_POWER
+  e = v - v.min()
+  return share * (sigma ** 2 / (sigma ** 2 + e)) ** FIELD_SHARE_POWER
 
 
 def correct_physics(image: np.ndarray, cfg, target="diffraction", grid=DEFAULT_GRID,

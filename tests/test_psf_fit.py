@@ -120,8 +120,9 @@ def test_seeing_share_falls_where_the_field_widens_the_optics_only():
   """``correct_psf.seeing_shares``: the whole share where the optics are at their best — at every
   node of a field without aberrations —, nearly so at a node that is only tilted (a shift, which
   the renderer recentres; its linear interpolation widens the PSF a little: 0.680), less the
-  wider the optics (defocus 0.15 waves: 0.396, 0.3: 0.201), and the whole share everywhere when
-  there is no seeing to split."""
+  wider the optics (defocus 0.15 waves: 0.396, 0.3: 0.201), the whole share everywhere when
+  there is no seeing to split, and no 0 / 0 when the fitted seeing is ~0 (it was, on hcipy's
+  frame: σ² lost beside the optics' variance)."""
   spec = psf.PSFSpec.from_config(_cfg())
   coeffs = np.zeros((2, 2, spec.num_modes), np.float32)
   share = correct_psf.seeing_shares(coeffs, 1.2, 0.7, spec)
@@ -134,6 +135,8 @@ def test_seeing_share_falls_where_the_field_widens_the_optics_only():
   assert abs(share[0, 0] - 0.7) < 1e-6 and abs(share[0, 1] - 0.7) < 0.03, share
   assert 0.6 > share[1, 0] > share[1, 1] + 0.1 > 0.15, share
   np.testing.assert_allclose(correct_psf.seeing_shares(coeffs, 0.0, 0.7, spec), 0.7)
+  tiny = correct_psf.seeing_shares(coeffs, 1e-9, 0.7, spec)  # a seeing fitted to ~0: no 0 / 0
+  assert tiny[0, 0] == 0.7 and np.all(tiny[1] < 1e-6), tiny
 
 
 def test_the_optics_are_corrected_and_the_seeing_kept(seeing_frame, seeing_corrected):
