@@ -105,6 +105,14 @@ CHUNK_ROWS = 32  # fine-grid rows per step of the median over frames
 MIN_QUALIFYING = 0.5  # the frames' large-scale weight must reach this share of the frames, else
 #                   the whole session falls back to single-frame mode
 HOLDOUT_FRAMES = 4  # frames (at most) of the leave-half-out test, alternating halves
+# the dust a scale-split session's correction leaves (:func:`left_dust`), on the fine grid:
+LEFT_SKY_CELLS = 16  # a corrected frame's local sky: median over (2·16 + 1)² cells, then smoothed
+LEFT_CLIP = 4.0  # cells this many robust σ off their local sky are stars: left out of the median
+LEFT_SMOOTH_CELLS = 2.0  # Gaussian σ on the frames' median
+LEFT_SIGMA = 3.0  # a dip this many robust σ deep in all frames' median (half of it in each half)
+LEFT_MIN_CELLS = 9  # … over at least this many fine cells (noise and edges give single cells)
+LEFT_REACH = 1.5  # … and then as far as the median stays this many σ deep around it
+LEFT_MIN_FRAMES = 4  # … and only in a session of at least this many frames
 
 
 @dataclasses.dataclass
@@ -132,6 +140,9 @@ class SessionFlat:
       ``turned`` ``(n,)`` whether its sky is turned 180° against the canvas (a meridian flip),
       ``foreign`` ``(n,)`` whether it sees another sky (corrected by :func:`correct_with`),
       ``S`` the sky surface of T on the canvas.
+    left: the dust the correction left in a scale-split session's frames that the session
+      divided out too (:func:`left_dust`): ``{"cells": fine cells changed, "deepest": the
+      deepest dip}``, or None (none found, or not looked for: joint sessions, CFA sessions).
   """
   F: np.ndarray
   confidence: np.ndarray
@@ -142,6 +153,7 @@ class SessionFlat:
   mode: str = "both"
   large_share: float = 1.0
   joint: dict | None = None
+  left: dict | None = None
 
   def field(self, which: str = "all", scales: str = "both") -> np.ndarray:
     """``(H, W, C) float32`` F of the ``which`` frames (``all``, ``A``, ``B``) from its
@@ -826,6 +838,98 @@ def choose(flat: SessionFlat, frame_at, single, grid_hw, print_fn=None) -> str:
   return line
 
 
+def left_ratio(image: np.ndarray, fine: working_grid.GridGeometry) -> np.ndarray:
+  """``(C, gh, gw) float32``: a corrected ``(H, W, C)`` frame on the fine grid over its local sky
+  (median over ``2·LEFT_SKY_CELLS + 1`` cells, smoothed), NaN where a star or a defect lies
+  (``LEFT_CLIP`` robust σ off) — what :func:`left_dust` takes the median of, frame by frame."""
+  out = []
+  for k in range(image.shape[2]):
+    b = working_grid.bin_frame(correct._nan_to_median(image[..., k]), fine).astype(np.float64)
+    sky = ndimage.median_filter(b, size=2 * LEFT_SKY_CELLS + 1, mode="nearest")
+    sky = ndimage.gaussian_filter(sky, LEFT_SKY_CELLS / 2.0, mode="nearest")
+    r = b / np.where(sky != 0, sky, 1.0)
+    r[~(np.abs(r - 1.0) <= LEFT_CLIP * scores.robust_sigma(r - 1.0))] = np.nan
+    out.append(r)
+  return np.stack(out).astype(np.float32)
+
+
+def left_dust(stack) -> np.ndarray:
+  """The dust shadows a scale-split session's correction left in its frames, ``(C, gh, gw)``
+  (1 = none).
+
+  Single-frame mode keeps part of a shadow the network did not see whole, and the session F's
+  large scales keep all of it (the sequence evaluation's sparse Spitzer field: 0.55 of the
+  dips, 2.7 % of the sky at the deepest). The shadow is on the sensor,
+  the sky moves between frames: the median over frames of each corrected frame's ratio to its
+  local sky (``stack (N, C, gh, gw)`` of :func:`left_ratio`, stars masked), over its median,
+  smoothed by ``LEFT_SMOOTH_CELLS``, holds it. A dip is divided out only where the median of all frames is
+  ``LEFT_SIGMA`` robust σ (of that median's cells) deep and the medians of the even and of the
+  odd frames each half as deep — noise is not at one sensor cell in both halves —, over at least
+  ``LEFT_MIN_CELLS`` cells (a single deep cell is noise or the frame's edge); from there it
+  reaches as far as the median stays ``LEFT_REACH`` σ deep (hysteresis: a shadow is wider than
+  its significant core), grown by 2 cells and feathered, each cell's dip ``d`` shrunk by
+  ``d² / (d² + σ²)`` (a cell as deep as the noise is half noise); everything else stays 1.
+  """
+  import warnings
+  n, c = stack.shape[:2]
+  out = np.ones(stack.shape[1:])
+  for k in range(c):
+    medians = []
+    for idx in (np.arange(n), np.arange(0, n, 2), np.arange(1, n, 2)):
+      m = np.empty(stack.shape[2:])
+      for r in range(0, m.shape[0], CHUNK_ROWS):
+        with warnings.catch_warnings():
+          warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN cells: 1 below
+          m[r:r + CHUNK_ROWS] = np.nanmedian(np.asarray(stack[idx, k, r:r + CHUNK_ROWS],
+                                                        np.float64), 0)
+      m = np.where(np.isfinite(m), m, np.nanmedian(m))
+      # over its own median: faint stars the clip leaves lift every local sky a little
+      medians.append(ndimage.gaussian_filter(m / np.median(m), LEFT_SMOOTH_CELLS, mode="nearest"))
+    every, even, odd = medians
+    sigma = float(scores.robust_sigma(every))
+    deep = ((every < 1.0 - LEFT_SIGMA * sigma) & (even < 1.0 - LEFT_SIGMA * sigma / 2.0)
+            & (odd < 1.0 - LEFT_SIGMA * sigma / 2.0))
+    labels, count = ndimage.label(deep)
+    sizes = np.bincount(labels.ravel(), minlength=count + 1)
+    deep = (sizes >= LEFT_MIN_CELLS)[labels] & deep
+    # a shadow found reaches as far as its median stays LEFT_REACH σ deep (hysteresis)
+    shallow, _ = ndimage.label(every < 1.0 - LEFT_REACH * sigma)
+    deep = np.isin(shallow, np.unique(shallow[deep])) & (shallow > 0)
+    soft = ndimage.gaussian_filter(ndimage.binary_dilation(deep, iterations=2).astype(np.float64),
+                                   1.0, mode="nearest")
+    dip = np.minimum(every - 1.0, 0.0)
+    out[k] = 1.0 + soft * dip * dip ** 2 / (dip ** 2 + sigma ** 2)  # shallow cells: mostly noise
+  return out
+
+
+def with_left_dust(out: correct.Correction, dust: np.ndarray) -> correct.Correction:
+  """A frame's correction with the dust ``dust (H, W, C)`` (:func:`settle_left_dust`) divided
+  out too: ``corrected / dust``, F times it, G as it was."""
+  F = dust if out.F is None else np.broadcast_to(out.F, dust.shape) * dust
+  return dataclasses.replace(out, corrected=(out.corrected / dust).astype(np.float32),
+                             F=F.astype(np.float32))
+
+
+def settle_left_dust(flat: SessionFlat, stack, print_fn=None) -> np.ndarray | None:
+  """After pass 2 of a scale-split session: :func:`left_dust` of the ``(N, C, gh, gw)`` stack
+  of :func:`left_ratio`; where it found dips, ``(H, W, C) float32`` at full resolution, by
+  which ``flat.F`` is multiplied (``flat.left`` says how much); else None."""
+  if flat.mode == "joint" or stack.shape[0] < LEFT_MIN_FRAMES:
+    return None
+  dust = left_dust(stack)
+  changed = int((dust < 1.0 - 1e-4).sum())
+  line = "session: no dust left in the corrected frames"
+  full = None
+  if changed:
+    full = np.stack([working_grid.upsample(d, flat.fine) for d in dust], -1).astype(np.float32)
+    flat.F, flat.left = flat.F * full, {"cells": changed, "deepest": float(1.0 - dust.min())}
+    line = (f"session: the dust the correction left divided out ({changed} fine cells, deepest "
+            f"{100 * flat.left['deepest']:.1f} % of the sky; in session_F.fits)")
+  if print_fn:
+    print_fn(line)
+  return full
+
+
 def correct_with(image: np.ndarray, flat: SessionFlat, grid_hw, F=None) -> correct.Correction:
   """Pass 2 for one frame: the shared F and the frame's own G (``correct.sky_background``).
 
@@ -881,8 +985,13 @@ def correct_arrays(frames, grid_hw, progress=None, single=None) -> tuple[Session
   if flat is None:
     flat, _ = estimate(frames, grid_hw, progress)
     choose(flat, lambda i: _as_frame(frames[i])[0], single, grid_hw, progress)
-  return flat, [_correct_one(_as_frame(f)[0], flat, grid_hw, single, i)
-                for i, f in enumerate(frames)]
+  outs = [_correct_one(_as_frame(f)[0], flat, grid_hw, single, i) for i, f in enumerate(frames)]
+  if flat.mode != "joint":
+    stack = np.stack([left_ratio(o.corrected, flat.fine) for o in outs])
+    dust = settle_left_dust(flat, stack, progress)
+    if dust is not None:
+      outs = [with_left_dust(o, dust) for o in outs]
+  return flat, outs
 
 
 def correct_files(paths, out_dir, grid_hw, print_fn=print, history="flatai correct --session",
@@ -939,6 +1048,8 @@ def correct_files(paths, out_dir, grid_hw, print_fn=print, history="flatai corre
                                    f"each frame with the shared F ({flat.mode}) and its own G)"))
   flat.joint = flat.joint and {k: v for k, v in flat.joint.items() if k != "metas"}
   rows = []
+  look_for_dust = flat.mode != "joint" and not pattern and len(paths) >= LEFT_MIN_FRAMES
+  tmp = tempfile.TemporaryDirectory(prefix="flatai_session_left_") if look_for_dust else None
   for i, (path, meta, numbers) in enumerate(zip(paths, metas, flat.frames)):
     image, _ = files[i].read()
     if pattern:
@@ -961,7 +1072,29 @@ def correct_files(paths, out_dir, grid_hw, print_fn=print, history="flatai corre
                  "outputs": {"corrected": str(targets["corrected"]), "G": str(targets["G"])}})
     print_fn(f"  [{i + 1}/{len(paths)}] {Path(path).name}: background non-uniformity "
              f"{before:.4f} → {after:.4f}" + "".join(f"; {n}" for n in out.notes))
-  report = {"mode": flat.mode, "chosen": chosen, "cfa": pattern, "frames": rows, "flat": {"median": float(np.median(flat.F)),
+    if look_for_dust:
+      ratio = left_ratio(out.corrected, flat.fine)
+      if i == 0:
+        stack = np.lib.format.open_memmap(Path(tmp.name) / "left.npy", "w+", np.float32,
+                                          (len(paths),) + ratio.shape)
+      stack[i] = ratio
+  if look_for_dust:
+    dust = settle_left_dust(flat, stack, print_fn)
+    del stack
+    tmp.cleanup()
+    if dust is not None:  # pass 3: the corrected frames written again, the dust divided out
+      images.write_image(outputs["F"], flat.F, None, history=f"{history}: shared flat F of "
+                         f"{len(paths)} frames ({names}), the dust the correction left in them "
+                         "included", protect=paths)
+      for path, meta, row in zip(paths, metas, rows):
+        target = Path(row["outputs"]["corrected"])
+        corrected = images.read_image(target, allow_nan=True)[0] / dust
+        line = (f"{history} input={Path(path).name} (shared F, the dust the correction left "
+                "included: session_F.fits)")
+        images.write_image(target, corrected, meta, history=line, protect=paths)
+        row["background_nonuniformity_after"] = correct.background_nonuniformity(
+            correct._nan_to_median(corrected))
+  report = {"mode": flat.mode, "left_dust": flat.left, "chosen": chosen, "cfa": pattern, "frames": rows, "flat": {"median": float(np.median(flat.F)),
                                      "min": float(flat.F.min()), "max": float(flat.F.max()),
                                      "mean_confidence": float(flat.confidence.mean())},
             "outputs": {k: str(v) for k, v in outputs.items()}}
