@@ -593,3 +593,39 @@ def test_the_dust_single_frame_mode_leaves_is_divided_out_and_nothing_where_ther
           f" {flat.left}")
     assert before > 0.9 and after < 0.65 and err_after < 0.7 * err_before, (before, after)
     assert 0.02 < flat.left["deepest"] < 0.06 and np.allclose(outs[0].F, vignetting * flat.F)
+
+
+def test_a_session_of_files_rewrites_its_outputs_with_the_dust_left_divided_out(tmp_path,
+                                                                                monkeypatch):
+  """Pass 3 of ``session.correct_files``: the same dusty session as above, as FITS files — every
+  corrected output on disk equals the in-memory session's (the dust divided out after it was
+  written once), ``session_F.fits`` carries the dips, the report says how deep, the G outputs
+  and the inputs are untouched."""
+  from flatai_jax import correct
+  from flatai_jax.io import images
+  monkeypatch.setattr(session, "joint_estimate", lambda *a, **k: None)
+
+  def single_mode(flat, *args, **kwargs):
+    flat.mode, flat.F = "single", flat.field("all", "single")
+    return "single-frame mode (test)"
+  monkeypatch.setattr(session, "choose", single_mode)
+  frames, _, vignetting, shadows = _dusty_session(6, True)
+  single = lambda x: correct.Correction(corrected=x / vignetting.astype(np.float32),
+                                        F=vignetting.astype(np.float32), G=np.zeros_like(x))
+  paths = []
+  for i, frame in enumerate(frames):
+    paths.append(tmp_path / f"light_{i}.fits")
+    images.write_image(paths[-1], frame)
+  before = [p.read_bytes() for p in paths]
+  report = session.correct_files(paths, tmp_path / "out", GRID, print_fn=lambda line: None,
+                                 single=single)
+  flat, outs = session.correct_arrays(frames, GRID, single=single)
+  assert report["left_dust"] == flat.left and 0.02 < flat.left["deepest"] < 0.06
+  for i, out in enumerate(outs):
+    written, _ = images.read_image(tmp_path / "out" / f"light_{i}_corrected.fits")
+    np.testing.assert_allclose(written, out.corrected, rtol=1e-5, atol=1e-6)
+    g, _ = images.read_image(tmp_path / "out" / f"light_{i}_corrected_G.fits")
+    assert np.all(g == 0)
+  f_hat, _ = images.read_image(tmp_path / "out" / "session_F.fits")
+  np.testing.assert_allclose(f_hat, flat.F, rtol=1e-6)
+  assert f_hat.min() < 0.98 and [p.read_bytes() for p in paths] == before
