@@ -395,6 +395,26 @@ def _merge_channels(per_channel: list) -> dict:
   return out
 
 
+def _over_frames(stack, k, idx, spread: bool = True):
+  """Per cell over the frames ``idx`` of channel ``k`` of an ``(N, C, gh, gw)`` memory map,
+  NaN ignored, ``CHUNK_ROWS`` rows at a time: ``(median, spread, count)``, each ``(gh, gw)``
+  (``spread`` 1.4826 × the median absolute deviation, or None without ``spread``; NaN where
+  every frame is NaN; ``count`` the finite samples)."""
+  import warnings
+  gh, gw = stack.shape[2:]
+  median, count = np.empty((gh, gw)), np.empty((gh, gw))
+  mad = np.empty((gh, gw)) if spread else None
+  for r in range(0, gh, CHUNK_ROWS):
+    block = np.asarray(stack[idx, k, r:r + CHUNK_ROWS], np.float64)
+    with warnings.catch_warnings():
+      warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN cells: NaN, for the caller
+      median[r:r + CHUNK_ROWS] = m = np.nanmedian(block, 0)
+      if spread:
+        mad[r:r + CHUNK_ROWS] = 1.4826 * np.nanmedian(np.abs(block - m), 0)
+    count[r:r + CHUNK_ROWS] = np.isfinite(block).sum(0)
+  return median, mad, count
+
+
 def _combine_small(stack, k, idx, noise, half_a=None, half_b=None):
   """Small scales of F and their agreement, ``(gh, gw)`` each, from the frames ``idx`` of the
   ``(N, C, gh, gw)`` stack of ``h`` (NaN where masked), channel ``k``: per-cell median over
@@ -406,21 +426,10 @@ def _combine_small(stack, k, idx, noise, half_a=None, half_b=None):
   ``(a − 1)(b − 1)`` — the feature's power, the halves' noise being independent — and ``d``
   of ``((a − b) / 2)²`` — the noise of the mean of both): a flat feature sits at the same
   sensor cell in both halves, noise does not."""
-  import warnings
   n = idx.size
-  gh, gw = stack.shape[2:]
-  median = np.ones((gh, gw))
-  spread = np.full((gh, gw), np.inf)
-  count = np.zeros((gh, gw))
-  for r in range(0, gh, CHUNK_ROWS):
-    block = np.asarray(stack[idx, k, r:r + CHUNK_ROWS], np.float64)
-    with warnings.catch_warnings():
-      warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN cells: handled below
-      m = np.nanmedian(block, 0)
-      s = 1.4826 * np.nanmedian(np.abs(block - m), 0)
-    count[r:r + CHUNK_ROWS] = np.isfinite(block).sum(0)
-    median[r:r + CHUNK_ROWS] = np.where(np.isfinite(m), m, 1.0)
-    spread[r:r + CHUNK_ROWS] = np.where(np.isfinite(s), s, np.inf)
+  m, s, count = _over_frames(stack, k, idx)
+  median = np.where(np.isfinite(m), m, 1.0)
+  spread = np.where(np.isfinite(s), s, np.inf)
   # Expected spread of one frame's h about the median: the cell noise (relative) of a frame.
   agree = np.clip((CONSISTENCY * noise / np.maximum(spread, 1e-12)) ** 2, 0.0, 1.0)
   agree *= np.clip(count / max(MIN_FRACTION * n, 1.0), 0.0, 1.0)
@@ -866,10 +875,12 @@ def _local_sky(b: np.ndarray, cells: int) -> np.ndarray:
   return ndimage.gaussian_filter(sky, cells / 2.0, mode="nearest")
 
 
-def left_ratio(image: np.ndarray, fine: working_grid.GridGeometry) -> np.ndarray:
-  """``(C, gh, gw) float32``: a corrected ``(H, W, C)`` frame on the fine grid over its local sky
-  (median over about ``2·LEFT_SKY_CELLS + 1`` cells, smoothed), NaN where a star or a defect lies
-  (``LEFT_CLIP`` robust σ off) — what :func:`left_dust` takes the median of, frame by frame."""
+def left_ratio(image: np.ndarray) -> np.ndarray:
+  """``(C, gh, gw) float32``: a corrected ``(H, W, C)`` frame on :func:`left_geometry`'s grid
+  over its local sky (median over about ``2·LEFT_SKY_CELLS + 1`` cells, smoothed), NaN where a
+  star or a defect lies (``LEFT_CLIP`` robust σ off) — what :func:`left_dust` takes the median
+  of, frame by frame."""
+  fine = left_geometry(image.shape[:2])
   out = []
   for k in range(image.shape[2]):
     b = working_grid.bin_frame(correct._nan_to_median(image[..., k]), fine).astype(np.float64)
@@ -896,18 +907,12 @@ def left_dust(stack) -> np.ndarray:
   cells and feathered; everything else stays 1. (Reaching further, to where the median is 2 σ
   deep, removed more of the Spitzer dust but cost 0.2 dB of PSNR: noise divided into the frames.)
   """
-  import warnings
   n, c = stack.shape[:2]
   out = np.ones(stack.shape[1:])
   for k in range(c):
     medians = []
     for idx in (np.arange(n), np.arange(0, n, 2), np.arange(1, n, 2)):
-      m = np.empty(stack.shape[2:])
-      for r in range(0, m.shape[0], CHUNK_ROWS):
-        with warnings.catch_warnings():
-          warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN cells: 1 below
-          m[r:r + CHUNK_ROWS] = np.nanmedian(np.asarray(stack[idx, k, r:r + CHUNK_ROWS],
-                                                        np.float64), 0)
+      m = _over_frames(stack, k, idx, spread=False)[0]
       m = np.where(np.isfinite(m), m, np.nanmedian(m))
       # over its own median: faint stars the clip leaves lift every local sky a little
       medians.append(ndimage.gaussian_filter(m / np.median(m), LEFT_SMOOTH_CELLS, mode="nearest"))
@@ -1021,7 +1026,7 @@ def correct_arrays(frames, grid_hw, progress=None, single=None) -> tuple[Session
     choose(flat, lambda i: _as_frame(frames[i])[0], single, grid_hw, progress)
   outs = [_correct_one(_as_frame(f)[0], flat, grid_hw, single, i) for i, f in enumerate(frames)]
   if flat.mode != "joint":
-    stack = np.stack([left_ratio(o.corrected, left_geometry(o.corrected.shape[:2])) for o in outs])
+    stack = np.stack([left_ratio(o.corrected) for o in outs])
     dust = settle_left_dust(flat, stack, progress)
     if dust is not None:
       outs = [with_left_dust(o, dust) for o in outs]
@@ -1107,7 +1112,7 @@ def correct_files(paths, out_dir, grid_hw, print_fn=print, history="flatai corre
     print_fn(f"  [{i + 1}/{len(paths)}] {Path(path).name}: background non-uniformity "
              f"{before:.4f} → {after:.4f}" + "".join(f"; {n}" for n in out.notes))
     if look_for_dust:
-      ratio = left_ratio(out.corrected, left_geometry(out.corrected.shape[:2]))
+      ratio = left_ratio(out.corrected)
       if i == 0:
         stack = np.lib.format.open_memmap(Path(tmp.name) / "left.npy", "w+", np.float32,
                                           (len(paths),) + ratio.shape)

@@ -146,17 +146,19 @@ def pixel_compensated(target: np.ndarray, power: float = PIXEL_COMPENSATION) -> 
   restored stars together come nearer to the target (module docstring).
 
   Args:
-    target: ``(k, k)`` centred on pixel ``k // 2``, summing to 1.
-    power: 0 = the target unchanged, 2 = the tent's MTF fully divided out.
+    target: ``(..., k, k)`` centred on pixel ``k // 2``, each summing to 1.
+    power: 0 = the target unchanged, 2 = the tent's MTF fully divided out; one, or one per
+      target ``(...)``.
   Returns:
-    ``(k, k) float32`` summing to 1 (flux kept).
+    ``(..., k, k) float32``, each summing to 1 (flux kept).
   """
   t = np.asarray(target, np.float64)
   k = t.shape[-1]
   n = convolve.fft_size(2 * k)
   mtf = np.abs(np.sinc(np.fft.fftfreq(n)))[:, None] * np.abs(np.sinc(np.fft.rfftfreq(n)))[None, :]
+  power = np.asarray(power, np.float64)[..., None, None]
   out = _centred(_spectrum(t, n) / mtf ** power, n, k)
-  return (out / out.sum()).astype(np.float32)
+  return (out / out.sum(axis=(-2, -1), keepdims=True)).astype(np.float32)
 
 
 def compensated_targets(target, compensation=PIXEL_COMPENSATION) -> np.ndarray:
@@ -169,10 +171,7 @@ def compensated_targets(target, compensation=PIXEL_COMPENSATION) -> np.ndarray:
     ``(1, 1, kt, kt)`` or ``(gy, gx, kt, kt) float32``, each summing to 1.
   """
   t = np.asarray(target, np.float32)
-  t = t.reshape((1, 1) + t.shape) if t.ndim == 2 else t
-  power = np.broadcast_to(np.asarray(compensation, np.float64), t.shape[:2])
-  return np.stack([np.stack([pixel_compensated(t[i, j], power[i, j])
-                             for j in range(t.shape[1])]) for i in range(t.shape[0])])
+  return pixel_compensated(t.reshape((1, 1) + t.shape) if t.ndim == 2 else t, compensation)
 
 
 def wiener_kernels(psfs: np.ndarray, target: np.ndarray, lam: float = 1e-4,
@@ -347,8 +346,8 @@ def sharpen_traced(image, psfs, target, max_iter: int):
   sky = jnp.median(planes.reshape(planes.shape[0], -1), axis=1)
   sigma = jnp.stack([noise.second_difference_sigma(p, p - s) for p, s in zip(planes, sky)])
   y, signal, pedestal, sigma = _rl_frame(image, sky, sigma)
-  t = jnp.asarray(pixel_compensated(np.asarray(target)), jnp.float32)
-  out, _, _ = _sharpen_tile(y, psfs, sigma, signal, t[None, None], max_iter=max_iter)
+  t = jnp.asarray(compensated_targets(np.asarray(target)))
+  out, _, _ = _sharpen_tile(y, psfs, sigma, signal, t, max_iter=max_iter)
   return out + (sky - pedestal)
 
 
@@ -357,8 +356,8 @@ def _sharpen_tile(y, psfs, sigma, signal, target, max_iter: int):
   """:func:`richardson_lucy` then the target, on one tile (or the whole frame).
 
   Args: ``y (L, L', C)``, ``psfs (gty, gtx, k, k)``, ``signal (L, L', C)``, ``sigma (C,)``,
-  ``target (1, 1, kt, kt)`` or one per node ``(gty, gtx, kt, kt)`` (:func:`compensated_targets`). Returns ``T' ⊛ x (L, L', C)``, the
-  iterations ``()`` and the last χ² ``()``.
+  ``target (1, 1, kt, kt)`` or one per node ``(gty, gtx, kt, kt)`` (:func:`compensated_targets`).
+  Returns ``T' ⊛ x (L, L', C)``, the iterations ``()`` and the last χ² ``()``.
   """
   x, i, c = richardson_lucy(y, psfs, sigma, signal, max_iter=max_iter)
   return optics.blur(x, target), i, c
