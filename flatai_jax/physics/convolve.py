@@ -13,7 +13,7 @@ the PSFs of the nodes around it: the total flux is conserved exactly (each
 PSF sums to 1) and the PSF varies smoothly across the frame. A flat image
 stays flat up to the second difference of the PSFs' widths between nodes
 (~1e-4 for the default optics) when their centroids are centred
-(``psf.recenter``); a drift of the centroids would act as a distortion. Between
+(``psf.centred``); a drift of the centroids would act as a distortion. Between
 four nodes (a cell) the weights are bilinear, so the cell's share of the sum is
 four small FFT convolutions of the cell's four bilinearly weighted blocks with
 the PSFs of its corner nodes, summed in the Fourier domain, one inverse

@@ -118,18 +118,18 @@ def node_coefficients(key, coords, cfg, aspect: float):
 
 
 def render_psfs(coeffs, cfg):
-  """PSFs of Noll coefficients as the forward model renders them (``psf.psf`` + ``psf.recenter``).
+  """PSFs of Noll coefficients as the forward model renders them (``psf.centred``).
 
   Args:
     coeffs: ``(..., J)`` waves RMS at λ_ref.
     cfg: ``config.degrade.psf``, or its ``psf.PSFSpec`` (hashable: a cache key).
   Returns:
     ``(..., k, k) float32``, each summing to 1 with its centroid on the centre
-    pixel (the kernel cuts an asymmetric PSF's far wing, which would otherwise
-    move its centroid and distort the image).
+    pixel and the kernel window around it (the kernel cuts an asymmetric PSF's far
+    wing, which would otherwise move its centroid and distort the image).
   """
   spec = cfg if isinstance(cfg, psf.PSFSpec) else psf.PSFSpec.from_config(cfg)
-  return psf.recenter(psf.psf(coeffs, spec))
+  return psf.centred(coeffs, spec)
 
 
 def psf_field(key, coords, cfg, aspect: float):
