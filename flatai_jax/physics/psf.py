@@ -296,9 +296,9 @@ def centred(coeffs, spec: PSFSpec, passes: int | None = None):
   big = psf(coeffs.reshape(-1, spec.num_modes), dataclasses.replace(spec, kernel_size=k + 2 * m),
             normalize=False)
   for _ in range(RECENTER_PASSES if passes is None else passes):
-    # the window's move is not differentiated: a translation, which a fit's star centres absorb
-    shift = jax.lax.stop_gradient(
-        jnp.clip(centroid(big[:, m:m + k, m:m + k]), -max(m, 1), max(m, 1)))
+    # differentiated: with the window's move held constant (stop_gradient) the fit ends at
+    # 1.13 σ on hcipy's frame instead of 0.64, for 10 % less time
+    shift = jnp.clip(centroid(big[:, m:m + k, m:m + k]), -max(m, 1), max(m, 1))
     ramp = shift_ramp(k + 2 * m, -shift[:, ::-1])
     big = jnp.fft.irfft2(jnp.fft.rfft2(big) * ramp, s=(k + 2 * m,) * 2)
   out = jnp.maximum(big[:, m:m + k, m:m + k], 0.0)
