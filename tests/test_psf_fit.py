@@ -264,10 +264,13 @@ def test_deconvolution_does_not_amplify_empty_sky_noise(corrected):
 
 def test_tiled_deconvolution_matches_the_whole_frame(frame, corrected):
   """Frames larger than ``deconvolve.TILE`` are deconvolved in tiles; here 128-px cores (4 tiles
-  of 256² with their halos) on the test frame, with the fitted field. Measured (damped
-  accelerated RL, compensated target): corner/centre FWHM 1.08 (whole frame 1.06), corner
-  ellipticity 0.065 (0.041), flux 1.004 (0.996), ringing −4.0 σ (−2.4 σ); plain damped RL 1.10,
-  0.067, 1.006, −3.2 σ; undamped 1.09, 0.064, 1.014, −3.6 σ (with the true field −2.2 σ)."""
+  of 256² with their halos) on the test frame, with the fitted field. Measured with the exact
+  PSFs (``psf.centred``): corner/centre FWHM 1.01, corner ellipticity 0.109 (whole frame 0.115,
+  the true field's RL on the whole frame 0.115), flux 0.994, ringing −4.4 σ (whole frame −2.2).
+  With the blurring recentring before it (damped accelerated RL,
+  compensated target): corner/centre FWHM 1.08 (whole frame 1.06), corner ellipticity 0.065
+  (0.041), flux 1.004 (0.996), ringing −4.0 σ (−2.4 σ); plain damped RL 1.10, 0.067, 1.006,
+  −3.2 σ; undamped 1.09, 0.064, 1.014, −3.6 σ (with the true field −2.2 σ)."""
   _, observed, _ = frame
   out, iterations, _ = deconvolve.sharpen(observed[..., None], corrected.psfs,
                                           corrected.target, tile=128,
@@ -281,7 +284,7 @@ def test_tiled_deconvolution_matches_the_whole_frame(frame, corrected):
         f"ringing {ringing:.1f} σ, {iterations} RL iterations (most of a tile)")
   (c_in, k_in), (c_out, k_out) = fwhm["observed"], fwhm["corrected"]
   assert k_out < 0.4 * k_in and k_out / c_out < 1.15 and c_out < 1.07 * c_in, fwhm
-  assert ell_corner < 0.075, ell_corner
+  assert ell_corner < 0.13, ell_corner  # as the whole frame's (0.115)
   assert 0.98 < flux_ratio < 1.03, flux_ratio
   assert ringing > -4.5, ringing
 
