@@ -275,6 +275,12 @@ def _masked_blur(values, valid, sigma):
           ndimage.gaussian_filter(v, sigma, mode="nearest"))
 
 
+def _structure(plane, work) -> float:
+  """``sky_surface.structure`` of one ``(H, W)`` plane on the working grid ``work``, its own
+  cells only (not the grid's padding)."""
+  return sky_surface.structure(working_grid.bin_frame(plane, work)[working_grid.inner_cells(work)])
+
+
 def _frame_evidence(plane, fine, work, sigma):
   """One plane's contribution: ``(h, blurred n·valid, blurred valid, numbers)``, fine grid.
 
@@ -293,9 +299,7 @@ def _frame_evidence(plane, fine, work, sigma):
   num, den = _masked_blur(n, ~objects, sigma)
   smooth = num / np.maximum(den, 1e-6)
   h = np.where(objects | (den < 0.05), np.nan, n / np.where(smooth != 0, smooth, 1.0))
-  grid = working_grid.bin_frame(plane, work)
-  structure = sky_surface.structure(grid[working_grid.inner_cells(work)])
-  return h, num, den, {"sky": sky, "structure": structure, "noise": fit.noise / abs(sky),
+  return h, num, den, {"sky": sky, "structure": _structure(plane, work), "noise": fit.noise / abs(sky),
                        "object_fraction": float(objects.mean())}
 
 
@@ -631,9 +635,7 @@ def joint_estimate(frames, grid_hw, progress=None) -> SessionFlat | None:
   if planes is None:
     return None
   work = working_grid.geometry(planes.shape[1:], grid_hw)
-  inner = working_grid.inner_cells(work)
-  structure = float(np.median([sky_surface.structure(working_grid.bin_frame(
-      p.astype(np.float32), work).astype(np.float64)[inner]) for p in planes]))
+  structure = float(np.median([_structure(p, work) for p in planes]))
   if structure < correct.SKY_STRUCTURE[0]:  # smooth frames: the fitted sky would be smooth too
     if progress:
       progress(f"session: the frames' sky is smooth (median structure {structure:.2f} < "

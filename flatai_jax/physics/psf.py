@@ -269,12 +269,12 @@ def shift_ramp(k: int, dxy):
   return jnp.exp(-2j * jnp.pi * (fy * dxy[:, 1, None, None] + fx * dxy[:, 0, None, None]))
 
 
-def centred(coeffs, spec: PSFSpec, passes: int | None = None):
+def centred(coeffs, spec: PSFSpec):
   """PSFs whose kernel window sits on their centroid, as a star's image is cut around it.
 
   An aberrated PSF is computed on the kernel plus ``RECENTER_MARGIN`` px each side (the optical
   axis on the centre pixel), then shifted exactly (Fourier) by the centroid of its central
-  ``k × k`` window, ``passes`` times (each shift brings in more of the wing on one side), and
+  ``k × k`` window, ``RECENTER_PASSES`` times (each shift brings in more of the wing on one side), and
   cut to that window: the far wing the kernel cuts is cut symmetrically about the centroid, and
   nothing wraps or blurs. A 2-pass linear-interpolation recentring of the ``k``-px image, used
   before, differed from hcipy's image of the same star (its focal grid moved until the centroid
@@ -285,7 +285,6 @@ def centred(coeffs, spec: PSFSpec, passes: int | None = None):
   Args:
     coeffs: ``(..., J)`` Noll coefficients, waves RMS at λ_ref.
     spec: static PSFSpec.
-    passes: static number of shifts (None: ``RECENTER_PASSES``).
   Returns:
     ``(..., k, k) float32`` each summing to 1, centroid within ~0.01 px of the centre pixel.
   """
@@ -295,7 +294,7 @@ def centred(coeffs, spec: PSFSpec, passes: int | None = None):
   batch = coeffs.shape[:-1]
   big = psf(coeffs.reshape(-1, spec.num_modes), dataclasses.replace(spec, kernel_size=k + 2 * m),
             normalize=False)
-  for _ in range(RECENTER_PASSES if passes is None else passes):
+  for _ in range(RECENTER_PASSES):
     # differentiated: with the window's move held constant (stop_gradient) the fit ends at
     # 1.13 σ on hcipy's frame instead of 0.64, for 10 % less time
     shift = jnp.clip(centroid(big[:, m:m + k, m:m + k]), -max(m, 1), max(m, 1))
