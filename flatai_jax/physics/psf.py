@@ -11,7 +11,7 @@ into each detector pixel (pixel integration). The FFT image repeats every
 ``q · n_pupil`` detector pixels: a ray more than half of that from the axis
 would wrap around (``geometric_radius_px`` checks it), and the kernel must be
 smaller than that period. Only the ``k · oversample`` output rows/columns of
-the kernel are computed (a pruned 2-D FFT: rows of the pupil, then columns).
+the kernel are computed (a matrix DFT: rows of the pupil, then columns).
 
 Sign convention: the wavefront ``W`` (waves) multiplies the pupil by
 ``exp(+2πi W)`` and the focal field is its forward DFT, so a positive
@@ -160,8 +160,24 @@ def pupil_tables(spec: PSFSpec):
           np.asarray(fluxes, np.float32), (w / w.sum()).astype(np.float32))
 
 
+@functools.lru_cache(maxsize=32)
+def dft_tables(spec: PSFSpec):
+  """``(G, k·s) float32`` real and imaginary parts of the DFT from the pupil grid to the
+  kernel's sub-samples: ``exp(−2πi g u / n_fft)`` for pupil sample ``g`` and FFT index ``u``
+  of sub-sample column (or row) ``u`` (the zero frequency at the kernel's centre pixel)."""
+  n, s, k, g = spec.n_fft, spec.oversample, spec.kernel_size, spec.grid_size
+  idx = (np.arange(k * s) - (k // 2) * s) % n
+  e = np.exp(-2j * np.pi * np.outer(np.arange(g), idx) / n)
+  return e.real.astype(np.float32), e.imag.astype(np.float32)
+
+
 def focal_intensity(field, spec: PSFSpec):
-  """``|DFT|²`` of pupil fields on the kernel's sub-sample grid (pruned FFT).
+  """``|DFT|²`` of pupil fields on the kernel's sub-sample grid.
+
+  The zero-padded FFT's samples that the kernel needs, computed as two matrix products (a
+  matrix Fourier transform: rows of the pupil, then columns); on the CPU its gradient is 3×
+  faster than a pruned FFT's (512 PSFs of a 45-px kernel: 480 → 163 ms), and it is
+  the same transform (relative difference 5e-7). Full float32 precision on every backend.
 
   Args:
     field: ``(..., G, G) complex64`` pupil field.
@@ -170,14 +186,14 @@ def focal_intensity(field, spec: PSFSpec):
     ``(..., k·s, k·s) float32`` (s = oversample), the optical axis at the
     centre of detector pixel ``k // 2``; un-normalised.
   """
-  n, s, k = spec.n_fft, spec.oversample, spec.kernel_size
-  # sub-sample indices of the kernel, as FFT indices (zero frequency = index 0)
-  idx = (np.arange(k * s) - (k // 2) * s) % n
-  a = jnp.fft.fft(field, n=n, axis=-1)
-  a = jnp.take(a, idx, axis=-1)
-  b = jnp.fft.fft(a, n=n, axis=-2)
-  b = jnp.take(b, idx, axis=-2)
-  return jnp.real(b) ** 2 + jnp.imag(b) ** 2
+  er, ei = (jnp.asarray(t) for t in dft_tables(spec))
+  hi = jax.lax.Precision.HIGHEST
+  rows = lambda a, e: jnp.matmul(a, e, precision=hi)  # (..., G, G) @ (G, ks): along x
+  cols = lambda e, a: jnp.einsum("gu,...gv->...uv", e, a, precision=hi)  # along y
+  fr, fi = jnp.real(field), jnp.imag(field)
+  ar, ai = rows(fr, er) - rows(fi, ei), rows(fr, ei) + rows(fi, er)
+  br, bi = cols(er, ar) - cols(ei, ai), cols(er, ai) + cols(ei, ar)
+  return br * br + bi * bi
 
 
 def psf(coeffs, spec: PSFSpec, normalize: bool = True):
@@ -269,18 +285,41 @@ def shift_ramp(k: int, dxy):
   return jnp.exp(-2j * jnp.pi * (fy * dxy[:, 1, None, None] + fx * dxy[:, 0, None, None]))
 
 
+@functools.lru_cache(maxsize=8)
+def _dirichlet_tables(n: int, k: int, m: int):
+  """Constants of :func:`centred`'s exact shifts of an odd ``n``-px image cut to its central
+  ``k`` px (``m = (n − k) / 2``), numpy float32 (index table int):
+
+  freqs ``(F,)`` 1 … (n−1)/2; cos, sin ``(F, 2n−1)`` of ``2π f d / n`` for ``d = −(n−1) … n−1``;
+  index ``(k, n)``: ``d`` of window row ``a`` and image row ``j`` (``m + a − j``) as a column of
+  those tables; ones, moments ``(2n−1, n)``: summing ``D(d − s)`` over the window's rows
+  (weight 1, or the row's offset from the centre pixel) gives the marginal weights of image row ``j``.
+  """
+  f = np.arange(1, (n - 1) // 2 + 1)
+  ang = 2.0 * np.pi * np.outer(f, np.arange(-(n - 1), n)) / n
+  index = m + np.arange(k)[:, None] - np.arange(n)[None, :] + n - 1
+  ones, moments = np.zeros((2 * n - 1, n)), np.zeros((2 * n - 1, n))
+  cols = np.broadcast_to(np.arange(n), (k, n))
+  np.add.at(ones, (index, cols), 1.0)
+  np.add.at(moments, (index, cols), np.broadcast_to((np.arange(k) - k // 2)[:, None], (k, n)))
+  return (f.astype(np.float32), np.cos(ang).astype(np.float32), np.sin(ang).astype(np.float32),
+          index, ones.astype(np.float32), moments.astype(np.float32))
+
+
 def centred(coeffs, spec: PSFSpec):
   """PSFs whose kernel window sits on their centroid, as a star's image is cut around it.
 
   An aberrated PSF is computed on the kernel plus ``RECENTER_MARGIN`` px each side (the optical
-  axis on the centre pixel), then shifted exactly (Fourier) by the centroid of its central
-  ``k × k`` window, ``RECENTER_PASSES`` times (each shift brings in more of the wing on one side), and
-  cut to that window: the far wing the kernel cuts is cut symmetrically about the centroid, and
-  nothing wraps or blurs. A 2-pass linear-interpolation recentring of the ``k``-px image, used
-  before, differed from hcipy's image of the same star (its focal grid moved until the centroid
-  sat on the centre pixel) by up to 0.27 in L1 at the aberration evaluation's corners (the
-  cut wing wrapped in, the core blurred); this agrees within 0.0061 (0.0042 with 8 px and 6
-  passes, which cost 1.8× as much in the fit's gradient).
+  axis on the centre pixel), then shifted exactly (the periodic sinc of an odd side: the same as
+  a Fourier shift) by the centroid of its central ``k × k`` window, ``RECENTER_PASSES`` times
+  (each shift brings in more of the wing on one side), and cut to that window: the far wing the
+  kernel cuts is cut symmetrically about the centroid, and nothing wraps or blurs. The shifts are
+  separable, so the passes need only the window's marginals (matrix–vector products), and the cut
+  window is one product ``A_y P A_xᵀ``. A 2-pass linear-interpolation recentring of the ``k``-px
+  image, used before, differed from hcipy's image of the same star (its focal grid moved until
+  the centroid sat on the centre pixel) by up to 0.27 in L1 at the aberration evaluation's
+  corners (the cut wing wrapped in, the core blurred); this agrees within 0.0061 (0.0042 with 8 px
+  and 6 passes).
 
   Args:
     coeffs: ``(..., J)`` Noll coefficients, waves RMS at λ_ref.
@@ -290,16 +329,34 @@ def centred(coeffs, spec: PSFSpec):
   """
   k = spec.kernel_size
   m = max(0, min(RECENTER_MARGIN, int((spec.period_px - 1 - k) // 2)))
+  n = k + 2 * m  # odd
   coeffs = jnp.asarray(coeffs, jnp.float32)
   batch = coeffs.shape[:-1]
-  big = psf(coeffs.reshape(-1, spec.num_modes), dataclasses.replace(spec, kernel_size=k + 2 * m),
+  big = psf(coeffs.reshape(-1, spec.num_modes), dataclasses.replace(spec, kernel_size=n),
             normalize=False)
+  freqs, cos, sin, index, ones, moments = (jnp.asarray(t) for t in _dirichlet_tables(n, k, m))
+  hi = jax.lax.Precision.HIGHEST
+
+  def kernel(s):  # (B,) content shifts, px -> (B, 2n−1) periodic sinc D(d − s) = J(i) ← P(j)
+    a = 2.0 * jnp.pi / n * s[:, None] * freqs
+    return (1.0 + 2.0 * (jnp.matmul(jnp.cos(a), cos, precision=hi)
+                         + jnp.matmul(jnp.sin(a), sin, precision=hi))) / n
+
+  shift = jnp.zeros((big.shape[0], 2), jnp.float32)  # (y, x) of the content, px
   for _ in range(RECENTER_PASSES):
     # differentiated: with the window's move held constant (stop_gradient) the fit ends at
     # 1.13 σ on hcipy's frame instead of 0.64, for 10 % less time
-    shift = jnp.clip(centroid(big[:, m:m + k, m:m + k]), -max(m, 1), max(m, 1))
-    ramp = shift_ramp(k + 2 * m, -shift[:, ::-1])
-    big = jnp.fft.irfft2(jnp.fft.rfft2(big) * ramp, s=(k + 2 * m,) * 2)
-  out = jnp.maximum(big[:, m:m + k, m:m + k], 0.0)
+    ky, kx = kernel(shift[:, 0]), kernel(shift[:, 1])
+    weigh = lambda kern, table: jnp.matmul(kern, table, precision=hi)  # (B, n)
+    rows0 = jnp.einsum("bij,bj->bi", big, weigh(kx, ones), precision=hi)
+    rows1 = jnp.einsum("bij,bj->bi", big, weigh(kx, moments), precision=hi)
+    y0 = weigh(ky, ones)
+    total = jnp.sum(y0 * rows0, -1)
+    c = jnp.stack([jnp.sum(weigh(ky, moments) * rows0, -1), jnp.sum(y0 * rows1, -1)], -1)
+    shift = shift - jnp.clip(c / total[:, None], -max(m, 1), max(m, 1))
+  ay = jnp.take(kernel(shift[:, 0]), index, axis=1)  # (B, k, n)
+  ax = jnp.take(kernel(shift[:, 1]), index, axis=1)
+  out = jnp.einsum("baj,bjl,bcl->bac", ay, big, ax, precision=hi)
+  out = jnp.maximum(out, 0.0)
   out = out / jnp.sum(out, axis=(-2, -1), keepdims=True)
   return out.reshape(*batch, k, k).astype(jnp.float32)

@@ -316,18 +316,18 @@ def field_of(xy, hw):
   return geometry.field_position(geometry.pixel_coords(xy, hw), hw[0] / hw[1])
 
 
-def _stamp(plane, rms, usable, snr, max_stars, spec) -> tuple[int, float]:
+def _stamp(plane, rms, usable, snr, max_stars, spec, extraction) -> tuple[int, float]:
   """The default fit stamp (:func:`fit_psf_field`), odd, and the stars' 90th-percentile FWHM
   (px) it comes from: adaptive moments of the brightest stars isolated by the smallest stamp,
   hot pixels (``NARROWEST``) left out; on a field too crowded for ten of them, ``sep``'s
   second moments of its unblended stars."""
   low, high = STAMP_RANGE[0], min(STAMP_RANGE[1], spec.kernel_size)
   xy = star_detect.find_stars(plane, rms, usable=usable, snr=snr, max_stars=100_000, box=low,
-                              compact=False)
+                              compact=False, extraction=extraction)
   width, _ = star_detect.shapes(plane, xy[select_spread(xy, plane.shape, max_stars)])
   width = width[np.isfinite(width) & (width >= NARROWEST * spec.q)]
   if width.size < 10:
-    width = star_detect.extraction_fwhm(plane, rms, snr)
+    width = star_detect.extraction_fwhm(plane, rms, snr, extraction)
     width = width[width >= NARROWEST * spec.q]
   if width.size == 0:
     return high, high / STAMP_FWHM
@@ -387,19 +387,21 @@ def fit_psf_field(plane: np.ndarray, cfg, grid=(5, 5), stamp: int | None = None,
   plane = np.asarray(plane, np.float64)
   hw = plane.shape
   data, rms = star_detect.background(plane)
+  extraction = star_detect.extract(plane, rms, snr, data)  # one sep pass for every use below
   usable = saturation_mask(plane)
   size, fwhm = (stamp, stamp / STAMP_FWHM) if stamp else _stamp(plane, rms, usable, snr,
-                                                                 max_stars, spec)
+                                                                 max_stars, spec, extraction)
   if size % 2 != 1 or size > spec.kernel_size:
     raise ValueError(f"stamp {size} must be odd and at most kernel_size {spec.kernel_size}")
   xy = star_detect.find_stars(plane, rms, usable=usable, snr=snr, max_stars=100_000, box=size,
-                              compact=False)
+                              compact=False, extraction=extraction)
   if len(xy) >= min_stars:
     xy = _reach_out(plane, rms, usable, snr, size, xy)
   clear = np.ones((len(xy), size, size), bool)
   crowded = len(xy) < CROWDED_BELOW
   if crowded:  # too few isolated stars: stars with their neighbours masked, where more
-    masked = star_detect.crowded_stars(plane, rms, size, fwhm, usable=usable, snr=snr)
+    masked = star_detect.crowded_stars(plane, rms, size, fwhm, usable=usable, snr=snr,
+                                       extraction=extraction)
     crowded = len(masked[0]) > len(xy)
     xy, clear = masked if crowded else (xy, clear)
   # hot pixels and cosmic rays pass the detection of a raw frame; no PSF of these optics is
