@@ -19,7 +19,7 @@ import numpy as np
 from flatai_jax import checkpointing, local_stage, metrics, scores, sky_surface, working_grid
 from flatai_jax.io import images
 from flatai_jax.models import abstract_params, forward, model_inputs
-from flatai_jax.physics import geometry, noise, normalize
+from flatai_jax.physics import geometry, host_threads, noise, normalize
 
 
 @dataclasses.dataclass
@@ -355,22 +355,30 @@ def correct_image(graphdef, params, config, image: np.ndarray, tile: int | None 
   has_flat = task != "psf"
   match = has_flat and config.predict.match_tiles and overlap > 0 and len(grid) > 1
   matcher = TileOffsetMatcher(ys, xs, tile, c) if match else None
-  for b in range(0, len(grid), batch_size):
-    chunk = grid[b:b + batch_size]
-    real = len(chunk)
-    chunk = chunk + [chunk[-1]] * (batch_size - real)
+  def batch_args(chunk):
+    chunk = chunk + [chunk[-1]] * (batch_size - len(chunk))
     tiles = np.stack([padded[ys[gy]:ys[gy] + tile, xs[gx]:xs[gx] + tile] for gy, gx in chunk])
     offsets = np.asarray([(ys[gy] - pad, xs[gx] - pad) for gy, gx in chunk], np.float32)
-    out = jax.device_get(fn(params, tiles, _tile_coords(offsets, tile, sensor_hw)))
-    for i, (gy, gx) in enumerate(chunk[:real]):
-      y, x = ys[gy], xs[gx]
-      for k in acc:
-        acc[k][y:y + tile, x:x + tile] += out[k][i] * window
-      weight[y:y + tile, x:x + tile] += window
-      if match:
-        matcher.add(gy, gx, out["G"][i])
+    return params, tiles, _tile_coords(offsets, tile, sensor_hw)
+
+  batches = [grid[b:b + batch_size] for b in range(0, len(grid), batch_size)]
+  compiled = fn.lower(*batch_args(batches[0])).compile()
+  # XLA runs one CPU computation on one core: a batch per core at a time (host_threads);
+  # summed in the batches' order, so the result does not depend on the number of cores
+  workers, done = host_threads.cpu_workers(), 0
+  for g in range(0, len(batches), workers):
+    group = batches[g:g + workers]
+    for chunk, out in zip(group, host_threads.map_compiled(compiled, [batch_args(c) for c in group])):
+      for i, (gy, gx) in enumerate(chunk):
+        y, x = ys[gy], xs[gx]
+        for k in acc:
+          acc[k][y:y + tile, x:x + tile] += out[k][i] * window
+        weight[y:y + tile, x:x + tile] += window
+        if match:
+          matcher.add(gy, gx, out["G"][i])
+      done += len(chunk)
     if progress is not None:
-      progress(min(b + real, len(grid)), len(grid))
+      progress(done, len(grid))
   weight = np.maximum(weight, 1e-12)
   for k in acc:  # in place: full frames are large
     acc[k] /= weight
