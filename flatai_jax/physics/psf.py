@@ -347,12 +347,12 @@ def centred(coeffs, spec: PSFSpec):
     return (1.0 + 2.0 * (jnp.matmul(jnp.cos(a), cos, precision=hi)
                          + jnp.matmul(jnp.sin(a), sin, precision=hi))) / n
 
+  weigh = lambda kern, table: jnp.matmul(kern, table, precision=hi)  # (B, n) marginal weights
   shift = jnp.zeros((big.shape[0], 2), jnp.float32)  # (y, x) of the content, px
   for _ in range(RECENTER_PASSES):
     # differentiated: with the window's move held constant (stop_gradient) the fit ends at
     # 1.13 σ on hcipy's frame instead of 0.64, for 10 % less time
     ky, kx = kernel(shift[:, 0]), kernel(shift[:, 1])
-    weigh = lambda kern, table: jnp.matmul(kern, table, precision=hi)  # (B, n)
     rows0 = jnp.einsum("bij,bj->bi", big, weigh(kx, ones), precision=hi)
     rows1 = jnp.einsum("bij,bj->bi", big, weigh(kx, moments), precision=hi)
     y0 = weigh(ky, ones)
