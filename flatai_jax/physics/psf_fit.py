@@ -448,6 +448,7 @@ def fit_psf_field(plane: np.ndarray, cfg, grid=(5, 5), stamp: int | None = None,
                   noise=rms, rms=rms_sigma)
 
 
+@functools.partial(jax.jit, static_argnums=2)  # one computation, not every op compiled alone
 def node_psfs(coeffs, seeing, spec: psf.PSFSpec):
   """``(..., k, k)`` PSFs of ``(..., J)`` coefficients blurred by the seeing (:func:`shift_psfs`;
   one, or one per PSF ``(...)``), centred."""
