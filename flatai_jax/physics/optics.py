@@ -129,12 +129,7 @@ def render_psfs(coeffs, cfg):
     wing, which would otherwise move its centroid and distort the image).
   """
   spec = cfg if isinstance(cfg, psf.PSFSpec) else psf.PSFSpec.from_config(cfg)
-  return _centred(coeffs, spec)
-
-
-# one compiled computation per shape (inlined under an outer jit): called eagerly, every one of
-# its ops compiled on its own, ~5 s per fresh process in the PSF-field fit alone
-_centred = jax.jit(psf.centred, static_argnums=1)
+  return psf.centred(coeffs, spec)
 
 
 def psf_field(key, coords, cfg, aspect: float):

@@ -311,6 +311,9 @@ def _dirichlet_tables(n: int, k: int, m: int):
           index, ones.astype(np.float32), moments.astype(np.float32))
 
 
+# one compiled computation per shape (inlined under an outer jit): called eagerly, every one of
+# its ops was compiled on its own, ~5 s per fresh process in the PSF-field fit alone
+@functools.partial(jax.jit, static_argnums=1)
 def centred(coeffs, spec: PSFSpec):
   """PSFs whose kernel window sits on their centroid, as a star's image is cut around it.
 
