@@ -69,6 +69,8 @@ class PhysicsCorrection:
       the optics are at their best, px (the seeing share × its FWHM for a sharpening target; 0
       for a Gaussian one); ``rl_seeing_fwhm_px_least``: the same where they are at their worst
       (:func:`seeing_shares`).
+    retain: the σ of the blur RL left in the restored frame besides the seeing it kept, px
+      (``deconvolve.sharpen``'s ``retain``), a float or ``(gy, gx)`` one per node.
   """
   corrected: np.ndarray
   field: psf_fit.PSFField
@@ -81,16 +83,17 @@ class PhysicsCorrection:
   deconvolved: np.ndarray | None = None
   rl_seeing_fwhm_px: float = 0.0
   rl_seeing_fwhm_px_least: float = 0.0
+  retain: float | np.ndarray = 0.0
 
-  def on_axis(self) -> tuple[np.ndarray, np.ndarray, float]:
-    """The centre node's ``(1, 1, k, k)`` PSF deconvolved, ``(k, k)`` target and compensation:
-    what a deconvolution with one PSF uses."""
+  def on_axis(self) -> tuple[np.ndarray, np.ndarray, float, float]:
+    """The centre node's ``(1, 1, k, k)`` PSF deconvolved, ``(k, k)`` target, compensation and
+    retained blur σ (``deconvolve.sharpen``'s): what a deconvolution with one PSF uses."""
     gy, gx = self.psfs.shape[:2]
     t = np.asarray(self.target)
-    c = np.asarray(self.compensation)
+    node = lambda v: float(np.asarray(v)[gy // 2, gx // 2] if np.ndim(v) == 2 else v)
     return (self.psfs[gy // 2:gy // 2 + 1, gx // 2:gx // 2 + 1],
-            t[gy // 2, gx // 2] if t.ndim == 4 else t,
-            float(c[gy // 2, gx // 2] if c.ndim == 2 else c))
+            t[gy // 2, gx // 2] if t.ndim == 4 else t, node(self.compensation),
+            node(self.retain))
 
 
 def harm(before: np.ndarray, after: np.ndarray, xy: np.ndarray, sharpen: bool = True
@@ -200,6 +203,7 @@ def correct_physics(image: np.ndarray, cfg, target="diffraction", grid=DEFAULT_G
   keep_seeing = sharpen and seeing > 0
   sigma = seeing / psf_fit.FWHM_PER_SIGMA if keep_seeing else 0.0  # the seeing's, px
   psfs, compensation, part = field.psfs, deconvolve.PIXEL_COMPENSATION, np.zeros(1)
+  kept = np.zeros(1)  # variance of the seeing RL leaves in the restored frame, px² per axis
   if keep_seeing:
     spec = psf.PSFSpec.from_config(cfg)
     shares = seeing_shares(field.coeffs, sigma, share, spec)  # (gy, gx)
@@ -212,11 +216,19 @@ def correct_physics(image: np.ndarray, cfg, target="diffraction", grid=DEFAULT_G
     # RL splits a star restored to a point over pixels (``deconvolve.pixel_compensated``), mean
     # variance 1/6 px² per axis; a star that keeps a seeing of variance s² is not a point: the
     # compensation fades as the split's share of the restored star's variance
-    s2 = (1 - shares ** 2) * sigma ** 2
-    compensation = deconvolve.PIXEL_COMPENSATION * SPLIT_VARIANCE / (SPLIT_VARIANCE + s2)
+    kept = (1 - shares ** 2) * sigma ** 2
+    compensation = deconvolve.PIXEL_COMPENSATION * SPLIT_VARIANCE / (SPLIT_VARIANCE + kept)
+  # where the restored frame keeps less blur than deconvolve.RETAIN_SIGMA, RL leaves the rest of
+  # it (a round Gaussian) instead of restoring stars to points split over pixels, and the
+  # compensation for that split fades with it (none where all of it is left)
+  r2 = np.maximum(deconvolve.RETAIN_SIGMA ** 2 - kept, 0.0)
+  retain = np.sqrt(r2) if r2.size > 1 else float(np.sqrt(r2[0]))
+  compensation = compensation * (1.0 - r2 / deconvolve.RETAIN_SIGMA ** 2)
+  compensation = compensation if np.ndim(compensation) and compensation.size > 1 else float(
+      np.ravel(compensation)[0])
   fitted = time.perf_counter()
   out, iterations, chi2 = deconvolve.sharpen(filled, psfs, t, max_iter,
-                                             compensation=compensation)
+                                             compensation=compensation, retain=retain)
   done = time.perf_counter()
   seconds = {"fit": fitted - start, "deconvolve": done - fitted}
   deconvolved = None
@@ -232,7 +244,7 @@ def correct_physics(image: np.ndarray, cfg, target="diffraction", grid=DEFAULT_G
     out[mask] = np.nan
   return PhysicsCorrection(out, field, t, psfs, compensation, iterations, chi2, seconds,
                            deconvolved, float(part.max() * psf_fit.FWHM_PER_SIGMA),
-                           float(part.min() * psf_fit.FWHM_PER_SIGMA))
+                           float(part.min() * psf_fit.FWHM_PER_SIGMA), retain)
 
 
 def output_paths(input_path, output=None, out_dir=None) -> dict[str, Path]:
@@ -276,6 +288,7 @@ def write_field(paths: dict, image: np.ndarray, out: PhysicsCorrection, history:
       "rl_seeing_fwhm_px": round(out.rl_seeing_fwhm_px, 3),
       "rl_seeing_fwhm_px_least": round(out.rl_seeing_fwhm_px_least, 3),
       "target_pixel_compensation": np.round(out.compensation, 3).tolist(),
+      "rl_retained_sigma_px": np.round(out.retain, 3).tolist(),
       "psf_mosaic": paths["psf"].name, **(extra or {})}))
   metrics.save_panel_grid(paths["psf_field"], psf_field_panels(image, out), cols=3)
 

@@ -53,9 +53,9 @@ def score_frame(plane: np.ndarray, corrector) -> dict:
     phys = correct_psf.correct_physics(plane, cfg, cleanup=corrector.cleanup, guard=False)
   except ValueError as e:
     return {"failed": str(e)}
-  on_axis, target, compensation = phys.on_axis()  # RL's, on-axis
-  one_psf = deconvolve.sharpen(plane[..., None], on_axis, target,
-                               compensation=compensation)[0][..., 0]
+  on_axis, target, compensation, retain = phys.on_axis()  # RL's, on-axis
+  one_psf = deconvolve.sharpen(plane[..., None], on_axis, target, compensation=compensation,
+                               retain=retain)[0][..., 0]
   outputs = {"uncorrected": plane, "physics": phys.deconvolved[..., 0],
              "model": phys.corrected[..., 0], "rl_one_psf": one_psf}
   noise = star_detect.sky_noise(plane)
@@ -155,8 +155,8 @@ def score_rendered(plane: np.ndarray, corrector, params=star_field.TRUTH,
     phys = correct_psf.correct_physics(observed, cfg, cleanup=corrector.cleanup, guard=False)
   except ValueError as e:
     return {"failed": str(e)}
-  rl = lambda psfs, target, c=deconvolve.PIXEL_COMPENSATION: deconvolve.sharpen(
-      observed[..., None], psfs, target, compensation=c)[0][..., 0]
+  rl = lambda psfs, target, c=deconvolve.PIXEL_COMPENSATION, r=0.0: deconvolve.sharpen(
+      observed[..., None], psfs, target, compensation=c, retain=r)[0][..., 0]
   outputs = {"uncorrected": observed, "physics": phys.deconvolved[..., 0],
              "model": phys.corrected[..., 0], "rl_one_psf": rl(*phys.on_axis()),
              "rl_true_field": rl(case["psfs"], case["target"]), "ideal": ideal}
