@@ -10,8 +10,8 @@ Results and the machine: BENCHMARKS.md "Physics PSF correction at scale".
 
 Each size runs in its own process (its peak RSS is its own): a frame with stars every 32 px
 (jittered ±2 px, fluxes 1e4–5e4, σ = 1 noise on a sky of 10) seen through the test's PSF field
-(``evaluation.star_field.TRUTH``, scaled to the frame: corners at ~3× the centre's FWHM), 11 × 11
-fitted nodes. Seconds are wall-clock and include the JIT compilations a fresh process pays.
+(``evaluation.star_field.TRUTH``, scaled to the frame: corners at ~3× the centre's FWHM), the
+shipped node grid (``correct_psf.DEFAULT_GRID``). Seconds are wall-clock and include the JIT compilations a fresh process pays.
 """
 import json
 import resource
@@ -49,7 +49,7 @@ def one(w: int, h: int) -> dict:
     io_s = time.perf_counter() - t
   cleanup = _cleanup()
   t = time.perf_counter()
-  out = correct_psf.correct_physics(read, scene.optics_cfg(), grid=(11, 11), cleanup=cleanup)
+  out = correct_psf.correct_physics(read, scene.optics_cfg(), cleanup=cleanup)
   total = time.perf_counter() - t
   return {"size": f"{w}×{h}", "stars": len(xy), "stars_fitted": len(out.field.stars), "io_s": io_s,
           "correct_s": total,

@@ -33,6 +33,9 @@ def get_config(arg=None):
   c.model.residual_bound = 8.0  # the cleanup moves a pixel by at most ~8 noise σ
   c.model.coord_inputs = False  # after deconvolution the residue does not depend on the field
   c.data.crop_size = 128  # ≥ 4 PSF kernels: RL's stars see their whole PSF
+  # the cleanup is local: a 16-px blend between its 128-px tiles scores as the default 32 px
+  # (README "The cleanup's tiles") at 27 % less work on a large frame
+  c.predict.overlap = 16
   c.data.sensor_hw = (1024, 1536)
   c.degrade.apply_flat = False
   c.degrade.psf.grid = (3, 3)

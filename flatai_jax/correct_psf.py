@@ -34,7 +34,8 @@ from flatai_jax import correct, metrics
 from flatai_jax.io import atomic, images
 from flatai_jax.physics import deconvolve, psf, psf_fit, star_detect
 
-DEFAULT_GRID = (11, 11)  # PSF nodes (rows, cols) over the frame
+DEFAULT_GRID = (16, 16)  # PSF nodes (rows, cols) over the frame: RL interpolates the PSFs between
+#                          them, and 11 × 11 left corner stars elongated (README, "16 × 16 nodes")
 RL_SEEING = 0.7  # share of the fitted seeing's FWHM that RL undoes and the target puts back …
 FIELD_SHARE_POWER = 0.5  # … where the optics are at their best; less where the field widens them
 SPLIT_VARIANCE = 1.0 / 6.0  # px², per axis: RL's split of a point over pixels, mean over offsets

@@ -532,9 +532,10 @@ def test_cli_writes_the_corrected_frame_and_the_psf_field(seeing_frame, tmp_path
   corrected, _ = images.read_image(tmp_path / "field_corrected.fits")
   assert corrected.shape == (*HW, 1)
   psf_grid, _ = images.read_image(tmp_path / "field_corrected_psf.fits")
-  assert psf_grid.shape == (11 * 31, 11 * 31, 1)
+  gy, gx = correct_psf.DEFAULT_GRID
+  assert psf_grid.shape == (gy * 31, gx * 31, 1)
   meta = json.loads((tmp_path / "field_corrected_psf.json").read_text())
-  assert np.asarray(meta["node_coefficients"]).shape == (11, 11, 11)
+  assert np.asarray(meta["node_coefficients"]).shape == (gy, gx, 11)
   assert meta["stars_used"] >= 40 and "coma" in meta["field_model"]
   # the one line of the fit (correct_psf.describe): the seeing found again
   line = re.search(r"PSF field from (\d+) stars, residual ([\d.]+) σ, seeing FWHM ([\d.]+) px",

@@ -34,7 +34,7 @@ from flatai_jax.evaluation.report import clean_json
 from flatai_jax.io.atomic import write_text_atomic
 from flatai_jax.physics import deconvolve
 
-GRID = (11, 11)  # PSF nodes of the fitted and of the true field (correct_psf.DEFAULT_GRID)
+GRID = correct_psf.DEFAULT_GRID  # PSF nodes of the fitted and of the true field
 WIENER_LAM = 1e-4  # Tikhonov λ of the Wiener references, relative to |P(0)|² = 1
 INNER_MARGIN = 32  # px: the outer ~K/2 px exchange light with the reflected margin
 BORDER = 18  # px: stars measured at least this far inside the frame (25-px box, 12-px profile)

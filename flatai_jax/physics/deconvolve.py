@@ -106,7 +106,7 @@ DAMP_BOX = 9  # side (odd) of the window of the local χ² that damps the RL upd
 DAMP_CHI2 = 4.0  # local χ² per pixel (σ²) from which RL runs undamped; none at ≤ 1 (noise)
 PIXEL_COMPENSATION = 1.0  # the target is divided by sinc(ν)^this per axis (module docstring)
 RETAIN_SIGMA = 0.45  # px: RL restores to blobs at least this σ wide, not to points (docstring)
-KERNEL_RL_ITER = 500  # RL iterations that take the retained blur out of the PSFs and the target
+KERNEL_RL_ITER = 300  # RL iterations that take the retained blur out of the PSFs and the target
 TILE = 512  # tile core side, px (a frame larger than this on a side is tiled)
 TILE_HALO = 64  # frame px around each core, ≥ 2 PSF kernels (31 px): RL's edge effects stay out
 TILE_RAMP = 32  # width of the blending ramps across core boundaries, px (inside the halo)
@@ -202,10 +202,11 @@ def retained(kernels, sigma) -> np.ndarray:
     return kern.astype(np.float32)
   m = math.ceil(4.0 * float(sigma.max()))  # the Gaussian's reach: no wrap-around
   n = k + 2 * m
-  pad = np.zeros(lead + (n, n))
+  pad = np.zeros(lead + (n, n), np.float32)  # float32: 2.6× faster, 0.003 L1 from float64
   pad[..., m:m + k, m:m + k] = np.maximum(kern, 0.0)
   nu2 = np.fft.fftfreq(n)[:, None] ** 2 + np.fft.rfftfreq(n)[None, :] ** 2
-  g = np.exp(-2.0 * np.pi ** 2 * np.broadcast_to(sigma, lead)[..., None, None] ** 2 * nu2)
+  g = np.exp(-2.0 * np.pi ** 2 * np.broadcast_to(sigma, lead)[..., None, None] ** 2
+             * nu2).astype(np.float32)
   fft = functools.partial(scipy.fft.rfft2, workers=-1)
   blur = lambda v: scipy.fft.irfft2(fft(v) * g, s=(n, n), workers=-1)  # G_σ, its own adjoint
   floor = 1e-6 * pad.max()  # below: round-off, which RL would amplify
@@ -213,7 +214,7 @@ def retained(kernels, sigma) -> np.ndarray:
   for _ in range(KERNEL_RL_ITER):
     gx = blur(x)
     x = x * np.maximum(blur(np.where(gx > floor, pad / np.maximum(gx, floor), 1.0)), 0.0)
-  x = x[..., m:m + k, m:m + k]
+  x = x[..., m:m + k, m:m + k].astype(np.float64)
   return (x / x.sum(axis=(-2, -1), keepdims=True)).astype(np.float32)
 
 
