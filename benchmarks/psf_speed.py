@@ -11,7 +11,8 @@ Results and the machine: BENCHMARKS.md "Physics PSF correction at scale".
 Each size runs in its own process (its peak RSS is its own): a frame with stars every 32 px
 (jittered ±2 px, fluxes 1e4–5e4, σ = 1 noise on a sky of 10) seen through the test's PSF field
 (``evaluation.star_field.TRUTH``, scaled to the frame: corners at ~3× the centre's FWHM), the
-shipped node grid (``correct_psf.DEFAULT_GRID``). Seconds are wall-clock and include the JIT compilations a fresh process pays.
+shipped node grid (``correct_psf.DEFAULT_GRID``). Seconds are wall-clock and include the JIT
+compilations a fresh process pays.
 """
 import json
 import resource
