@@ -222,11 +222,10 @@ def correct_physics(image: np.ndarray, cfg, target="diffraction", grid=DEFAULT_G
   # where the restored frame keeps less blur than deconvolve.RETAIN_SIGMA, RL leaves the rest of
   # it (a round Gaussian) instead of restoring stars to points split over pixels, and the
   # compensation for that split fades with it (none where all of it is left)
-  r2 = np.maximum(deconvolve.RETAIN_SIGMA ** 2 - kept, 0.0)
-  retain = np.sqrt(r2) if r2.size > 1 else float(np.sqrt(r2[0]))
-  compensation = compensation * (1.0 - r2 / deconvolve.RETAIN_SIGMA ** 2)
-  compensation = compensation if np.ndim(compensation) and compensation.size > 1 else float(
-      np.ravel(compensation)[0])
+  r2 = np.maximum(deconvolve.RETAIN_SIGMA ** 2 - kept, 0.0)  # (gy, gx), or (1,) for all nodes
+  per_node = lambda a: a if a.size > 1 else float(a[0])
+  retain = per_node(np.sqrt(r2))
+  compensation = per_node(compensation * (1.0 - r2 / deconvolve.RETAIN_SIGMA ** 2))
   fitted = time.perf_counter()
   out, iterations, chi2 = deconvolve.sharpen(filled, psfs, t, max_iter,
                                              compensation=compensation, retain=retain)
