@@ -143,6 +143,13 @@ def harm(before: np.ndarray, after: np.ndarray, xy: np.ndarray, sharpen: bool = 
   return None
 
 
+def judged_stars(field: psf_fit.PSFField) -> np.ndarray:
+  """``(m, 2)`` (x, y) of the stars :func:`harm` judges a deconvolution by: every star the fit
+  found measurable, not only those it fitted (a spread subset of at most ``psf_fit.MAX_STARS``),
+  so that the verdict does not depend on the fit's cap."""
+  return field.stars if field.measured is None else field.measured
+
+
 def seeing_shares(coeffs, sigma: float, share: float, spec: psf.PSFSpec) -> np.ndarray:
   """``(gy, gx)`` the share of the seeing RL undoes at each PSF node: ``share`` where the fitted
   optics are at their best, less where the field's aberration widens them (module docstring).
@@ -236,7 +243,7 @@ def correct_physics(image: np.ndarray, cfg, target="diffraction", grid=DEFAULT_G
     deconvolved, out = out, np.asarray(cleanup(out), np.float32)
     seconds["cleanup"] = time.perf_counter() - done
   # the guard judges what would be written: the cleanup's output where there is one
-  why = harm(filled.mean(-1), out.mean(-1), field.stars, sharpen=sharpen) if guard else None
+  why = harm(filled.mean(-1), out.mean(-1), judged_stars(field), sharpen=sharpen) if guard else None
   if why:
     raise ValueError(f"not corrected: {why}; the fitted PSF model (λ/D = {cfg.q:g} px, seeing "
                      f"FWHM {seeing:.2f} px; residual {field.rms:.1f} σ) does not describe them")

@@ -82,6 +82,22 @@ def test_fit_recovers_the_zernike_field(name):
   assert err.max() < COEFF_TOL, err.round(4)  # Z4 … Z11, waves RMS over the nodes
 
 
+def test_fit_caps_its_stars_and_the_guard_judges_every_measurable_one(frame):
+  """At most ``max_stars`` are fitted (the fit's cost is linear in them); every measurable star is kept in ``measured``, and the guard judges by those
+  (``correct_psf.judged_stars``), so that its verdict does not depend on the cap."""
+  xy, observed, _ = frame
+  field = psf_fit.fit_psf_field(observed, _cfg(), (5, 5), max_stars=32)
+  assert len(field.stars) == 32 and len(field.measured) >= 48, (len(field.stars),
+                                                                 len(field.measured))
+  # the fitted stars are measured ones, and the measured ones are the frame's grid stars (32 px
+  # apart; a corner star's detected centroid lies up to ~4 px from its position: its coma)
+  d_fit = np.linalg.norm(field.stars[:, None] - field.measured[None], axis=-1).min(1)
+  d_grid = np.linalg.norm(field.measured[:, None] - xy[None], axis=-1).min(1)
+  assert d_fit.max() == 0.0 and d_grid.max() < 6.0, (d_fit.max(), d_grid.max())
+  assert correct_psf.judged_stars(field) is field.measured
+  assert correct_psf.judged_stars(field._replace(measured=None)) is field.stars
+
+
 SEEING = TRUTH._replace(seeing=1.0)  # the strong optics under a seeing of FWHM 2.35 px
 
 

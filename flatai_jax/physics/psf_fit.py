@@ -92,6 +92,9 @@ class PSFField(NamedTuple):
     flux: ``(n,)`` their fitted total fluxes, the frame's unit.
     noise: pixel noise σ of the frame (``sep``'s background RMS), its unit.
     rms: median over stars of the fit residual's RMS per pixel, in noise σ (1 = at the noise).
+    measured: ``(m, 2) float64`` (x, y) of every star measurable for the fit (``m ≥ n``, at
+      most ``4 · max_stars``, spread over the frame), ``stars`` a subset of them: what
+      ``correct_psf.harm`` judges a deconvolution by, whatever the fit's cap; None: ``stars``.
   """
   coeffs: np.ndarray
   psfs: np.ndarray
@@ -101,6 +104,7 @@ class PSFField(NamedTuple):
   flux: np.ndarray
   noise: float
   rms: float
+  measured: np.ndarray | None = None
 
 
 def initial_params() -> FieldParams:
@@ -423,6 +427,7 @@ def fit_psf_field(plane: np.ndarray, cfg, grid=(5, 5), stamp: int | None = None,
              else f"isolated by {size} px")
     raise ValueError(f"only {len(xy)} measurable stars ({where}, unsaturated, "
                      f"peak ≥ {snr:g} σ){why}; the PSF-field fit needs at least {min_stars}")
+  measured = xy
   pick = select_spread(xy, hw, max_stars)
   xy, clear = xy[pick], clear[pick]
   stamps, offsets = cut_stamps(data, xy, size)
@@ -448,7 +453,7 @@ def fit_psf_field(plane: np.ndarray, cfg, grid=(5, 5), stamp: int | None = None,
   psfs = node_psfs(coeffs, params.seeing, spec)
   return PSFField(coeffs=np.asarray(coeffs), psfs=np.asarray(psfs), node_xy=nodes,
                   params=params_to_dict(params), stars=xy, flux=np.asarray(flux)[:n],
-                  noise=rms, rms=rms_sigma)
+                  noise=rms, rms=rms_sigma, measured=measured)
 
 
 @functools.partial(jax.jit, static_argnums=2)  # one computation, not every op compiled alone
