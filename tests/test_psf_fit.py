@@ -98,6 +98,20 @@ def test_fit_caps_its_stars_and_the_guard_judges_every_measurable_one(frame):
   assert correct_psf.judged_stars(field._replace(measured=None)) is field.stars
 
 
+def test_frames_whose_sources_are_mostly_narrower_than_the_optics_are_refused(corrected):
+  """The fit leaves out sources narrower than ``NARROWEST`` × λ/D as hot pixels; when they are
+  more than half of its candidates, the frame's stars are sampled finer than the model's λ/D and
+  the guard refuses it before deconvolving (a 2MASS mosaic: 32 of 58)."""
+  field, q = corrected.field, _cfg().q
+  n = len(correct_psf.judged_stars(field))
+  assert correct_psf.unresolved(field, q) is None  # the synthetic frame: none narrow
+  assert correct_psf.unresolved(field._replace(narrow=n), q) is None  # half: not most
+  why = correct_psf.unresolved(field._replace(narrow=n + 1), q)
+  assert why == (f"most of its compact sources ({n + 1} of {2 * n + 1}) are narrower than 1.2 px: "
+                 f"its stars are sampled finer than the model's λ/D = 2 px (or they are hot "
+                 f"pixels), and deconvolving would broaden them"), why
+
+
 SEEING = TRUTH._replace(seeing=1.0)  # the strong optics under a seeing of FWHM 2.35 px
 
 

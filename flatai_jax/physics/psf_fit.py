@@ -95,6 +95,8 @@ class PSFField(NamedTuple):
     measured: ``(m, 2) float64`` (x, y) of every star measurable for the fit (``m ≥ n``, at
       most ``4 · max_stars``, spread over the frame), ``stars`` a subset of them: what
       ``correct_psf.harm`` judges a deconvolution by, whatever the fit's cap; None: ``stars``.
+    narrow: how many of the candidates (``measured`` and these) were left out as narrower
+      than ``NARROWEST`` × λ/D (hot pixels, or stars of optics sampled finer than the model's).
   """
   coeffs: np.ndarray
   psfs: np.ndarray
@@ -105,6 +107,7 @@ class PSFField(NamedTuple):
   noise: float
   rms: float
   measured: np.ndarray | None = None
+  narrow: int = 0
 
 
 def initial_params() -> FieldParams:
@@ -453,7 +456,7 @@ def fit_psf_field(plane: np.ndarray, cfg, grid=(5, 5), stamp: int | None = None,
   psfs = node_psfs(coeffs, params.seeing, spec)
   return PSFField(coeffs=np.asarray(coeffs), psfs=np.asarray(psfs), node_xy=nodes,
                   params=params_to_dict(params), stars=xy, flux=np.asarray(flux)[:n],
-                  noise=rms, rms=rms_sigma, measured=measured)
+                  noise=rms, rms=rms_sigma, measured=measured, narrow=int(narrow.sum()))
 
 
 @functools.partial(jax.jit, static_argnums=2)  # one computation, not every op compiled alone
