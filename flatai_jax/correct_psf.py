@@ -43,10 +43,10 @@ GUARD_SIZE = 1.05  # deconvolved stars broader than this × before (median): not
 GUARD_ELLIPTICITY = 0.02  # … or more elongated by more than this (median 1 − b/a)
 GUARD_HALO = -3.0  # … or a tenth of them with a dark halo below this (noise σ) …
 GUARD_HALO_SHARE = 0.1  # … (that share of the stars: one star's neighbour is not a verdict)
-GUARD_NARROW = 0.5  # more of the fit's candidates than this share narrower than the model's
-#                    optics allow (``psf_fit.NARROWEST`` × λ/D): not corrected (:func:`unresolved`)
 GUARD_FLUX = 0.8  # … or their median aperture flux after / before below this (light dug out;
 #                   above 1 is no harm: sharpening brings the wings' light into the aperture)
+GUARD_NARROW = 0.5  # more of the fit's candidates than this share narrower than the model's
+#                    optics allow (``psf_fit.NARROWEST`` × λ/D): not sharpened (:func:`unresolved`)
 
 
 @dataclasses.dataclass
@@ -146,8 +146,8 @@ def harm(before: np.ndarray, after: np.ndarray, xy: np.ndarray, sharpen: bool = 
 
 
 def unresolved(field: psf_fit.PSFField, q: float) -> str | None:
-  """Why a frame must not be deconvolved before trying, or None: most of the compact sources the
-  fit measured (more than ``GUARD_NARROW`` of them) are narrower than the model's optics allow
+  """Why a frame must not be sharpened, known before trying, or None: most of the compact sources
+  the fit measured (more than ``GUARD_NARROW`` of them) are narrower than the model's optics allow
   (``psf_fit.NARROWEST`` × λ/D = ``q`` px), so its stars are sampled finer than the model's λ/D
   and a deconvolution to its target broadens them. The fit leaves those sources out as hot pixels
   and fits the broader rest, on which :func:`harm` sees no harm: a 2MASS K mosaic (median 0.94
@@ -257,7 +257,8 @@ def correct_physics(image: np.ndarray, cfg, target="diffraction", grid=DEFAULT_G
   per_node = lambda a: a if a.size > 1 else float(a[0])
   retain = per_node(np.sqrt(r2))
   compensation = per_node(compensation * (1.0 - r2 / deconvolve.RETAIN_SIGMA ** 2))
-  why = unresolved(field, cfg.q) if guard else None  # refused before the deconvolution
+  # refused before the deconvolution where the target is to sharpen (as harm's size test)
+  why = unresolved(field, cfg.q) if guard and sharpen else None
   if why:
     raise ValueError(not_corrected(why, field, cfg.q))
   fitted = time.perf_counter()
