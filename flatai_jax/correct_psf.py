@@ -160,6 +160,15 @@ def unresolved(field: psf_fit.PSFField, q: float) -> str | None:
   return None
 
 
+def refusal(before: np.ndarray, after: np.ndarray, field: psf_fit.PSFField, q: float,
+            sharpen: bool = True) -> str | None:
+  """The guard's verdict on a deconvolution, or None: :func:`unresolved` where the target is to
+  sharpen, then :func:`harm` on :func:`judged_stars` (``before``, ``after``: ``(H, W)`` linear
+  planes; ``q``: the model's λ/D, px). What ``correct_physics`` and the evaluations judge by."""
+  return ((unresolved(field, q) if sharpen else None)
+          or harm(before, after, judged_stars(field), sharpen=sharpen))
+
+
 def not_corrected(why: str, field: psf_fit.PSFField, q: float) -> str:
   """The one-line refusal of a guard's reason ``why`` (:func:`unresolved`, :func:`harm`)."""
   return (f"not corrected: {why}; the fitted PSF model (λ/D = {q:g} px, seeing FWHM "
@@ -225,11 +234,15 @@ def correct_physics(image: np.ndarray, cfg, target="diffraction", grid=DEFAULT_G
   filled, mask = correct.fill_masked(image)
   start = time.perf_counter()
   field = psf_fit.fit_psf_field(filled.mean(-1), cfg, grid, **fit_kw)
+  sharpen = target in ("diffraction", "centre")
+  # known from the fit alone: refused before any deconvolution (refusal() says it again after)
+  why = unresolved(field, cfg.q) if guard and sharpen else None
+  if why:
+    raise ValueError(not_corrected(why, field, cfg.q))
   spec_modes = field.coeffs.shape[-1]
   centre = psf_fit.field_model(psf_fit.params_from_dict(field.params), jnp.zeros(2), spec_modes)
   t = deconvolve.target_psf(target, cfg, centre_coeffs=centre)
   seeing = field.params.get("seeing_fwhm_px", 0.0)
-  sharpen = target in ("diffraction", "centre")
   # the optics corrected, not the air (module docstring): RL undoes the fitted optics under
   # the seeing share × the fitted seeing's FWHM, and the target puts that part back
   keep_seeing = sharpen and seeing > 0
@@ -257,10 +270,6 @@ def correct_physics(image: np.ndarray, cfg, target="diffraction", grid=DEFAULT_G
   per_node = lambda a: a if a.size > 1 else float(a[0])
   retain = per_node(np.sqrt(r2))
   compensation = per_node(compensation * (1.0 - r2 / deconvolve.RETAIN_SIGMA ** 2))
-  # refused before the deconvolution where the target is to sharpen (as harm's size test)
-  why = unresolved(field, cfg.q) if guard and sharpen else None
-  if why:
-    raise ValueError(not_corrected(why, field, cfg.q))
   fitted = time.perf_counter()
   out, iterations, chi2 = deconvolve.sharpen(filled, psfs, t, max_iter,
                                              compensation=compensation, retain=retain)
@@ -271,7 +280,7 @@ def correct_physics(image: np.ndarray, cfg, target="diffraction", grid=DEFAULT_G
     deconvolved, out = out, np.asarray(cleanup(out), np.float32)
     seconds["cleanup"] = time.perf_counter() - done
   # the guard judges what would be written: the cleanup's output where there is one
-  why = harm(filled.mean(-1), out.mean(-1), judged_stars(field), sharpen=sharpen) if guard else None
+  why = refusal(filled.mean(-1), out.mean(-1), field, cfg.q, sharpen) if guard else None
   if why:
     raise ValueError(not_corrected(why, field, cfg.q))
   if mask is not None:

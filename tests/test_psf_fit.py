@@ -83,8 +83,9 @@ def test_fit_recovers_the_zernike_field(name):
 
 
 def test_fit_caps_its_stars_and_the_guard_judges_every_measurable_one(frame):
-  """At most ``max_stars`` are fitted (the fit's cost is linear in them); every measurable star is kept in ``measured``, and the guard judges by those
-  (``correct_psf.judged_stars``), so that its verdict does not depend on the cap."""
+  """At most ``max_stars`` are fitted (the fit's cost is linear in them); every measurable star
+  is kept in ``measured``, and the guard judges by those (``correct_psf.judged_stars``), so that
+  its verdict does not depend on the cap."""
   xy, observed, _ = frame
   field = psf_fit.fit_psf_field(observed, _cfg(), (5, 5), max_stars=32)
   assert len(field.stars) == 32 and len(field.measured) >= 48, (len(field.stars),

@@ -84,9 +84,7 @@ def score_frame(plane: np.ndarray, corrector) -> dict:
           "fit": {"stars_used": int(len(phys.field.stars)),
                   "residual_rms_sigma": float(phys.field.rms),
                   "rl_iterations": int(phys.iterations)},
-          "guard": (correct_psf.unresolved(phys.field, cfg.q)
-                    or correct_psf.harm(plane, phys.corrected[..., 0],
-                                        correct_psf.judged_stars(phys.field))),
+          "guard": correct_psf.refusal(plane, phys.corrected[..., 0], phys.field, cfg.q),
           "methods": methods, "seconds": round(time.perf_counter() - start, 1)}
 
 
@@ -181,9 +179,7 @@ def score_rendered(plane: np.ndarray, corrector, params=star_field.TRUTH,
                   "residual_rms_sigma": float(phys.field.rms),
                   "seeing_fwhm_px": float(phys.field.params.get("seeing_fwhm_px", 0.0)),
                   "rl_iterations": int(phys.iterations)},
-          "guard": (correct_psf.unresolved(phys.field, cfg.q)
-                    or correct_psf.harm(observed, phys.corrected[..., 0],
-                                        correct_psf.judged_stars(phys.field))),
+          "guard": correct_psf.refusal(observed, phys.corrected[..., 0], phys.field, cfg.q),
           "methods": methods, "seconds": round(time.perf_counter() - start, 1),
           **({"images": {"original": plane, **outputs}, "xy": xy, "corner": masks["corner"]}
              if keep_images else {})}
