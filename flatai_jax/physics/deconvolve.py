@@ -16,7 +16,8 @@ for the pixel grid, below): no per-node compromise
 between noise gain and ringing, hence no broadened target spreading over the frame. RL needs a
 positive frame: it runs on the frame minus its sky surface (``sep``'s background, smooth on
 an eighth of the frame) plus ``PEDESTAL_SIGMA`` noise σ, floored at 0, and the sky, and what
-the floor took off, go back afterwards (no pixel is lifted). The pedestal is also how far below
+the floor took off, go back afterwards (a region darker than the floor comes out as it went in;
+an isolated pixel keeps its depth beyond the floor under what RL restored around it). The pedestal is also how far below
 the sky RL's ``x ≥ 0`` lets a restored pixel go — how deep a dark moat can be: the synthetic
 evaluation's ringing −1.3 σ with 10 σ, −0.4 σ with 3 σ, corner flux 1.024 → 1.013, empty-sky
 noise 0.72 → 0.68 (shipped model; README, "A 3-σ pedestal"). Under the sky *level* (one number,
@@ -382,7 +383,7 @@ def _rl_frame(image, sky, sigma):
   σ, kept ≥ 1e-3 σ; ``signal`` the pixels ``SIGNAL_SIGMA`` σ above the pedestal; the
   pedestal; σ itself, kept above 1e-12 of the frame's largest value (a noise-free frame); and
   what the floor took off ``y`` (≤ 0: the frame there is darker than the sky by more than the
-  pedestal; put back after RL, so that no pixel is lifted). ``image (H, W, C)``, ``sky (C,)``
+  pedestal; put back after RL, so that no dark region is lifted). ``image (H, W, C)``, ``sky (C,)``
   or ``(H, W, C)``, ``sigma (C,)``; NumPy or JAX arrays."""
   xp = jnp if isinstance(image, jax.Array) else np
   sigma = xp.maximum(sigma, 1e-12 * xp.maximum(xp.abs(image).max(), 1e-30))
