@@ -386,7 +386,7 @@ def test_a_sky_gradient_is_kept_and_stars_on_it_are_restored_alike():
   star = lambda x0: 400.0 * np.exp(-((xx - x0) ** 2 + (yy - 48.0) ** 2) / (2 * 1.8 ** 2))
   clean = ramp + star(40.0) + star(216.0)
   image = (clean + rng.normal(0.0, 1.0, (h, w)))[..., None].astype(np.float32)
-  psfs = np.broadcast_to(deconvolve.gaussian_psf(1.8 * 2.3548, 15), (1, 1, 15, 15))
+  psfs = np.broadcast_to(deconvolve.gaussian_psf(1.8 * star_detect.FWHM_PER_SIGMA, 15), (1, 1, 15, 15))
   out, _, _ = deconvolve.sharpen(image, psfs, deconvolve.gaussian_psf(2.0, 15))
   out = out[..., 0]
   away = (np.hypot(xx - 40.0, yy - 48.0) > 15) & (np.hypot(xx - 216.0, yy - 48.0) > 15)

@@ -380,17 +380,16 @@ def _tile_psfs(psfs: np.ndarray, n: tuple[int, int], origins, length: tuple[int,
 
 def _rl_frame(image, sky, sigma):
   """What RL runs on (module docstring): ``y`` the frame minus its sky plus ``PEDESTAL_SIGMA``
-  σ, kept ≥ 1e-3 σ; ``signal`` the pixels ``SIGNAL_SIGMA`` σ above the pedestal; the
-  pedestal; σ itself, kept above 1e-12 of the frame's largest value (a noise-free frame); and
-  what the floor took off ``y`` (≤ 0: the frame there is darker than the sky by more than the
-  pedestal; put back after RL, so that no dark region is lifted). ``image (H, W, C)``, ``sky (C,)``
-  or ``(H, W, C)``, ``sigma (C,)``; NumPy or JAX arrays."""
+  σ, kept ≥ 1e-3 σ; ``signal`` the pixels ``SIGNAL_SIGMA`` σ above the pedestal; and σ itself,
+  kept above 1e-12 of the frame's largest value (a noise-free frame). RL's result goes back
+  onto ``image − y``: the sky less the pedestal, and what the floor took off where the frame is
+  darker than the sky by more than the pedestal (so that no dark region is lifted).
+  ``image (H, W, C)``, ``sky (C,)`` or ``(H, W, C)``, ``sigma (C,)``; NumPy or JAX arrays."""
   xp = jnp if isinstance(image, jax.Array) else np
   sigma = xp.maximum(sigma, 1e-12 * xp.maximum(xp.abs(image).max(), 1e-30))
   pedestal = PEDESTAL_SIGMA * sigma
-  raw = image - sky + pedestal
-  y = xp.maximum(raw, 1e-3 * sigma)
-  return y, y > pedestal + SIGNAL_SIGMA * sigma, pedestal, sigma, raw - y
+  y = xp.maximum(image - sky + pedestal, 1e-3 * sigma)
+  return y, y > pedestal + SIGNAL_SIGMA * sigma, sigma
 
 
 def sharpen_traced(image, psfs, target, max_iter: int):
@@ -411,10 +410,10 @@ def sharpen_traced(image, psfs, target, max_iter: int):
   planes = jnp.moveaxis(image, -1, 0)
   sky = jnp.median(planes.reshape(planes.shape[0], -1), axis=1)
   sigma = jnp.stack([noise.second_difference_sigma(p, p - s) for p, s in zip(planes, sky)])
-  y, signal, pedestal, sigma, below = _rl_frame(image, sky, sigma)
+  y, signal, sigma = _rl_frame(image, sky, sigma)
   t = jnp.asarray(compensated_targets(np.asarray(target)))
   out, _, _ = _sharpen_tile(y, psfs, sigma, signal, t, max_iter=max_iter)
-  return out + (sky - pedestal) + below
+  return out + (image - y)
 
 
 @functools.partial(jax.jit, static_argnames=("max_iter",))
@@ -465,7 +464,7 @@ def sharpen(image: np.ndarray, psfs: np.ndarray, target: np.ndarray,
     data, _ = star_detect.background(image[..., c])
     sky[..., c] = image[..., c] - data
     sigma[c] = star_detect.sky_noise(image[..., c], data)
-  y, signal, pedestal, sigma, below = _rl_frame(image, sky, sigma)
+  y, signal, sigma = _rl_frame(image, sky, sigma)
   h, w, c = image.shape
   if np.any(np.asarray(retain) > 0):
     psfs, target = retained(psfs, retain), retained(target, retain)
@@ -475,7 +474,7 @@ def sharpen(image: np.ndarray, psfs: np.ndarray, target: np.ndarray,
     out, iters, chi2 = jax.device_get(_sharpen_tile(
         jnp.asarray(y), jnp.asarray(psfs, jnp.float32), sigma, jnp.asarray(signal),
         jnp.asarray(target), max_iter=int(max_iter)))
-    return out + (sky - pedestal) + below, int(iters), float(chi2)
+    return out + (image - y), int(iters), float(chi2)
   (oy, ly, wy), (ox, lx, wx) = tile_plan(h, tile), tile_plan(w, tile)
   padded_y, padded_signal = (np.pad(a, ((-oy[0], oy[-1] + ly - h), (-ox[0], ox[-1] + lx - w),
                                         (0, 0)), mode="reflect") for a in (y, signal))
@@ -494,4 +493,4 @@ def sharpen(image: np.ndarray, psfs: np.ndarray, target: np.ndarray,
     out[sy:sy + ly, sx:sx + lx] += tile_out * (wy[a][:, None, None] * wx[b][None, :, None])
   out = out[-oy[0]:-oy[0] + h, -ox[0]:-ox[0] + w]
   iters = max(int(r[1]) for r in results)
-  return out + (sky - pedestal) + below, iters, max(float(r[2]) for r in results)
+  return out + (image - y), iters, max(float(r[2]) for r in results)
