@@ -80,6 +80,8 @@ flags.DEFINE_integer("val_percent", 10, "Share of images in the validation split
 flags.DEFINE_integer("num", 8, "Number of examples.")
 flags.DEFINE_integer("size", 256, "evaluate --task=psf: side of the synthetic star field, px "
                      "(at least 192).")
+flags.DEFINE_list("cases", None, "evaluate --task=psf: the star fields to score, comma-separated "
+                  "(default all: flatai, hcipy, flatai_strong, hcipy_strong).")
 flags.DEFINE_bool("full_frame", False, "Synthesise whole sensor frames instead of crops.")
 flags.DEFINE_integer("port", 8765, "gui: port of the page on 127.0.0.1; 0 = any free port.")
 flags.DEFINE_string("coordinator_address", None, "Multi-host: host:port of process 0.")
@@ -105,7 +107,7 @@ COMMANDS = {
     "evaluate": Command(
         "Score a checkpoint on full frames against classical baselines; writes a report.",
         "--checkpoint=RUN_DIR [--step=N] [--output_dir=DIR] | --real_dir=DIR [--checkpoint=…] "
-        "| --task=psf [--checkpoint=…] [--output_dir=DIR] [--size=PX]",
+        "| --task=psf [--checkpoint=…] [--output_dir=DIR] [--size=PX] [--cases=A,B]",
         {"checkpoint": "Run directory or exported model to evaluate (with --real_dir: default "
                        "the shipped model).", "workdir": "Same as --checkpoint.",
          "step": None, "output_dir": "Report folder; default: <checkpoint>/eval (--task=psf: "
@@ -115,7 +117,7 @@ COMMANDS = {
                  "known PSF field: uncorrected, --method=physics, the aberration model "
                  "(--checkpoint, default the shipped one), Richardson–Lucy / Wiener with one PSF "
                  "and with the true field; writes psf_eval.json and .md.",
-         "size": None}),
+         "size": None, "cases": None}),
     "correct": Command(
         "Correct FITS/XISF/TIFF/PNG/JPEG frames; writes corrected image, F, G and preview.",
         "IMAGE... [--checkpoint=RUN_DIR] [--out=DIR | --output=FILE] | --session FRAME... "
@@ -393,7 +395,8 @@ def _evaluate_psf(checkpoint):
                          "not deconvolve first; --task=psf scores configs/psf.py models")
   from flatai_jax.evaluation import aberration
   try:
-    report = aberration.evaluate(FLAGS.size, corrector=corrector)
+    report = aberration.evaluate(FLAGS.size, corrector=corrector,
+                                 cases=tuple(FLAGS.cases or aberration.CASES))
   except ValueError as e:
     raise app.UsageError(str(e))
   paths = aberration.write(report, FLAGS.output_dir or "eval_psf")

@@ -109,6 +109,22 @@ def test_the_project_s_field_psfs_are_hcipy_s_to_a_percent():
   assert l1.max() < 0.008, np.round(l1, 4)
 
 
+@pytest.mark.parametrize("name, ratio, to_ideal", [("TRUTH", (2.6, 3.0), (2.6, 3.0)),
+                                                   ("STRONG", (3.5, 4.2), (4.0, 4.8))])
+def test_the_fields_corners_are_as_wide_as_the_cases_say(name, ratio, to_ideal):
+  """Uncorrected, the corner zone's median FWHM over the centre zone's (``TRUTH``: 2.88, below
+  issue 15's 3–6×, why ``STRONG`` was added: 3.77) and over the diffraction-limited stars'
+  (2.88 / 4.39) — the evaluation's own metric (``stars.zone_metrics``) on its seed-0 frame."""
+  params = getattr(star_field, name)
+  field = star_field.make(256, 0, params, cfg=star_field.optics_cfg())
+  xy, masks = aberration.measured_stars(field)
+  seen = stars.zone_metrics(field.observed, xy, field.ideal, masks, star_field.NOISE)
+  ideal = stars.zone_metrics(field.ideal, xy, field.ideal, masks, star_field.NOISE)
+  corner = seen["corner"]["fwhm_px"]
+  assert ratio[0] < corner / seen["centre"]["fwhm_px"] < ratio[1], seen
+  assert to_ideal[0] < corner / ideal["corner"]["fwhm_px"] < to_ideal[1], (seen, ideal)
+
+
 def _evaluate(*args):
   env = dict(os.environ, JAX_PLATFORMS="cpu")
   return subprocess.run([sys.executable, "-m", "flatai_jax.main", "evaluate", *args], cwd=ROOT,
@@ -130,7 +146,8 @@ def test_cli_bad_input_is_one_line(args, says):
 @pytest.mark.slow
 def test_cli_writes_every_method_and_zone(tmp_path):
   """192² (~80 s for the project's optics on the 2-core CPU; hcipy's frame at 192² leaves the
-  fit 14 isolated stars: its case is recorded as failed, one line)."""
+  fit 14 isolated stars: its case is recorded as failed, one line — as may the stronger
+  aberrations' cases there, whose corner stars are wider)."""
   out = _evaluate("--task=psf", "--size=192", f"--output_dir={tmp_path}")
   assert out.returncode == 0, out.stderr
   assert "| physics: fitted field + RL" in out.stdout
@@ -139,10 +156,10 @@ def test_cli_writes_every_method_and_zone(tmp_path):
   assert report["size"] == 192 and set(report["cases"]) == set(aberration.CASES)
   for name, case in report["cases"].items():
     if "skipped" in case:
-      assert name == "hcipy" and hcipy_optics.missing(), case
+      assert aberration.CASES[name].optics == "hcipy" and hcipy_optics.missing(), case
       continue
     if "failed" in case:
-      assert name == "hcipy" and "measurable stars" in case["failed"], case
+      assert name != "flatai" and "measurable stars" in case["failed"], case
       continue
     assert list(case["methods"]) == [k for k in aberration.METHODS
                                      if k != "model" or report["model"]]
