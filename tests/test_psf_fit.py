@@ -84,14 +84,6 @@ def test_fit_recovers_the_zernike_field(name):
             key=lambda e: e.max())
   print("coefficient error per mode Z4..Z11, waves RMS:", err.round(4))
   assert err.max() < COEFF_TOL, err.round(4)  # Z4 … Z11, waves RMS over the nodes
-  # the fit's σ is the pixel noise (star_detect.sky_noise: 1.08 / 1.13 / 1.28 here, the halos'
-  # diffraction structure), not sep's global RMS, which the halos inflate (1.72 / 2.03 / 3.41):
-  # with it the field terms came out up to 4 / 10 % too strong (strong / stronger), now 3 / 6.5 %
-  terms = {k: abs(field.params[k]) / float(getattr(params.system, k))
-           for k in ("coma", "astigmatism", "field_curvature")}
-  print(f"noise {field.noise:.3f} (true {NOISE}), field terms / truth", terms)
-  assert abs(field.noise / NOISE - 1.0) < 0.3, field.noise
-  assert all(abs(r - 1.0) < 0.08 for r in terms.values()), terms
 
 
 def test_fit_caps_its_stars_and_the_guard_judges_every_measurable_one(frame):

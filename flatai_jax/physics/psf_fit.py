@@ -32,13 +32,6 @@ sensor tilt) flip sign together and the odd ones (coma, trefoil) stay. One in-fo
 frame cannot tell the two apart; the fit returns one of them and
 :func:`even_sign_flip` gives the other. The PSFs, hence the deconvolution, are the same.
 
-Noise. The stars' threshold, their weights and the residual in σ use the pixel noise of
-``star_detect.sky_noise`` (second differences), the σ of the deconvolution and the guard, not
-``sep``'s global RMS: where the halos of aberrated stars cover much of the frame they inflate
-that RMS (3.1× on ``star_field.STRONG``), and the fitted field terms came out 3 / 7 / 10 % high
-(coma / astigmatism / field curvature; 1.5 / 3 / 5 % with ``sky_noise``; README "The evaluation
-at issue 15's 3–6×"). Residuals quoted above predate this and are in units of that RMS.
-
 Host side: detection (``star_detect``), stamps, the star selection; the fit is JAX.
 """
 from __future__ import annotations
@@ -71,7 +64,7 @@ ODD_FIELDS = ("coma", "trefoil", "coma0")  # the asymmetric part of a star, fitt
 ODD_STEPS = 150  # Adam steps of the odd fields alone before all of them (module docstring)
 # peak Adam learning rate (waves; centres in SHIFT_SCALE px), each stage cosine-decayed: at 0.02
 # the odd stage had not converged on 2 of 3 frames with corners at ~3.8× (README "The evaluation
-# at issue 15's 3–6×"): astigmatism and curvature 0.14 waves off
+# at 3–6×"): astigmatism and curvature 0.14 waves off
 LEARNING_RATE = 0.04
 SEEING_START = 0.3  # px (FWHM / FWHM_PER_SIGMA): the seeing's start (0 would be a saddle)
 KOLMOGOROV_FWHM = 0.98  # FWHM of the Kolmogorov long-exposure PSF, units of λ/r0
@@ -101,7 +94,7 @@ class PSFField(NamedTuple):
     params: the fitted :class:`FieldParams` as floats.
     stars: ``(n, 2) float64`` (x, y) of the stars used.
     flux: ``(n,)`` their fitted total fluxes, the frame's unit.
-    noise: pixel noise σ of the frame (``star_detect.sky_noise``), its unit.
+    noise: pixel noise σ of the frame (``sep``'s background RMS), its unit.
     rms: median over stars of the fit residual's RMS per pixel, in noise σ (1 = at the noise).
     measured: ``(m, 2) float64`` (x, y) of every star measurable for the fit (``m ≥ n``, at
       most ``4 · max_stars``, spread over the frame), ``stars`` a subset of them: what
@@ -407,10 +400,7 @@ def fit_psf_field(plane: np.ndarray, cfg, grid=(5, 5), stamp: int | None = None,
   spec = psf.PSFSpec.from_config(cfg)
   plane = np.asarray(plane, np.float64)
   hw = plane.shape
-  data, _ = star_detect.background(plane)
-  # not sep's global RMS: the halos of aberrated stars inflate it (3.1× on star_field.STRONG),
-  # which raised the stars' threshold and biased the fitted field terms 3–10 % high (README)
-  rms = star_detect.sky_noise(plane, data)
+  data, rms = star_detect.background(plane)
   extraction = star_detect.extract(plane, rms, snr, data)  # one sep pass for every use below
   usable = saturation_mask(plane)
   size, fwhm = (stamp, stamp / STAMP_FWHM) if stamp else _stamp(plane, rms, usable, snr,
