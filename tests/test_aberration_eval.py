@@ -136,6 +136,7 @@ def _evaluate(*args):
     (["--task=flat"], "only --task=psf"),
     (["--task=psf", "--checkpoint=runs/x"], "runs/x: neither a run directory"),
     (["--task=psf", "--real_dir=x"], "drop --real_dir"),
+    (["--task=psf", "--cases=flatai,wide"], "unknown case(s) ['wide']"),
 ])
 def test_cli_bad_input_is_one_line(args, says):
   out = _evaluate(*args)

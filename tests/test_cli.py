@@ -208,7 +208,8 @@ def test_help_lists_the_commands_and_each_commands_own_flags():
          "train": {"config", "workdir", "coordinator_address", "num_processes", "process_id"},
          "build_dataset": {"input_dir", "output_dir", "min_size", "val_percent"},
          "gui": {"port", "checkpoint"},
-         "evaluate": {"checkpoint", "workdir", "step", "output_dir", "real_dir", "task", "size"}}
+         "evaluate": {"checkpoint", "workdir", "step", "output_dir", "real_dir", "task", "size",
+                      "cases"}}
   for name, expected in own.items():
     for flag in ("--help", "-h"):
       out = flatai(name, flag)

@@ -64,7 +64,7 @@ ODD_FIELDS = ("coma", "trefoil", "coma0")  # the asymmetric part of a star, fitt
 ODD_STEPS = 150  # Adam steps of the odd fields alone before all of them (module docstring)
 # peak Adam learning rate (waves; centres in SHIFT_SCALE px), each stage cosine-decayed: at 0.02
 # the odd stage had not converged on 2 of 3 frames with corners at ~3.8× (README "The evaluation
-# at 3–6×"): astigmatism and curvature 0.14 waves off
+# at issue 15's 3–6×"): astigmatism and curvature 0.14 waves off
 LEARNING_RATE = 0.04
 SEEING_START = 0.3  # px (FWHM / FWHM_PER_SIGMA): the seeing's start (0 would be a saddle)
 KOLMOGOROV_FWHM = 0.98  # FWHM of the Kolmogorov long-exposure PSF, units of λ/r0
