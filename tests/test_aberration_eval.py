@@ -148,7 +148,9 @@ def test_cli_bad_input_is_one_line(args, says):
 def test_cli_writes_every_method_and_zone(tmp_path):
   """192² (~80 s for the project's optics on the 2-core CPU; hcipy's frame at 192² leaves the
   fit 14 isolated stars: its case is recorded as failed, one line — as may the stronger
-  aberrations' cases there, whose corner stars are wider)."""
+  aberrations' cases there, whose corner stars are wider: the project's optics give the fit 23
+  stars, 2 in the corners, its field terms come out 5–13 % strong and the guard refuses the
+  deconvolution, which would broaden the stars 5.9 → 14.3 px by moments; a refusal, recorded)."""
   out = _evaluate("--task=psf", "--size=192", f"--output_dir={tmp_path}")
   assert out.returncode == 0, out.stderr
   assert "| physics: fitted field + RL" in out.stdout
@@ -160,7 +162,9 @@ def test_cli_writes_every_method_and_zone(tmp_path):
       assert aberration.CASES[name].optics == "hcipy" and hcipy_optics.missing(), case
       continue
     if "failed" in case:
-      assert name != "flatai" and "measurable stars" in case["failed"], case
+      assert name != "flatai", case
+      assert ("measurable stars" in case["failed"] or case["failed"].startswith("not corrected: ")
+              and aberration.CASES[name].params is star_field.STRONG), case
       continue
     assert list(case["methods"]) == [k for k in aberration.METHODS
                                      if k != "model" or report["model"]]
