@@ -5,9 +5,10 @@ every correction method scored on the synthetic star field with a known field-de
 Cases (:data:`CASES`): the field's PSFs made by the project's optics, and by an independent optics
 code (``evaluation.hcipy_optics``, the same Zernike coefficients; skipped with a one-line reason
 when hcipy is not installed), each at two strengths — ``star_field.TRUTH`` (corners at ~3× the
-centre's FWHM) and ``star_field.STRONG`` (the field terms × 1.5: ~3.8×; issue 15 asks for 3–6×). Methods (:data:`METHODS`), all to the same diffraction-limited target:
-uncorrected; the physics correction (``correct_psf.correct_physics``: PSF field fitted to the
-frame's stars, spatially varying Richardson–Lucy); Wiener and Richardson–Lucy with one PSF, the
+centre's FWHM) and ``star_field.STRONG`` (the field terms × 1.5: ~3.8×; issue 15 asks for
+3–6×). Methods (:data:`METHODS`), all to the same diffraction-limited target: uncorrected; the
+physics correction (``correct_psf.correct_physics``: PSF field fitted to the frame's stars,
+spatially varying Richardson–Lucy); Wiener and Richardson–Lucy with one PSF, the
 fitted on-axis one, for the whole frame; and, as an upper reference, Richardson–Lucy and Wiener
 with the TRUE varying PSF field (the true PSFs at the same ``GRID`` nodes); the truth through the
 target PSF (``ideal``) last.

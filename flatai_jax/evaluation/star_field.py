@@ -6,9 +6,9 @@ position's PSF (``psf_fit.field_model`` of :data:`TRUTH` → a renderer), on a s
 white noise σ = ``NOISE``; the same stars through the diffraction-limited PSF are the truth
 (``ideal``). :data:`TRUTH` puts the corners at ~3× the centre's FWHM (coma 0.51, astigmatism
 0.34, field curvature 0.26 waves RMS at the corner), :data:`STRONG` (the same terms × 1.5) at
-~3.8× the centre zone's and ~4.4× the diffraction limit's — issue 15 asks for 3–6×. The renderer is the project's
-(``psf_fit.unit_stamps``) or an independent optics code (``evaluation.hcipy_optics``) with the
-same Zernike coefficients. All lengths in px, fluxes in the frame's unit (sky = 10).
+~3.8× the centre zone's and ~4.4× the diffraction limit's — issue 15 asks for 3–6×. The renderer
+is the project's (``psf_fit.unit_stamps``) or an independent optics code
+(``evaluation.hcipy_optics``) with the same Zernike coefficients. All lengths in px, fluxes in the frame's unit (sky = 10).
 """
 from __future__ import annotations
 
@@ -46,8 +46,8 @@ def field_params(coma=0.0, astig=0.0, curvature=0.0, spherical=0.0, trefoil=(0.0
 TRUTH = field_params(coma=0.51, astig=0.34, curvature=0.26, spherical=0.03,
                      trefoil=(0.02, -0.01), tilt=(0.03, -0.02))  # corners at ~3× centre FWHM
 # TRUTH's field terms × 1.5: corner FWHM 8.6–8.9 px (diffraction 2.0), the centre zone's 2.3
-STRONG = field_params(coma=0.765, astig=0.51, curvature=0.39, spherical=0.03,
-                      trefoil=(0.02, -0.01), tilt=(0.03, -0.02))
+STRONG = TRUTH._replace(system=TRUTH.system._replace(
+    **{k: 1.5 * getattr(TRUTH.system, k) for k in ("coma", "astigmatism", "field_curvature")}))
 
 
 def optics_cfg():
