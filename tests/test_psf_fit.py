@@ -17,6 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 import sep
+from scipy import ndimage
 
 from flatai_jax import correct_psf
 from flatai_jax.evaluation import quality, star_field, stars
@@ -535,6 +536,46 @@ def test_sky_noise_is_unbiased_on_white_noise(sigma):
   rng = np.random.default_rng(5)
   est = star_detect.sky_noise(10.0 + rng.normal(0.0, sigma, (256, 256)))
   assert abs(est / sigma - 1.0) < 0.02, est / sigma
+
+
+def test_source_masked_noise_reads_halos_and_correlated_noise_right():
+  """The fit's σ (``star_detect.source_masked_noise``) against the σ that made each frame:
+  a crowded field with corners at 3.8× (``sep``'s RMS counts the halos: ≥ 2.5×; second
+  differences 1.26×) and sparse stars on correlated noise (second differences read it ≥ 2× low;
+  reference: the noise field's own standard deviation). Scaling a frame scales its σ (``sep``'s
+  RMS of a background masked all over is a constant 1, which once passed for the right σ)."""
+  crowded = star_field.make(256, 1, star_field.STRONG).observed
+  assert star_detect.background(crowded)[1] > 2.5 * NOISE
+  est = star_detect.source_masked_noise(crowded)
+  assert abs(est / NOISE - 1.0) < 0.1 and est < star_detect.sky_noise(crowded), est
+  for k in (0.2, 5.0):
+    assert star_detect.source_masked_noise(k * crowded) == pytest.approx(k * est, rel=1e-4)
+
+  rng = np.random.default_rng(7)
+  correlated = ndimage.gaussian_filter(rng.normal(0.0, 10.0, (384, 384)), 1.2)
+  yy, xx = np.mgrid[:384, :384]
+  stars_only = sum(f * np.exp(-((xx - x) ** 2 + (yy - y) ** 2) / 4.5)
+                   for x, y, f in rng.uniform((20, 20, 30), (364, 364, 300), (40, 3)))
+  frame = 100.0 + stars_only + correlated
+  truth = float(correlated.std())
+  assert star_detect.sky_noise(frame) < 0.5 * truth
+  assert abs(star_detect.source_masked_noise(frame) / truth - 1.0) < 0.05
+
+
+def test_a_large_frames_noise_is_measured_on_a_mosaic_of_it():
+  """Over ``SAMPLE_PX`` σ comes from ``noise_sample``'s 3 × 3 tiles, corners and centre among
+  them (a 6000 × 4000 frame: 1.4 s instead of 17.5 s); on white noise it is the frame's σ."""
+  rng = np.random.default_rng(8)
+  plane = np.arange(2200 * 2000, dtype=np.float64).reshape(2200, 2000)
+  sample = star_detect.noise_sample(plane)
+  side = int(np.sqrt(star_detect.SAMPLE_PX)) // star_detect.SAMPLE_TILES
+  assert sample.shape == (3 * side, 3 * side)
+  assert sample[0, 0] == plane[0, 0] and sample[-1, -1] == plane[-1, -1]
+  assert sample[side, side] == plane[(2200 - side) // 2, (2000 - side) // 2]
+  small = plane[:1000]
+  assert star_detect.noise_sample(small) is small  # under SAMPLE_PX: the frame itself
+  noisy = 50.0 + rng.normal(0.0, 3.0, plane.shape)
+  assert abs(star_detect.source_masked_noise(noisy) / 3.0 - 1.0) < 0.02
 
 
 def test_starless_frame_is_not_sharpened():

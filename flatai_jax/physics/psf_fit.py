@@ -94,7 +94,7 @@ class PSFField(NamedTuple):
     params: the fitted :class:`FieldParams` as floats.
     stars: ``(n, 2) float64`` (x, y) of the stars used.
     flux: ``(n,)`` their fitted total fluxes, the frame's unit.
-    noise: pixel noise σ of the frame (``sep``'s background RMS), its unit.
+    noise: pixel noise σ of the frame (``star_detect.source_masked_noise``), its unit.
     rms: median over stars of the fit residual's RMS per pixel, in noise σ (1 = at the noise).
     measured: ``(m, 2) float64`` (x, y) of every star measurable for the fit (``m ≥ n``, at
       most ``4 · max_stars``, spread over the frame), ``stars`` a subset of them: what
@@ -400,7 +400,8 @@ def fit_psf_field(plane: np.ndarray, cfg, grid=(5, 5), stamp: int | None = None,
   spec = psf.PSFSpec.from_config(cfg)
   plane = np.asarray(plane, np.float64)
   hw = plane.shape
-  data, rms = star_detect.background(plane)
+  data, _ = star_detect.background(plane)
+  rms = star_detect.source_masked_noise(plane)  # sep's RMS counts the halos as noise
   extraction = star_detect.extract(plane, rms, snr, data)  # one sep pass for every use below
   usable = saturation_mask(plane)
   size, fwhm = (stamp, stamp / STAMP_FWHM) if stamp else _stamp(plane, rms, usable, snr,

@@ -11,6 +11,7 @@ from typing import NamedTuple
 
 import numpy as np
 import sep
+from scipy import ndimage
 from scipy.spatial import cKDTree
 
 from flatai_jax.physics import noise
@@ -35,6 +36,83 @@ def sky_noise(plane: np.ndarray, data: np.ndarray | None = None) -> float:
   p = np.asarray(plane, np.float64)
   data = background(p)[0] if data is None else data
   return float(noise.second_difference_sigma(p, data))
+
+
+MASK_SNR = 3.0  # sources masked by source_masked_noise: footprints above this × σ, ≥ 5 px …
+MASK_GROW = 5  # … grown by this many px (the halos below the threshold)
+MIN_SKY = 0.1  # fraction of the frame left unmasked for a masked estimate; else second differences
+MASK_ROUNDS = 3  # re-masks at the new σ, at most (stops when σ moves by < 1 %)
+MESH_MIN_PX = 50  # a mesh with fewer pixels off the sources has no σ of its own
+SAMPLE_PX = 4_000_000  # larger frames: σ from a mosaic of SAMPLE_TILES² tiles of this many px …
+SAMPLE_TILES = 3  # … spread from edge to edge (a 6000 × 4000 frame: 18.8 s for the whole)
+
+
+def noise_sample(plane: np.ndarray) -> np.ndarray:
+  """The plane, or for one over ``SAMPLE_PX`` a mosaic of ``SAMPLE_TILES × SAMPLE_TILES`` square
+  tiles of about ``SAMPLE_PX`` px in all, their corners spread evenly from the frame's first row
+  and column to its last (vignetted corners and the centre alike)."""
+  h, w = plane.shape
+  if h * w <= SAMPLE_PX:
+    return plane
+  side = min(h, w, int(np.sqrt(SAMPLE_PX)) // SAMPLE_TILES)
+  ys = np.linspace(0, h - side, SAMPLE_TILES).astype(int)
+  xs = np.linspace(0, w - side, SAMPLE_TILES).astype(int)
+  return np.block([[plane[y:y + side, x:x + side] for x in xs] for y in ys])
+
+
+def source_masked_noise(plane: np.ndarray) -> float:
+  """Pixel noise σ of a plane, white or correlated: the median over ``sep``'s background meshes of
+  the robust σ (1.4826 × MAD) of their pixels off the sources — footprints above ``MASK_SNR`` σ
+  grown by ``MASK_GROW`` px, re-made at each new σ from ``sep``'s RMS down (photutils'
+  source-mask recipe). Meshes with under ``MESH_MIN_PX`` such pixels are left out.
+
+  ``sep``'s RMS counts the wide halos of aberrated stars as noise (3.1× the true σ on the
+  synthetic frames with corners at 3.8× the centre's FWHM); second differences
+  (:func:`sky_noise`) miss the correlated part of a resampled or scanned frame's noise (a
+  Spitzer mosaic 0.31 for 1.09, a POSS plate 110 for 197). Where the sources leave under
+  ``MIN_SKY`` of the frame, or of its meshes, to measure on (a field whose halos fill it), the
+  second differences are returned. A frame over ``SAMPLE_PX`` is measured on
+  :func:`noise_sample`'s mosaic of it.
+
+  Args:
+    plane: ``(H, W)`` linear pixels.
+  Returns:
+    σ, the plane's unit.
+  """
+  plane = noise_sample(plane)
+  data = np.ascontiguousarray(plane, np.float64)
+  box = int(max(16, min(data.shape) // 8))
+  bkg = sep.Background(data, bw=box, bh=box)
+  data = data - bkg.back()
+  sigma = float(bkg.globalrms)
+  for _ in range(MASK_ROUNDS):
+    _, segments = sep.extract(data, MASK_SNR * max(sigma, 1e-12), minarea=5, deblend_nthresh=1,
+                              segmentation_map=True)
+    mask = ndimage.binary_dilation(segments > 0, iterations=MASK_GROW)
+    per_mesh = _mesh_sigmas(data, mask, box)
+    if mask.mean() > 1.0 - MIN_SKY or per_mesh.size < MIN_SKY * _meshes(data.shape, box):
+      return sky_noise(plane)
+    previous, sigma = sigma, float(np.median(per_mesh))
+    if abs(previous - sigma) < 0.01 * sigma:
+      break
+  return sigma
+
+
+def _meshes(hw, box: int) -> int:
+  """The number of whole ``box × box`` meshes of a ``hw`` plane."""
+  return (hw[0] // box) * (hw[1] // box)
+
+
+def _mesh_sigmas(data: np.ndarray, mask: np.ndarray, box: int) -> np.ndarray:
+  """``(m,)`` 1.4826 × the MAD of the unmasked pixels of each whole ``box × box`` mesh of
+  ``data`` that has at least ``MESH_MIN_PX`` of them."""
+  ny, nx = data.shape[0] // box, data.shape[1] // box
+  cut = lambda a: (a[:ny * box, :nx * box].reshape(ny, box, nx, box).transpose(0, 2, 1, 3)
+                   .reshape(ny * nx, box * box))
+  d, free = cut(data), ~cut(mask)
+  full = free.sum(1) >= MESH_MIN_PX
+  v = np.where(free[full], d[full], np.nan)
+  return 1.4826 * np.nanmedian(np.abs(v - np.nanmedian(v, 1, keepdims=True)), 1)
 
 
 class Extraction(NamedTuple):
