@@ -564,7 +564,7 @@ def test_source_masked_noise_reads_halos_and_correlated_noise_right():
 
 def test_a_large_frames_noise_is_measured_on_a_mosaic_of_it():
   """Over ``SAMPLE_PX`` σ comes from ``noise_sample``'s 3 × 3 tiles, corners and centre among
-  them (a 6000 × 4000 frame: 1.4 s instead of 17.5 s); on white noise it is the frame's σ."""
+  them (a 6000 × 4000 frame: 2 s instead of 31 s); on white noise it is the frame's σ."""
   rng = np.random.default_rng(8)
   plane = np.arange(2200 * 2000, dtype=np.float64).reshape(2200, 2000)
   sample = star_detect.noise_sample(plane)
