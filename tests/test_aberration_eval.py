@@ -148,9 +148,10 @@ def test_cli_bad_input_is_one_line(args, says):
 def test_cli_writes_every_method_and_zone(tmp_path):
   """192² (~80 s for the project's optics on the 2-core CPU; hcipy's frame at 192² leaves the
   fit 14 isolated stars: its case is recorded as failed, one line — as may the stronger
-  aberrations' cases there, whose corner stars are wider: the project's optics give the fit 23
-  stars, 2 in the corners, its field terms come out 5–13 % strong and the guard refuses the
-  deconvolution, which would broaden the stars 5.9 → 14.3 px by moments; a refusal, recorded)."""
+  aberrations' cases there, whose corner stars are wider: with ``sep``'s RMS as the fit's σ the
+  project's optics gave the fit 23 stars, its field terms 5–13 % strong, and the guard refused the
+  deconvolution, which would have broadened the stars 5.9 → 14.3 px by moments; with the σ off the
+  sources it takes 27 stars, +2–6 %, and corrects the frame — a refusal stays allowed)."""
   out = _evaluate("--task=psf", "--size=192", f"--output_dir={tmp_path}")
   assert out.returncode == 0, out.stderr
   assert "| physics: fitted field + RL" in out.stdout
