@@ -562,6 +562,20 @@ def test_source_masked_noise_reads_halos_and_correlated_noise_right():
   assert abs(star_detect.source_masked_noise(frame) / truth - 1.0) < 0.05
 
 
+def test_a_nebula_filling_the_frame_does_not_overflow_the_noise_mask():
+  """A smooth nebula above 3 σ over most of a 2000² frame is one detection of millions of pixels,
+  past ``sep``'s 300,000 active pixels: ``source_masked_noise`` retries with room for the frame
+  (it raised "internal pixel buffer full" from ``flatai correct --task=psf``), measures σ off it
+  and leaves ``sep``'s limit as it was."""
+  rng = np.random.default_rng(9)
+  yy, xx = np.mgrid[:2000, :2000]
+  plane = 100.0 + 50.0 * np.exp(-((xx - 1000) ** 2 + (yy - 1000) ** 2) / (2 * 500.0 ** 2))
+  plane += rng.normal(0.0, 1.0, plane.shape)
+  limit = sep.get_extract_pixstack()
+  assert abs(star_detect.source_masked_noise(plane) - 1.0) < 0.25
+  assert sep.get_extract_pixstack() == limit
+
+
 def test_a_large_frames_noise_is_measured_on_a_mosaic_of_it():
   """Over ``SAMPLE_PX`` σ comes from ``noise_sample``'s 3 × 3 tiles, corners and centre among
   them (a 6000 × 4000 frame: 2 s instead of 31 s); on white noise it is the frame's σ."""

@@ -86,9 +86,8 @@ def source_masked_noise(plane: np.ndarray) -> float:
   data = data - bkg.back()
   sigma = float(bkg.globalrms)
   for _ in range(MASK_ROUNDS):
-    _, segments = sep.extract(data, MASK_SNR * max(sigma, 1e-12), minarea=5, deblend_nthresh=1,
-                              segmentation_map=True)
-    mask = ndimage.binary_dilation(segments > 0, iterations=MASK_GROW)
+    mask = ndimage.binary_dilation(_footprints(data, MASK_SNR * max(sigma, 1e-12)),
+                                   iterations=MASK_GROW)
     per_mesh = _mesh_sigmas(data, mask, box)
     if mask.mean() > 1.0 - MIN_SKY or per_mesh.size < MIN_SKY * _meshes(data.shape, box):
       return sky_noise(plane)
@@ -96,6 +95,24 @@ def source_masked_noise(plane: np.ndarray) -> float:
     if abs(previous - sigma) < 0.01 * sigma:
       break
   return sigma
+
+
+def _footprints(data: np.ndarray, thresh: float) -> np.ndarray:
+  """``(H, W) bool``: the pixels of ``sep``'s detections (≥ 5 px) above ``thresh`` in ``data``.
+  A nebula that fills the frame overflows ``sep``'s buffer of active pixels (300,000 by
+  default): then once more with room for every pixel of ``data``."""
+  kwargs = dict(minarea=5, deblend_nthresh=1, segmentation_map=True)
+  try:
+    return sep.extract(data, thresh, **kwargs)[1] > 0
+  except Exception as err:
+    if "pixel buffer full" not in str(err):
+      raise
+  stack = sep.get_extract_pixstack()
+  sep.set_extract_pixstack(max(stack, data.size))
+  try:
+    return sep.extract(data, thresh, **kwargs)[1] > 0
+  finally:
+    sep.set_extract_pixstack(stack)
 
 
 def _meshes(hw, box: int) -> int:
