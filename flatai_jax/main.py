@@ -614,6 +614,11 @@ def main(argv):
     quiet_libraries()
   if command != "correct" and len(argv) > 2:
     _fail(command, f"unexpected arguments {argv[2:]}")
+  others = set().union(*(c.flags for c in COMMANDS.values())) - set(COMMANDS[command].flags)
+  stray = sorted(name for name in others if FLAGS[name].present)
+  if stray:  # another command's flag would be ignored here, silently (--output_dir for --out)
+    _fail(command, f"--{stray[0]} is not a flag of this command "
+          f"(flatai {command} --help lists its flags)")
   from flatai_jax.config_validate import ConfigError, validate
   from flatai_jax.data.image_dataset import DatasetError
   from flatai_jax.io.images import ImageError

@@ -189,6 +189,14 @@ def test_bad_inputs_fail_with_one_clear_message(run_dir, tmp_path):
   assert out.returncode == 2 and "no checkpoint" in out.stderr
   out = flatai("frobnicate", check=False)
   assert out.returncode != 0 and "usage: flatai" in out.stderr
+  # another command's flag is refused, not ignored (`--output_dir` wrote beside the input)
+  out = flatai("correct", tmp_path / "ok.fits", f"--checkpoint={run_dir}",
+               f"--output_dir={tmp_path / 'elsewhere'}", check=False)
+  assert out.returncode == 2 and out.stderr.splitlines() == [
+      "flatai correct: error: --output_dir is not a flag of this command "
+      "(flatai correct --help lists its flags)"], out.stderr
+  assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+      ["empty.fits", "junk.fits", "nan.fits", "ok.fits"])
 
 
 ABSL_RECORD = re.compile(r"^[IWEF]\d{4} \d\d:\d\d:\d\d")  # absl's log line: I1201 20:30:34.678 …
