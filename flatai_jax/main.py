@@ -129,7 +129,7 @@ COMMANDS = {
          "output": "Output image (one input only); default: <input>_corrected.<ext>.",
          "out": None, "task": None, "reference": None, "tile": None, "overlap": None,
          "strength": None, "cfa": None, "input_stretch": None, "method": None, "target": None,
-         "session": None,
+         "session": None, "seeing_share": None,
          "config": "--method=physics: config whose degrade.psf describes the optics (sampling "
                    "q, pupil, band); default configs/default.py:psf."}),
     "synth": Command(

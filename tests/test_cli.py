@@ -212,7 +212,8 @@ def test_help_lists_the_commands_and_each_commands_own_flags():
   bare = flatai(check=False)
   assert bare.returncode == 2 and bare.stderr == overview.stdout and bare.stdout == ""
   own = {"correct": {"checkpoint", "step", "output", "out", "task", "reference", "tile", "overlap",
-                     "strength", "cfa", "input_stretch", "method", "target", "config", "session"},
+                     "strength", "cfa", "input_stretch", "method", "target", "config", "session",
+                     "seeing_share"},
          "train": {"config", "workdir", "coordinator_address", "num_processes", "process_id"},
          "build_dataset": {"input_dir", "output_dir", "min_size", "val_percent"},
          "gui": {"port", "checkpoint"},
