@@ -19,11 +19,16 @@ from flatai_jax.physics import noise
 FWHM_PER_SIGMA = 2.0 * np.sqrt(2.0 * np.log(2.0))  # a Gaussian's FWHM / σ
 
 
+def _mesh(hw) -> int:
+  """Side, px, of the ``sep`` background meshes of an ``(H, W)`` plane: ``max(16, min(H, W) // 8)``."""
+  return int(max(16, min(hw) // 8))
+
+
 def background(plane: np.ndarray) -> tuple[np.ndarray, float]:
-  """``(H, W)`` plane minus its ``sep`` background (mesh of ``max(16, min(H, W) // 8)`` px),
-  float64, and the background's global RMS (the pixel noise σ, the plane's unit)."""
+  """``(H, W)`` plane minus its ``sep`` background (meshes of :func:`_mesh` px), float64, and the
+  background's global RMS (the pixel noise σ, the plane's unit)."""
   data = np.ascontiguousarray(plane, np.float64)
-  box = int(max(16, min(data.shape) // 8))
+  box = _mesh(data.shape)
   bkg = sep.Background(data, bw=box, bh=box)
   return data - bkg.back(), float(bkg.globalrms)
 
@@ -80,17 +85,15 @@ def source_masked_noise(plane: np.ndarray) -> float:
     σ, the plane's unit.
   """
   plane = noise_sample(plane)
-  data = np.ascontiguousarray(plane, np.float64)
-  box = int(max(16, min(data.shape) // 8))
-  bkg = sep.Background(data, bw=box, bh=box)
-  data = data - bkg.back()
-  sigma = float(bkg.globalrms)
+  data, sigma = background(plane)
+  box = _mesh(plane.shape)
+  meshes = (plane.shape[0] // box) * (plane.shape[1] // box)
   for _ in range(MASK_ROUNDS):
     mask = ndimage.binary_dilation(_footprints(data, MASK_SNR * max(sigma, 1e-12)),
                                    iterations=MASK_GROW)
     per_mesh = _mesh_sigmas(data, mask, box)
-    if mask.mean() > 1.0 - MIN_SKY or per_mesh.size < MIN_SKY * _meshes(data.shape, box):
-      return sky_noise(plane)
+    if mask.mean() > 1.0 - MIN_SKY or per_mesh.size < MIN_SKY * meshes:
+      return sky_noise(plane, data)
     previous, sigma = sigma, float(np.median(per_mesh))
     if abs(previous - sigma) < 0.01 * sigma:
       break
@@ -113,11 +116,6 @@ def _footprints(data: np.ndarray, thresh: float) -> np.ndarray:
     return sep.extract(data, thresh, **kwargs)[1] > 0
   finally:
     sep.set_extract_pixstack(stack)
-
-
-def _meshes(hw, box: int) -> int:
-  """The number of whole ``box × box`` meshes of a ``hw`` plane."""
-  return (hw[0] // box) * (hw[1] // box)
 
 
 def _mesh_sigmas(data: np.ndarray, mask: np.ndarray, box: int) -> np.ndarray:
