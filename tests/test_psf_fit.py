@@ -566,13 +566,20 @@ def test_a_nebula_filling_the_frame_does_not_overflow_the_noise_mask():
   """A smooth nebula above 3 σ over most of a 2000² frame is one detection of millions of pixels,
   past ``sep``'s 300,000 active pixels: ``source_masked_noise`` retries with room for the frame
   (it raised "internal pixel buffer full" from ``flatai correct --task=psf``), measures σ off it
-  and leaves ``sep``'s limit as it was."""
+  and leaves ``sep``'s limit as it was; so does the fit's star detection."""
   rng = np.random.default_rng(9)
   yy, xx = np.mgrid[:2000, :2000]
-  plane = 100.0 + 50.0 * np.exp(-((xx - 1000) ** 2 + (yy - 1000) ** 2) / (2 * 500.0 ** 2))
-  plane += rng.normal(0.0, 1.0, plane.shape)
+  nebula = np.exp(-((xx - 1000) ** 2 + (yy - 1000) ** 2) / (2 * 500.0 ** 2))
+  noise = rng.normal(0.0, 1.0, nebula.shape)
+  plane = 100.0 + 50.0 * nebula + noise
   limit = sep.get_extract_pixstack()
   assert abs(star_detect.source_masked_noise(plane) - 1.0) < 0.25
+  assert sep.get_extract_pixstack() == limit
+  # ten times brighter it overflows the fit's own star detection too (its passes at 20 σ and
+  # 5 σ): the same retry there; the frame has no stars, which is the one-line refusal
+  bright = 100.0 + 500.0 * nebula + noise
+  with pytest.raises(ValueError, match="only 0 measurable stars"):
+    psf_fit.fit_psf_field(bright, _cfg())
   assert sep.get_extract_pixstack() == limit
 
 

@@ -101,19 +101,23 @@ def source_masked_noise(plane: np.ndarray) -> float:
 
 
 def _footprints(data: np.ndarray, thresh: float) -> np.ndarray:
-  """``(H, W) bool``: the pixels of ``sep``'s detections (≥ 5 px) above ``thresh`` in ``data``.
-  A nebula that fills the frame overflows ``sep``'s buffer of active pixels (300,000 by
-  default): then once more with room for every pixel of ``data``."""
-  kwargs = dict(minarea=5, deblend_nthresh=1, segmentation_map=True)
+  """``(H, W) bool``: the pixels of ``sep``'s detections (≥ 5 px) above ``thresh`` in ``data``."""
+  return _sep_extract(data, thresh, minarea=5, deblend_nthresh=1, segmentation_map=True)[1] > 0
+
+
+def _sep_extract(data: np.ndarray, thresh: float, **kwargs):
+  """``sep.extract(data, thresh, **kwargs)``. A nebula that fills the frame overflows ``sep``'s
+  buffer of active pixels (300,000 by default: "internal pixel buffer full"): then once more
+  with room for every pixel of ``data``, ``sep``'s limit restored after."""
   try:
-    return sep.extract(data, thresh, **kwargs)[1] > 0
+    return sep.extract(data, thresh, **kwargs)
   except Exception as err:
     if "pixel buffer full" not in str(err):
       raise
   stack = sep.get_extract_pixstack()
   sep.set_extract_pixstack(max(stack, data.size))
   try:
-    return sep.extract(data, thresh, **kwargs)[1] > 0
+    return sep.extract(data, thresh, **kwargs)
   finally:
     sep.set_extract_pixstack(stack)
 
@@ -190,16 +194,16 @@ def extract(plane: np.ndarray, noise_rms: float, snr: float,
   detection at a quarter of that threshold (deblended), the neighbours."""
   data = background(plane)[0] if data is None else data
   thresh = snr * max(noise_rms, 1e-12)
-  objs, segments = sep.extract(data, thresh, minarea=3, deblend_cont=1.0,
-                                segmentation_map=True)
+  objs, segments = _sep_extract(data, thresh, minarea=3, deblend_cont=1.0,
+                               segmentation_map=True)
   if len(objs) == 0:
     return Extraction(data, objs, segments, objs)
   try:
-    faint = sep.extract(data, max(thresh / 4, 1e-12), minarea=3)
+    faint = _sep_extract(data, max(thresh / 4, 1e-12), minarea=3)
   except Exception as err:  # a crowded frame's blends overflow sep's deblending: keep them whole
     if "deblending overflow" not in str(err):
       raise
-    faint = sep.extract(data, max(thresh / 4, 1e-12), minarea=3, deblend_nthresh=1)
+    faint = _sep_extract(data, max(thresh / 4, 1e-12), minarea=3, deblend_nthresh=1)
   return Extraction(data, objs, segments, faint)
 
 
