@@ -463,6 +463,9 @@ def sharpen(image: np.ndarray, psfs: np.ndarray, target: np.ndarray,
   for c in range(image.shape[-1]):  # the sky surface and the noise σ per channel
     data, _ = star_detect.background(image[..., c])
     sky[..., c] = image[..., c] - data
+    # second differences, not the fit's σ off the sources: on correlated noise (plates, mosaics)
+    # they read low and RL runs longer, which restored a plate's corners closer to the truth
+    # (README "RL's noise σ off the sources: measured, not kept")
     sigma[c] = star_detect.sky_noise(image[..., c], data)
   y, signal, sigma = _rl_frame(image, sky, sigma)
   h, w, c = image.shape
