@@ -214,6 +214,8 @@ def get_config(arg=None):
   c.train.checkpoint_every = 1000  # steps between checkpoints
   c.train.eval_every = 5000  # steps between held-out evaluations (0 = only at the end)
   c.train.max_to_keep = 3  # checkpoints kept
+  c.train.init_params = ""  # exported model or run dir whose parameters start a new run (a
+  #                           fine-tune: fresh optimizer and schedule; ignored when resuming)
   c.train.profile_steps = ()  # (first, last) step of a jax.profiler trace in <workdir>/profile
 
   # --- Mesh -----------------------------------------------------------------

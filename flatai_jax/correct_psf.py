@@ -38,7 +38,6 @@ DEFAULT_GRID = (16, 16)  # PSF nodes (rows, cols) over the frame: RL interpolate
 #                          them, and 11 × 11 left corner stars elongated (README, "16 × 16 nodes")
 RL_SEEING = 0.7  # share of the fitted seeing's FWHM that RL undoes and the target puts back …
 FIELD_SHARE_POWER = 0.5  # … where the optics are at their best; less where the field widens them
-SPLIT_VARIANCE = 1.0 / 6.0  # px², per axis: RL's split of a point over pixels, mean over offsets
 GUARD_SIZE = 1.05  # deconvolved stars broader than this × before (median): not corrected
 GUARD_ELLIPTICITY = 0.02  # … or more elongated by more than this (median 1 − b/a)
 GUARD_HALO = -3.0  # … or a tenth of them with a dark halo below this (noise σ) …
@@ -247,7 +246,7 @@ def correct_physics(image: np.ndarray, cfg, target="diffraction", grid=DEFAULT_G
   # the seeing share × the fitted seeing's FWHM, and the target puts that part back
   keep_seeing = sharpen and seeing > 0
   sigma = seeing / psf_fit.FWHM_PER_SIGMA if keep_seeing else 0.0  # the seeing's, px
-  psfs, compensation, part = field.psfs, deconvolve.PIXEL_COMPENSATION, np.zeros(1)
+  psfs, part = field.psfs, np.zeros(1)
   kept = np.zeros(1)  # variance of the seeing RL leaves in the restored frame, px² per axis
   if keep_seeing:
     spec = psf.PSFSpec.from_config(cfg)
@@ -258,18 +257,13 @@ def correct_physics(image: np.ndarray, cfg, target="diffraction", grid=DEFAULT_G
     t = np.asarray(psf_fit.shift_psfs(jnp.broadcast_to(jnp.asarray(t), (part.size,) + t.shape),
                                       jnp.zeros((part.size, 2)), part.reshape(-1))
                    ).reshape(part.shape + t.shape)
-    # RL splits a star restored to a point over pixels (``deconvolve.pixel_compensated``), mean
-    # variance 1/6 px² per axis; a star that keeps a seeing of variance s² is not a point: the
-    # compensation fades as the split's share of the restored star's variance
     kept = (1 - shares ** 2) * sigma ** 2
-    compensation = deconvolve.PIXEL_COMPENSATION * SPLIT_VARIANCE / (SPLIT_VARIANCE + kept)
-  # where the restored frame keeps less blur than deconvolve.RETAIN_SIGMA, RL leaves the rest of
-  # it (a round Gaussian) instead of restoring stars to points split over pixels, and the
-  # compensation for that split fades with it (none where all of it is left)
-  r2 = np.maximum(deconvolve.RETAIN_SIGMA ** 2 - kept, 0.0)  # (gy, gx), or (1,) for all nodes
+  # RL splits a star restored to a point over pixels (``deconvolve.pixel_compensated``); a star
+  # that keeps a seeing is not a point, and where the restored frame keeps less blur than
+  # deconvolve.RETAIN_SIGMA, RL leaves the rest of it (a round Gaussian): the compensation for
+  # the split fades with both (``deconvolve.restoration``, the training's rule too)
   per_node = lambda a: a if a.size > 1 else float(a[0])
-  retain = per_node(np.sqrt(r2))
-  compensation = per_node(compensation * (1.0 - r2 / deconvolve.RETAIN_SIGMA ** 2))
+  retain, compensation = map(per_node, deconvolve.restoration(kept))
   fitted = time.perf_counter()
   out, iterations, chi2 = deconvolve.sharpen(filled, psfs, t, max_iter,
                                              compensation=compensation, retain=retain)

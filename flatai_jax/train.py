@@ -117,6 +117,17 @@ def _train_and_evaluate(config, workdir: Path, devices) -> dict:
       raise RuntimeError(f"{workdir}: checkpoint data position {data_state} does not match "
                          f"step {start}")
     say(f"resumed from step {start} of {workdir}")
+  elif config.train.get("init_params"):  # a fine-tune: given parameters, a fresh optimizer
+    src = config.train.init_params
+    want = checkpointing.abstract_with_shardings(abstract, state_sh).params
+    try:
+      params, src_step = checkpointing.restore_params(src, want)
+    except (FileNotFoundError, ValueError, KeyError) as e:
+      raise ValueError(f"{src}: train.init_params does not hold parameters of this config's "
+                       f"model ({str(e).splitlines()[0] if str(e) else type(e).__name__})") from e
+    state = jax.jit(lambda p: init_state(config, tx, p)[1], out_shardings=state_sh)(params)
+    start = 0
+    say(f"parameters from {src} (its step {src_step}); optimizer and schedule from step 0")
   else:
     state = jax.jit(lambda: init_state(config, tx)[1], out_shardings=state_sh)()
     start = 0

@@ -72,9 +72,11 @@ def split_model(config):
   return _split_model(config, init_key)
 
 
-def init_state(config, tx) -> tuple[nnx.GraphDef, TrainState]:
-  """Initial state (call under ``jax.jit`` with ``out_shardings`` to create it sharded)."""
-  graphdef, params = split_model(config)
+def init_state(config, tx, params=None) -> tuple[nnx.GraphDef, TrainState]:
+  """Initial state (call under ``jax.jit`` with ``out_shardings`` to create it sharded):
+  freshly initialised parameters, or ``params`` (``train.init_params``) with a fresh optimizer."""
+  graphdef, fresh = split_model(config)
+  params = fresh if params is None else params
   ema = jax.tree.map(jnp.copy, params) if config.optim.ema_decay > 0 else None
   state = TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
                      ema_params=ema)

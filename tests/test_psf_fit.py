@@ -342,7 +342,7 @@ def test_retained_blur_comes_out_of_a_gaussian_exactly():
   k /= k.sum()
   r = deconvolve.retained(k, deconvolve.RETAIN_SIGMA).astype(np.float64)
   assert r.shape == (31, 31) and r.min() >= 0.0 and abs(r.sum() - 1.0) < 1e-5
-  assert abs((r * x).sum()) < 1e-6 and abs((r * y).sum()) < 1e-6
+  assert abs((r * x).sum()) < 5e-6 and abs((r * y).sum()) < 5e-6  # centred to float32 round-off
   var = ((r * x * x).sum(), (r * y * y).sum())
   print("variance left per axis, px²:", np.round(var, 4), "expected", 1 - deconvolve.RETAIN_SIGMA ** 2)
   assert np.allclose(var, 1.0 - deconvolve.RETAIN_SIGMA ** 2, atol=0.01), var

@@ -54,15 +54,25 @@ def test_noise_sigma_is_one_definition_on_host_and_device(sigma):
   assert abs(device / host - 1.0) < 1e-4, (device, host)
 
 
-def test_traced_sharpen_is_the_host_sharpen():
-  """In a trace (sky from the median, σ in JAX) the same RL and target as ``sharpen`` (sky and
-  σ from ``sep``): they differ by the two sky and σ estimates only."""
+@pytest.mark.parametrize("kept", [0.0, 0.1, 0.5])
+def test_traced_sharpen_is_the_host_sharpen(kept):
+  """In a trace (sky from the median, σ in JAX) the same RL, target and restoration rule as
+  ``sharpen`` with ``deconvolve.restoration(kept)`` (the correction's): they differ by the two
+  sky and σ estimates only. The rule: all of ``RETAIN_SIGMA`` retained and no compensation
+  where nothing is kept; none retained above ``RETAIN_SIGMA²``, the compensation then the
+  split's share of the variance."""
   image = _stars()
   psfs = np.broadcast_to(deconvolve.gaussian_psf(3.0, 15), (3, 3, 15, 15)).copy()
   target = deconvolve.gaussian_psf(1.5, 15)
-  host, iters, _ = deconvolve.sharpen(image, psfs, target)
-  traced = np.asarray(jax.jit(lambda im: deconvolve.sharpen_traced(
-      im, jnp.asarray(psfs), target, deconvolve.MAX_ITER))(jnp.asarray(image)))
+  retain, compensation = deconvolve.restoration(kept)
+  split = deconvolve.SPLIT_VARIANCE
+  expected = {0.0: (deconvolve.RETAIN_SIGMA, 0.0), 0.5: (0.0, split / (split + 0.5))}
+  if kept in expected:
+    np.testing.assert_allclose((retain, compensation), expected[kept], atol=1e-7)
+  host, iters, _ = deconvolve.sharpen(image, psfs, target, retain=retain,
+                                      compensation=compensation)
+  traced = np.asarray(jax.jit(lambda im, v: deconvolve.sharpen_traced(
+      im, jnp.asarray(psfs), target, deconvolve.MAX_ITER, v))(jnp.asarray(image), kept))
   print(f"{iters} RL iterations; max |traced − host| {np.abs(traced - host).max():.3f} σ")
   assert iters > 3
   assert np.abs(traced - host).max() < 0.01 * (host.max() - 10.0), np.abs(traced - host).max()

@@ -105,6 +105,28 @@ def test_eight_devices_match_one_and_checkpoints_move_between_meshes(tmp_path):
     assert checkpointing.latest_step(work) == 4
 
 
+def test_init_params_starts_a_run_from_another_runs_parameters(tmp_path):
+  """``train.init_params`` (a fine-tune): a new run starts from another run's parameters — at
+  learning rate 0 its first step keeps them bit for bit — with its own step count; the
+  parameters of another model are refused in one line naming their source."""
+  one = jax.devices()[:1]
+  flags = {"train.log_every": 1, "train.sample_every": 0}
+  src = tmp_path / "src"
+  train.train_and_evaluate(
+      tiny_config("flat", **flags, **{"train.steps": 1, "train.checkpoint_every": 1}), src, one)
+  tuned = tmp_path / "tuned"
+  train.train_and_evaluate(tiny_config("flat", **flags, **{
+      "train.steps": 1, "train.checkpoint_every": 1, "train.init_params": str(src),
+      "optim.learning_rate": 0.0}), tuned, one)
+  assert checkpointing.latest_step(tuned) == 1
+  for x, y in zip(_saved(src, 1)[0], _saved(tuned, 1)[0]):
+    np.testing.assert_array_equal(x, y)
+  wider = tiny_config("flat", **flags, **{"train.steps": 1, "train.init_params": str(src)})
+  wider.model.base_width *= 2
+  with pytest.raises(ValueError, match=f"^{src}: train.init_params does not hold"):
+    train.train_and_evaluate(wider, tmp_path / "wider", one)
+
+
 @pytest.mark.slow
 def test_kill_during_save_resumes_from_last_complete_checkpoint(tmp_path):
   work = tmp_path / "run"

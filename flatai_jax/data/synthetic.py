@@ -15,7 +15,7 @@ import numpy as np
 from flatai_jax import rng
 from flatai_jax.data.augment import augment_clean
 from flatai_jax.models.forward import model_inputs
-from flatai_jax.physics import deconvolve, forward, geometry, normalize, optics, sky
+from flatai_jax.physics import deconvolve, forward, geometry, normalize, optics, sky, star_detect
 
 
 def example_keys(base_key, step, indices):
@@ -24,7 +24,7 @@ def example_keys(base_key, step, indices):
   return jax.vmap(lambda i: jax.random.fold_in(step_key, i))(indices)
 
 
-def procedural_example(key, config, crop_hw=None, offset_yx=None):
+def procedural_example(key, config, crop_hw=None, offset_yx=None, with_seeing: bool = False):
   """One clean sky crop and its global coordinates.
 
   Args:
@@ -33,8 +33,10 @@ def procedural_example(key, config, crop_hw=None, offset_yx=None):
     crop_hw: static crop size; default ``(crop_size, crop_size)``, or the whole
       sensor ``sensor_hw`` when ``config.data.whole_frame``.
     offset_yx: top-left on the sensor; default uniformly random.
+    with_seeing: also return the FWHM of the crop's seeing, px ``()`` (``sky.render_sky``).
   Returns:
-    clean ``(h, w, C) float32`` linear; coords ``(h, w, 2) float32``.
+    clean ``(h, w, C) float32`` linear; coords ``(h, w, 2) float32``; with ``with_seeing``
+    the seeing's FWHM.
   """
   k_sky, k_pos = jax.random.split(key)
   if crop_hw is None:
@@ -44,8 +46,9 @@ def procedural_example(key, config, crop_hw=None, offset_yx=None):
   if offset_yx is None:
     span = jnp.asarray(config.data.sensor_hw, jnp.float32) - jnp.asarray(crop_hw, jnp.float32)
     offset_yx = jnp.floor(jax.random.uniform(k_pos, (2,)) * (span + 1.0))
-  clean = sky.render_sky(k_sky, crop_hw, config.data.channels, config.sky)
-  return clean, geometry.frame_coords(offset_yx, crop_hw, sensor_hw)
+  clean, fwhm = sky.render_sky(k_sky, crop_hw, config.data.channels, config.sky, with_seeing=True)
+  coords = geometry.frame_coords(offset_yx, crop_hw, sensor_hw)
+  return (clean, coords, fwhm) if with_seeing else (clean, coords)
 
 
 def degrade_example(key, clean, coords, config):
@@ -121,13 +124,17 @@ def normalized_targets(clean, f_field, g_field, offset, scale):
   return {"clean": clean_n, "F": f_field, "G": g_n}
 
 
-def deconvolved_pair(observed, clean, psfs, config):
+def deconvolved_pair(observed, clean, psfs, seeing_fwhm, config):
   """What a ``model.input = 'deconvolved'`` model sees and learns (``configs/psf.py``).
 
   Args:
     observed: ``(B, H, W, C) float32`` linear, degraded.
     clean: ``(B, H, W, C)`` the clean crops.
-    psfs: ``(B, gy, gx, k, k)`` their true PSF fields.
+    psfs: ``(B, gy, gx, k, k)`` their true PSF fields (the optics; the seeing is in ``clean``).
+    seeing_fwhm: ``(B,)`` px, the seeing each clean crop keeps (0 where unknown): RL leaves it
+      in the restored crop, as ``correct_psf`` leaves the seeing it keeps, so the restoration
+      rule (``deconvolve.restoration``: the retained blob, the target's pixel compensation) is
+      the correction's.
   Returns:
     ``observed`` deconvolved to the diffraction-limited target
     (``deconvolve.sharpen_traced``, at most ``model.deconvolve_iterations`` RL steps) and
@@ -135,7 +142,9 @@ def deconvolved_pair(observed, clean, psfs, config):
   """
   target = deconvolve.target_psf("diffraction", config.degrade.psf)
   iters = int(config.model.deconvolve_iterations)
-  seen = jax.vmap(lambda o, p: deconvolve.sharpen_traced(o, p, target, iters))(observed, psfs)
+  kept = (seeing_fwhm / star_detect.FWHM_PER_SIGMA) ** 2
+  seen = jax.vmap(lambda o, p, v: deconvolve.sharpen_traced(o, p, target, iters, v))(
+      observed, psfs, kept)
   t = jnp.asarray(target)[None, None]
   return seen, jax.vmap(lambda x: optics.blur(x, t))(clean)
 
@@ -166,25 +175,27 @@ def make_batch(base_key, step, inputs, config, augment: bool = False):
   mixes = has_files and config.data.procedural_fraction > 0
 
   def one(key, inp):
+    seeing = jnp.float32(0.0)  # a real crop's seeing is not known
     if has_files:
       crop = inp["clean"].shape[:2]
       clean = inp["clean"]
       coords = geometry.frame_coords(inp["offset"], crop, inp["sensor_hw"])
       if mixes:
-        p_clean, p_coords = procedural_example(key, config)
+        p_clean, p_coords, p_seeing = procedural_example(key, config, with_seeing=True)
         clean = jnp.where(inp["real"], clean, p_clean)
         coords = jnp.where(inp["real"], coords, p_coords)
+        seeing = jnp.where(inp["real"], seeing, p_seeing)
     else:
-      clean, coords = procedural_example(key, config)
+      clean, coords, seeing = procedural_example(key, config, with_seeing=True)
     if augment:
       clean = augment_clean(jax.random.fold_in(key, rng.AUGMENT), clean, config.augment)
     deg = degrade_example(key, clean, coords, config)
-    return clean, coords, deg
+    return clean, coords, seeing, deg
 
-  clean, coords, deg = jax.vmap(one)(keys, inputs)
+  clean, coords, seeing, deg = jax.vmap(one)(keys, inputs)
   seen = deg["observed"]
   if config.model.input == "deconvolved":
-    seen, clean = deconvolved_pair(seen, clean, deg["psf"], config)
+    seen, clean = deconvolved_pair(seen, clean, deg["psf"], seeing, config)
   inputs_n = model_inputs(seen)
   targets = normalized_targets(clean, deg["F"], deg["G"], inputs_n["offset"], inputs_n["scale"])
   extra = {"psf": deg["psf"]} if "psf" in deg else {}

@@ -99,7 +99,6 @@ import math
 import jax
 import jax.numpy as jnp
 import numpy as np
-import scipy.fft
 
 from flatai_jax.physics import convolve, host_threads, noise, optics, psf, star_detect
 
@@ -112,6 +111,7 @@ DAMP_BOX = 9  # side (odd) of the window of the local χ² that damps the RL upd
 DAMP_CHI2 = 4.0  # local χ² per pixel (σ²) from which RL runs undamped; none at ≤ 1 (noise)
 PIXEL_COMPENSATION = 1.0  # the target is divided by sinc(ν)^this per axis (module docstring)
 RETAIN_SIGMA = 0.45  # px: RL restores to blobs at least this σ wide, not to points (docstring)
+SPLIT_VARIANCE = 1.0 / 6.0  # px², per axis: RL's split of a point over pixels, mean over offsets
 KERNEL_RL_ITER = 300  # RL iterations that take the retained blur out of the PSFs and the target
 TILE = 512  # tile core side, px (a frame larger than this on a side is tiled)
 TILE_HALO = 64  # frame px around each core, ≥ 2 PSF kernels (31 px): RL's edge effects stay out
@@ -148,22 +148,27 @@ def target_psf(target, cfg, centre_coeffs=None) -> np.ndarray:
   return gaussian_psf(float(target), spec.kernel_size)
 
 
-def _spectrum(kernel: np.ndarray, n: int) -> np.ndarray:
-  """rfft2 of a centred ``(..., k, k)`` kernel on an ``n × n`` grid, its centre at the origin."""
+def _spectrum(kernel, n: int, xp=np):
+  """rfft2 of a centred ``(..., k, k)`` kernel on an ``n × n`` grid, its centre at the origin
+  (``xp``: NumPy, float64, or ``jax.numpy`` inside a trace)."""
   k = kernel.shape[-1]
-  pad = np.zeros(kernel.shape[:-2] + (n, n))
-  pad[..., :k, :k] = kernel
-  return np.fft.rfft2(np.roll(pad, (-(k // 2), -(k // 2)), axis=(-2, -1)))
+  pad = xp.pad(kernel, [(0, 0)] * (kernel.ndim - 2) + [(0, n - k), (0, n - k)])
+  return xp.fft.rfft2(xp.roll(pad, (-(k // 2), -(k // 2)), axis=(-2, -1)))
 
 
-def _centred(spectrum: np.ndarray, n: int, size: int) -> np.ndarray:
+def _centred(spectrum, n: int, size: int, xp=np):
   """The central ``size × size`` of the inverse rfft2 on ``n × n`` (origin moved to the centre)."""
-  full = np.fft.irfft2(spectrum, s=(n, n))
-  full = np.roll(full, (size // 2, size // 2), axis=(-2, -1))
+  full = xp.fft.irfft2(spectrum, s=(n, n))
+  full = xp.roll(full, (size // 2, size // 2), axis=(-2, -1))
   return full[..., :size, :size]
 
 
-def pixel_compensated(target: np.ndarray, power: float = PIXEL_COMPENSATION) -> np.ndarray:
+def _traced(*arrays) -> bool:
+  """Whether any of ``arrays`` is a JAX tracer (the function runs inside a trace)."""
+  return any(isinstance(a, jax.core.Tracer) for a in arrays)
+
+
+def pixel_compensated(target, power=PIXEL_COMPENSATION):
   """The target divided by ``sinc(ν_y)^power · sinc(ν_x)^power`` (``ν`` in cycles per px, at
   most 1/2: a gain of at most ``(π/2)^power``), so that it and the sub-pixel split of RL's
   restored stars together come nearer to the target (module docstring).
@@ -171,20 +176,42 @@ def pixel_compensated(target: np.ndarray, power: float = PIXEL_COMPENSATION) -> 
   Args:
     target: ``(..., k, k)`` centred on pixel ``k // 2``, each summing to 1.
     power: 0 = the target unchanged, 2 = the tent's MTF fully divided out; one, or one per
-      target ``(...)``.
+      target ``(...)``. Either may be traced (then computed in float32 JAX, else float64 NumPy).
   Returns:
     ``(..., k, k) float32``, each summing to 1 (flux kept).
   """
-  t = np.asarray(target, np.float64)
+  xp = jnp if _traced(target, power) else np
+  t = xp.asarray(target, xp.float32 if xp is jnp else np.float64)
   k = t.shape[-1]
   n = convolve.fft_size(2 * k)
   mtf = np.abs(np.sinc(np.fft.fftfreq(n)))[:, None] * np.abs(np.sinc(np.fft.rfftfreq(n)))[None, :]
-  power = np.asarray(power, np.float64)[..., None, None]
-  out = _centred(_spectrum(t, n) / mtf ** power, n, k)
-  return (out / out.sum(axis=(-2, -1), keepdims=True)).astype(np.float32)
+  power = xp.asarray(power, t.dtype)[..., None, None]
+  out = _centred(_spectrum(t, n, xp) / xp.asarray(mtf, t.dtype) ** power, n, k, xp)
+  return (out / out.sum(axis=(-2, -1), keepdims=True)).astype(xp.float32)
 
 
-def retained(kernels, sigma) -> np.ndarray:
+def restoration(kept):
+  """How RL restores a frame that keeps a blur of variance ``kept`` px² per axis (the seeing RL
+  does not undo; 0: none): the σ of the round Gaussian it leaves besides, up to
+  ``RETAIN_SIGMA`` (``retain``: the part of that blob the kept blur does not already give),
+  and the power of the target's pixel compensation, which fades as the split's share of a
+  restored star's variance (``SPLIT_VARIANCE / (SPLIT_VARIANCE + kept)``) and with the retained
+  blob (none where all of ``RETAIN_SIGMA`` is left). One rule for the correction
+  (``correct_psf``, ``kept`` per PSF node) and the training's in-step RL (:func:`sharpen_traced`,
+  ``kept`` the crop's seeing).
+
+  Args:
+    kept: px², a float or an array (NumPy, or JAX inside a trace).
+  Returns:
+    ``(retain, compensation)``: px and the power of :func:`pixel_compensated`, ``kept``'s shape.
+  """
+  xp = jnp if isinstance(kept, jax.Array) else np
+  r2 = xp.maximum(RETAIN_SIGMA ** 2 - kept, 0.0)
+  split = SPLIT_VARIANCE / (SPLIT_VARIANCE + kept)
+  return xp.sqrt(r2), PIXEL_COMPENSATION * split * (1.0 - r2 / RETAIN_SIGMA ** 2)
+
+
+def retained(kernels, sigma):
   """Kernels with a round Gaussian of ``sigma`` px taken out, ``K_r ⊛ G_σ ≈ K`` with
   ``K_r ≥ 0``: :data:`KERNEL_RL_ITER` Richardson–Lucy iterations of each kernel by the Gaussian
   (a plain division of the spectra would need negative lobes — a diffraction pattern is
@@ -195,45 +222,54 @@ def retained(kernels, sigma) -> np.ndarray:
   Args:
     kernels: ``(..., k, k)`` centred on pixel ``k // 2``, each summing to 1.
     sigma: the Gaussian's σ, px, one or one per kernel (broadcast against ``kernels[..., 0, 0]``);
-      0 leaves a kernel as it is.
+      0 leaves a kernel as it is. Either may be traced (the training step), ``sigma`` then at
+      most ``RETAIN_SIGMA``.
   Returns:
-    ``(broadcast shape, k, k) float32``, each summing to 1.
+    ``(broadcast shape, k, k) float32``, each summing to 1 (a NumPy array unless traced).
   """
-  kern = np.asarray(kernels, np.float64)
-  sigma = np.asarray(sigma, np.float64)
-  lead = np.broadcast_shapes(kern.shape[:-2], sigma.shape)
-  k = kern.shape[-1]
-  kern = np.broadcast_to(kern, lead + (k, k))
+  if _traced(kernels, sigma):
+    return _retained(jnp.asarray(kernels, jnp.float32), jnp.asarray(sigma, jnp.float32),
+                     reach=math.ceil(4.0 * RETAIN_SIGMA))
+  kern = np.asarray(kernels, np.float32)
+  sigma = np.asarray(sigma, np.float32)
   if not np.any(sigma > 0):
-    return kern.astype(np.float32)
-  m = math.ceil(4.0 * float(sigma.max()))  # the Gaussian's reach: no wrap-around
-  n = k + 2 * m
-  pad = np.zeros(lead + (n, n), np.float32)  # float32: 2.6× faster, 0.003 L1 from float64
-  pad[..., m:m + k, m:m + k] = np.maximum(kern, 0.0)
+    return np.broadcast_to(kern, np.broadcast_shapes(kern.shape[:-2], sigma.shape)
+                           + kern.shape[-2:]).astype(np.float32)
+  return np.asarray(_retained(kern, sigma, reach=math.ceil(4.0 * float(sigma.max()))))
+
+
+@functools.partial(jax.jit, static_argnames=("reach",))
+def _retained(kern, sigma, reach: int):
+  """:func:`retained` with the kernels padded by ``reach`` px (≥ 4 σ: no wrap-around)."""
+  lead = jnp.broadcast_shapes(kern.shape[:-2], sigma.shape)
+  k = kern.shape[-1]
+  n = k + 2 * reach
+  edge = [(0, 0)] * len(lead) + [(reach, reach)] * 2
+  pad = jnp.pad(jnp.maximum(jnp.broadcast_to(kern, lead + (k, k)), 0.0), edge)
   nu2 = np.fft.fftfreq(n)[:, None] ** 2 + np.fft.rfftfreq(n)[None, :] ** 2
-  g = np.exp(-2.0 * np.pi ** 2 * np.broadcast_to(sigma, lead)[..., None, None] ** 2
-             * nu2).astype(np.float32)
-  fft = functools.partial(scipy.fft.rfft2, workers=-1)
-  blur = lambda v: scipy.fft.irfft2(fft(v) * g, s=(n, n), workers=-1)  # G_σ, its own adjoint
+  g = jnp.exp(-2.0 * np.pi ** 2 * jnp.broadcast_to(sigma, lead)[..., None, None] ** 2
+              * jnp.asarray(nu2, jnp.float32))
+  blur = lambda v: jnp.fft.irfft2(jnp.fft.rfft2(v) * g, s=(n, n))  # G_σ, its own adjoint
   floor = 1e-6 * pad.max()  # below: round-off, which RL would amplify
-  x = pad.copy()
-  for _ in range(KERNEL_RL_ITER):
+
+  def step(_, x):
     gx = blur(x)
-    x = x * np.maximum(blur(np.where(gx > floor, pad / np.maximum(gx, floor), 1.0)), 0.0)
-  x = x[..., m:m + k, m:m + k].astype(np.float64)
-  return (x / x.sum(axis=(-2, -1), keepdims=True)).astype(np.float32)
+    return x * jnp.maximum(blur(jnp.where(gx > floor, pad / jnp.maximum(gx, floor), 1.0)), 0.0)
+
+  x = jax.lax.fori_loop(0, KERNEL_RL_ITER, step, pad)[..., reach:reach + k, reach:reach + k]
+  return x / x.sum(axis=(-2, -1), keepdims=True)
 
 
-def compensated_targets(target, compensation=PIXEL_COMPENSATION) -> np.ndarray:
+def compensated_targets(target, compensation=PIXEL_COMPENSATION):
   """:func:`pixel_compensated` of one target or of one per PSF node.
 
   Args:
     target: ``(kt, kt)``, or ``(gy, gx, kt, kt)`` one per node of the PSF field.
-    compensation: the power, a float or ``(gy, gx)`` one per node.
+    compensation: the power, a float or ``(gy, gx)`` one per node. Either may be traced.
   Returns:
     ``(1, 1, kt, kt)`` or ``(gy, gx, kt, kt) float32``, each summing to 1.
   """
-  t = np.asarray(target, np.float32)
+  t = target if _traced(target) else np.asarray(target, np.float32)
   return pixel_compensated(t.reshape((1, 1) + t.shape) if t.ndim == 2 else t, compensation)
 
 
@@ -392,18 +428,20 @@ def _rl_frame(image, sky, sigma):
   return y, y > pedestal + SIGNAL_SIGMA * sigma, sigma
 
 
-def sharpen_traced(image, psfs, target, max_iter: int):
+def sharpen_traced(image, psfs, target, max_iter: int, kept=0.0):
   """:func:`sharpen` of one crop inside a trace (the training step's deconvolved model
-  input, ``data.synthetic``): the same RL and target, the crop's sky its median and its noise
-  σ ``noise.second_difference_sigma`` against that median (``sharpen`` takes both from
-  ``sep``'s background on the host), never tiled.
+  input, ``data.synthetic``): the same RL, target and restoration rule (:func:`restoration`),
+  the crop's sky its median and its noise σ ``noise.second_difference_sigma`` against that
+  median (``sharpen`` takes both from ``sep``'s background on the host), never tiled.
 
   Args:
     image: ``(H, W, C) float32`` linear, finite.
     psfs: ``(gy, gx, k, k)`` the crop's PSF field, each summing to 1.
-    target: ``(kt, kt)`` the target PSF (:func:`target_psf`), summing to 1; compensated
-      for the pixel grid here, as in ``sharpen``.
+    target: ``(kt, kt)`` the target PSF (:func:`target_psf`), summing to 1.
     max_iter: static cap on the RL iterations.
+    kept: variance of the blur the crop keeps besides ``psfs`` (its seeing), px² per axis,
+      maybe traced: RL leaves ``restoration(kept)``'s blob and the target is compensated by its
+      power, as ``correct_psf`` does with the seeing it keeps in a frame.
   Returns:
     ``(H, W, C) float32`` the crop with PSF ``target`` everywhere, its sky level kept.
   """
@@ -411,8 +449,10 @@ def sharpen_traced(image, psfs, target, max_iter: int):
   sky = jnp.median(planes.reshape(planes.shape[0], -1), axis=1)
   sigma = jnp.stack([noise.second_difference_sigma(p, p - s) for p, s in zip(planes, sky)])
   y, signal, sigma = _rl_frame(image, sky, sigma)
-  t = jnp.asarray(compensated_targets(np.asarray(target)))
-  out, _, _ = _sharpen_tile(y, psfs, sigma, signal, t, max_iter=max_iter)
+  retain, compensation = restoration(jnp.asarray(kept, jnp.float32))
+  psfs, target = retained(psfs, retain), retained(jnp.asarray(target), retain)
+  out, _, _ = _sharpen_tile(y, psfs, sigma, signal, compensated_targets(target, compensation),
+                            max_iter=max_iter)
   return out + (image - y)
 
 

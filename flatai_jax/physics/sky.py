@@ -207,7 +207,7 @@ def sersic_images(key, cfg, padded_hw: tuple[int, int], channels: int) -> jnp.nd
   return jnp.einsum("ghw,gc->hwc", img, colour)
 
 
-def render_sky(key, shape_hw: tuple[int, int], channels: int, cfg) -> jnp.ndarray:
+def render_sky(key, shape_hw: tuple[int, int], channels: int, cfg, with_seeing: bool = False):
   """One clean linear sky.
 
   Args:
@@ -215,8 +215,10 @@ def render_sky(key, shape_hw: tuple[int, int], channels: int, cfg) -> jnp.ndarra
     shape_hw: static ``(H, W)``.
     channels: static 1 (mono) or 3 (RGB).
     cfg: ``config.sky`` (see configs/default.py for every knob and its unit).
+    with_seeing: also return the FWHM of the frame's Moffat seeing (px, ``()``), which the
+      training's in-step deconvolution keeps in the restored crop (``data.synthetic``).
   Returns:
-    ``(H, W, C) float32``, linear, ≥ 0, 1.0 = saturation.
+    ``(H, W, C) float32``, linear, ≥ 0, 1.0 = saturation; with ``with_seeing``, ``(sky, fwhm)``.
   """
   h, w = shape_hw
   k_stars, k_gal, k_neb, k_lanes, k_par = jax.random.split(key, 5)
@@ -230,7 +232,8 @@ def render_sky(key, shape_hw: tuple[int, int], channels: int, cfg) -> jnp.ndarra
   points = _splat((ph, pw), stars.yx[:, 0], stars.yx[:, 1],
                   (stars.flux * stars.active)[:, None] * colour)
   points = points + sersic_images(k_gal, cfg, (ph, pw), channels)
-  kernel = moffat_kernel(r.sample(cfg.fwhm_px), cfg.moffat_beta, cfg.psf_size)
+  fwhm = r.sample(cfg.fwhm_px)
+  kernel = moffat_kernel(fwhm, cfg.moffat_beta, cfg.psf_size)
   objects = jax.vmap(_fft_convolve_same, in_axes=(-1, None), out_axes=-1)(points, kernel)
   objects = objects[pad:pad + h, pad:pad + w]
 
@@ -250,4 +253,5 @@ def render_sky(key, shape_hw: tuple[int, int], channels: int, cfg) -> jnp.ndarra
   behind = neb_amp * nebula[:, :, None] * tint + objects
   lanes = jax.nn.softplus(4.0 * fractal_noise(k_lanes, (h, w)) - 3.0) / 4.0
   sky = background + behind * jnp.exp(-tau * lanes)[:, :, None]
-  return jnp.maximum(sky, 0.0).astype(jnp.float32)
+  sky = jnp.maximum(sky, 0.0).astype(jnp.float32)
+  return (sky, jnp.asarray(fwhm, jnp.float32)) if with_seeing else sky
