@@ -3,6 +3,7 @@ Richardson–Lucy against doing nothing on the real evaluation frames (``evaluat
 
   PYTHONPATH=. python benchmarks/psf_real.py [--real_dir evaluation_data/real] [--frames a,b]
       [--output runs/psf_real.json] [--rendered [--picture docs/psf_rendered.png]]
+      [--checkpoint DIR]
 
 Prints a table per frame the PSF-field fit accepts (sizes and ellipticity by adaptive moments,
 flux after/before, ringing, noise after/before) with the guard's verdict, and the reason for each
@@ -10,7 +11,8 @@ frame it refuses. ``--rendered``: each frame is first seen through a known field
 aberration (the synthetic evaluation's, ``aberration_real.score_rendered``) and every method is
 scored against the frame through the target PSF: real stars, a known truth; ``--picture``: the
 first scored frame's brightest corner star and the centre, original / aberrated / model / RL with
-the true field / truth, as one PNG.
+the true field / truth, as one PNG. ``--checkpoint``: an aberration model other than the shipped
+one (an exported model or a run directory), e.g. to score two side by side.
 """
 from __future__ import annotations
 
@@ -54,12 +56,13 @@ def main() -> None:
   parser.add_argument("--rendered", action="store_true",
                       help="add a known aberration to each frame and score against its truth")
   parser.add_argument("--picture", default="", help="with --rendered: a PNG of one frame")
+  parser.add_argument("--checkpoint", default=None, help="a psf model (default: the shipped one)")
   args = parser.parse_args()
   from flatai_jax import correct
   from flatai_jax.evaluation import aberration_real
   from flatai_jax.evaluation.report import clean_json
   names = [n for n in args.frames.split(",") if n] or None
-  corrector = correct.load(task="psf")
+  corrector = correct.load(args.checkpoint, task="psf")
   results = aberration_real.evaluate(corrector, args.real_dir, names, rendered=args.rendered)
   if args.rendered and args.picture:
     write_picture(args.picture, results, args.real_dir, corrector)

@@ -8,7 +8,8 @@ Commands (run from the repository root):
 The network does not learn deconvolution: it sees the frame already deconvolved to the target
 PSF by the spatially varying Richardson–Lucy of ``physics/deconvolve.py`` (``model.input =
 'deconvolved'``; in training the RL runs inside the jitted step with each crop's true PSF
-field, at correction time with the field fitted to the frame's stars), and learns to remove
+field and the correction's restoration rule for the seeing the crop keeps, at correction time
+with the field fitted to the frame's stars), and learns to remove
 what that leaves — the noise it amplified and its ringing — towards the clean sky seen through
 the target PSF (the diffraction-limited one; Tikhonet-style, Sureau et al. 2020). So a crop
 need not hold a 40-px corner PSF, and CPU-sized training suffices. Its residual is bounded to

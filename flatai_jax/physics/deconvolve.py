@@ -67,9 +67,10 @@ to its offset, a per-star asymmetry no target removes. So RL need not restore st
 target beforehand (:func:`retained`: ``P_r ⊛ G_σ ≈ P``, ``T_r ⊛ G_σ ≈ T``, both ≥ 0; RL of the
 kernels by the Gaussian, as a plain spectral division needs negative lobes that, clipped, made
 the corners' stars 4 % too bright), so RL restores each star to a well-sampled blob of ``G_σ``
-and ``T_r`` makes it the target. ``RETAIN_SIGMA`` 0.45 px (``correct_psf`` leaves the part of it
-that the seeing kept in the frame does not already give, and fades the pixel compensation as it
-grows): the synthetic evaluation's physics row FWHM 2.13 / 2.07 → 1.99 / 1.97 px (ideal 1.99 /
+and ``T_r`` makes it the target. ``RETAIN_SIGMA`` 0.45 px (:func:`restoration`: the part of it
+that the seeing kept in the frame does not already give is left, and the pixel compensation fades
+as that seeing grows; ``correct_psf`` per PSF node, the training's in-step RL with the crop's
+seeing): the synthetic evaluation's physics row FWHM 2.13 / 2.07 → 1.99 / 1.97 px (ideal 1.99 /
 2.01), ellipticity centre / corner 0.061 / 0.082 → 0.051 / 0.063, ringing −3.4 → −2.2 σ, noise
 gain with the stars 3.18 → 2.64; σ = 0.5 px sharpened beyond the target (1.92 / 1.90 px).
 
