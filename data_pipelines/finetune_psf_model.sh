@@ -17,5 +17,5 @@ RUN=${RUN:-runs/psf_finetune}
 mkdir -p "$(dirname "$RUN")"
 [ -d "${RUN}_init" ] || cp -r flatai_jax/assets/psf_model "${RUN}_init"
 exec bash data_pipelines/train_shipped.sh configs/psf.py:quickstart "$RUN" \
-  flatai_jax/assets/psf_model "${1:-500}" --config.train.init_params="$(pwd)/${RUN}_init" \
+  flatai_jax/assets/psf_model "${1:-500}" --config.train.init_params="${RUN}_init" \
   --config.optim.learning_rate=3e-4
