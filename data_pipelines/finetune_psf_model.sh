@@ -6,10 +6,10 @@
 #
 # Starts from a copy of the shipped parameters (${RUN}_init, made once: running it again resumes
 # and never fine-tunes the fine-tuned), fresh AdamW at 3e-4 with its cosine schedule. Made the
-# shipped model of 2026-12-04 (README "The cleanup on the correction's restoration"): the
+# shipped model of 2026-12-04 (README "The cleanup trained on the correction's restoration"): the
 # 1500-step model of commit 9c08abb, whose training RL restored to points with the full pixel
 # compensation, fine-tuned on the restoration rule the correction uses (deconvolve.restoration,
-# the crop's seeing kept). On the 2-core CPU: ~0.18 steps/s. From scratch instead:
+# the crop's seeing kept). On the 2-core CPU: 0.21 steps/s, 40 min. From scratch instead:
 # data_pipelines/train_psf_model.sh (1500 steps).
 set -euo pipefail
 cd "$(dirname "$0")/.."
