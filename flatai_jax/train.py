@@ -117,7 +117,7 @@ def _train_and_evaluate(config, workdir: Path, devices) -> dict:
       raise RuntimeError(f"{workdir}: checkpoint data position {data_state} does not match "
                          f"step {start}")
     say(f"resumed from step {start} of {workdir}")
-  elif config.train.get("init_params"):  # a fine-tune: given parameters, a fresh optimizer
+  elif config.train.init_params:  # a fine-tune: given parameters, a fresh optimizer
     src = config.train.init_params
     want = checkpointing.abstract_with_shardings(abstract, state_sh).params
     try:
