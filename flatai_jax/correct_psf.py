@@ -73,6 +73,8 @@ class PhysicsCorrection:
       (:func:`seeing_shares`).
     retain: the σ of the blur RL left in the restored frame besides the seeing it kept, px
       (``deconvolve.sharpen``'s ``retain``), a float or ``(gy, gx)`` one per node.
+    round_blur: ``(gy, gx)`` σ of the round blur RL left where the field widens the PSF, px
+      (``deconvolve.rounding``; not put back by the target).
   """
   corrected: np.ndarray
   field: psf_fit.PSFField
@@ -86,6 +88,7 @@ class PhysicsCorrection:
   rl_seeing_fwhm_px: float = 0.0
   rl_seeing_fwhm_px_least: float = 0.0
   retain: float | np.ndarray = 0.0
+  round_blur: float | np.ndarray = 0.0
 
   def on_axis(self) -> tuple[np.ndarray, np.ndarray, float, float]:
     """The centre node's ``(1, 1, k, k)`` PSF deconvolved, ``(k, k)`` target, compensation and
@@ -187,13 +190,12 @@ def seeing_shares(coeffs, sigma: float, share: float, spec: psf.PSFSpec) -> np.n
   optics are at their best, less where the field's aberration widens them (module docstring).
 
   The optics-only PSF of a node (``coeffs (gy, gx, J)``, no seeing) has the effective variance
-  ``v = 1 / (4π Σ p²)`` px² (a Gaussian's σ²); what the field adds there is ``e = v − min v``,
+  ``v`` px² (``deconvolve.effective_variance``: a Gaussian's σ²); what the field adds there is ``e = v − min v``,
   and the share is ``share · (σ² / (σ² + e))^FIELD_SHARE_POWER`` for the seeing's ``sigma`` px.
   """
   if sigma <= 0:
     return np.full(coeffs.shape[:2], float(share))
-  p = np.asarray(psf_fit.node_psfs(coeffs, 0.0, spec), np.float64)
-  v = 1.0 / (4.0 * np.pi * (p ** 2).sum(axis=(-2, -1)))
+  v = deconvolve.effective_variance(psf_fit.node_psfs(coeffs, 0.0, spec))
   e = v - v.min()
   return share * (sigma ** 2 / (sigma ** 2 + e)) ** FIELD_SHARE_POWER
 
@@ -264,9 +266,12 @@ def correct_physics(image: np.ndarray, cfg, target="diffraction", grid=DEFAULT_G
   # the split fades with both (``deconvolve.restoration``, the training's rule too)
   per_node = lambda a: a if a.size > 1 else float(a[0])
   retain, compensation = map(per_node, deconvolve.restoration(kept))
+  # where the field widens the PSF, RL leaves a round blur the target does not put back: the
+  # corners come out rounder and a little wider (deconvolve.rounding)
+  round_blur = deconvolve.rounding(psfs)
   fitted = time.perf_counter()
-  out, iterations, chi2 = deconvolve.sharpen(filled, psfs, t, max_iter,
-                                             compensation=compensation, retain=retain)
+  out, iterations, chi2 = deconvolve.sharpen(filled, psfs, t, max_iter, compensation=compensation,
+                                             retain=retain, round_blur=round_blur)
   done = time.perf_counter()
   seconds = {"fit": fitted - start, "deconvolve": done - fitted}
   deconvolved = None
@@ -281,7 +286,7 @@ def correct_physics(image: np.ndarray, cfg, target="diffraction", grid=DEFAULT_G
     out[mask] = np.nan
   return PhysicsCorrection(out, field, t, psfs, compensation, iterations, chi2, seconds,
                            deconvolved, float(part.max() * psf_fit.FWHM_PER_SIGMA),
-                           float(part.min() * psf_fit.FWHM_PER_SIGMA), retain)
+                           float(part.min() * psf_fit.FWHM_PER_SIGMA), retain, round_blur)
 
 
 def output_paths(input_path, output=None, out_dir=None) -> dict[str, Path]:
@@ -326,6 +331,7 @@ def write_field(paths: dict, image: np.ndarray, out: PhysicsCorrection, history:
       "rl_seeing_fwhm_px_least": round(out.rl_seeing_fwhm_px_least, 3),
       "target_pixel_compensation": np.round(out.compensation, 3).tolist(),
       "rl_retained_sigma_px": np.round(out.retain, 3).tolist(),
+      "rl_round_blur_sigma_px": np.round(out.round_blur, 3).tolist(),
       "psf_mosaic": paths["psf"].name, **(extra or {})}))
   metrics.save_panel_grid(paths["psf_field"], psf_field_panels(image, out), cols=3)
 

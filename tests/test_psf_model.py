@@ -58,11 +58,13 @@ def test_noise_sigma_is_one_definition_on_host_and_device(sigma):
 def test_traced_sharpen_is_the_host_sharpen(kept):
   """In a trace (sky from the median, σ in JAX) the same RL, target and restoration rule as
   ``sharpen`` with ``deconvolve.restoration(kept)`` (the correction's): they differ by the two
-  sky and σ estimates only. The rule: all of ``RETAIN_SIGMA`` retained and no compensation
+  sky and σ estimates only, with the corners' round blur too. The rule: all of ``RETAIN_SIGMA`` retained and no compensation
   where nothing is kept; none retained above ``RETAIN_SIGMA²``, the compensation then the
   split's share of the variance."""
   image = _stars()
-  psfs = np.broadcast_to(deconvolve.gaussian_psf(3.0, 15), (3, 3, 15, 15)).copy()
+  # wider towards the corners: RL leaves its round blur there (deconvolve.rounding), both ways
+  psfs = np.stack([np.stack([deconvolve.gaussian_psf(3.0 + 0.6 * (abs(i - 1) + abs(j - 1)), 15)
+                             for j in range(3)]) for i in range(3)])
   target = deconvolve.gaussian_psf(1.5, 15)
   retain, compensation = deconvolve.restoration(kept)
   split = deconvolve.SPLIT_VARIANCE
@@ -70,7 +72,8 @@ def test_traced_sharpen_is_the_host_sharpen(kept):
   if kept in expected:
     np.testing.assert_allclose((retain, compensation), expected[kept], atol=1e-7)
   host, iters, _ = deconvolve.sharpen(image, psfs, target, retain=retain,
-                                      compensation=compensation)
+                                      compensation=compensation,
+                                      round_blur=deconvolve.rounding(psfs))
   traced = np.asarray(jax.jit(lambda im, v: deconvolve.sharpen_traced(
       im, jnp.asarray(psfs), target, deconvolve.MAX_ITER, v))(jnp.asarray(image), kept))
   print(f"{iters} RL iterations; max |traced − host| {np.abs(traced - host).max():.3f} σ")

@@ -138,15 +138,18 @@ def deconvolved_pair(observed, clean, psfs, seeing_fwhm, config):
   Returns:
     ``observed`` deconvolved to the diffraction-limited target
     (``deconvolve.sharpen_traced``, at most ``model.deconvolve_iterations`` RL steps) and
-    ``clean`` seen through that target: the input and the truth, both ``(B, H, W, C)``.
+    ``clean`` seen through that target, widened at each node by the round blur RL leaves there
+    (``deconvolve.rounding``): the input and the truth, both ``(B, H, W, C)``.
   """
   target = deconvolve.target_psf("diffraction", config.degrade.psf)
   iters = int(config.model.deconvolve_iterations)
   kept = (seeing_fwhm / star_detect.FWHM_PER_SIGMA) ** 2
   seen = jax.vmap(lambda o, p, v: deconvolve.sharpen_traced(o, p, target, iters, v))(
       observed, psfs, kept)
-  t = jnp.asarray(target)[None, None]
-  return seen, jax.vmap(lambda x: optics.blur(x, t))(clean)
+  # the target widened where RL leaves its round blur (deconvolve.rounding), node by node
+  truth = lambda x, p: optics.blur(x, deconvolve.widened(
+      target, jnp.minimum(deconvolve.rounding(p), deconvolve.TRACED_BLOB)))
+  return seen, jax.vmap(truth)(clean, psfs)
 
 
 def make_batch(base_key, step, inputs, config, augment: bool = False):

@@ -78,18 +78,21 @@ def _methods(phys: correct_psf.PhysicsCorrection, true_psfs: np.ndarray, cleanup
   on_axis, target, compensation, retain = phys.on_axis()  # what RL deconvolved, on-axis
   one_wiener, _ = deconvolve.wiener_kernels(on_axis, target, lam=WIENER_LAM)
   true_wiener, _ = deconvolve.wiener_kernels(true_psfs, target, lam=WIENER_LAM)
-  rl = lambda psfs, t, c, r: lambda im: deconvolve.sharpen(
-      im[..., None], psfs, t, compensation=c, retain=r)[0][..., 0]
+  rl = lambda psfs, t, c, r, b=0.0: lambda im: deconvolve.sharpen(
+      im[..., None], psfs, t, compensation=c, retain=r, round_blur=b)[0][..., 0]
   wiener = lambda k: lambda im: deconvolve.deconvolve(im[..., None], k)[..., 0]
   methods = {"uncorrected": lambda im: im,
-             "physics": rl(phys.psfs, phys.target, phys.compensation, phys.retain)}
+             "physics": rl(phys.psfs, phys.target, phys.compensation, phys.retain,
+                           phys.round_blur)}
   if cleanup is not None:
     methods["model"] = lambda im: cleanup(methods["physics"](im)[..., None])[..., 0]
   return {**methods, "wiener_one_psf": wiener(one_wiener),
           "rl_one_psf": rl(on_axis, target, compensation, retain),
           # the true field through RL as the physics row runs it on-axis (its target, its
-          # pixel compensation and retained blur at the centre)
-          "rl_true_field": rl(true_psfs, target, compensation, retain),
+          # pixel compensation and retained blur at the centre), its corners rounded by the
+          # same rule (deconvolve.rounding)
+          "rl_true_field": rl(true_psfs, target, compensation, retain,
+                              deconvolve.rounding(true_psfs)),
           "wiener_true_field": wiener(true_wiener)}
 
 

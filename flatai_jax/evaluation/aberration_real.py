@@ -155,11 +155,13 @@ def score_rendered(plane: np.ndarray, corrector, params=star_field.TRUTH,
     phys = correct_psf.correct_physics(observed, cfg, cleanup=corrector.cleanup, guard=False)
   except ValueError as e:
     return {"failed": str(e)}
-  rl = lambda psfs, target, c=deconvolve.PIXEL_COMPENSATION, r=0.0: deconvolve.sharpen(
-      observed[..., None], psfs, target, compensation=c, retain=r)[0][..., 0]
+  rl = lambda psfs, target, c=deconvolve.PIXEL_COMPENSATION, r=0.0, b=0.0: deconvolve.sharpen(
+      observed[..., None], psfs, target, compensation=c, retain=r, round_blur=b)[0][..., 0]
   outputs = {"uncorrected": observed, "physics": phys.deconvolved[..., 0],
              "model": phys.corrected[..., 0], "rl_one_psf": rl(*phys.on_axis()),
-             "rl_true_field": rl(case["psfs"], case["target"]), "ideal": ideal}
+             # the true field, its corners rounded as the correction rounds a field's
+             "rl_true_field": rl(case["psfs"], case["target"],
+                                 b=deconvolve.rounding(case["psfs"])), "ideal": ideal}
   noise = star_detect.sky_noise(plane)
   border = max(stars.MEASURE_BOX // 2, 12) + 4
   xy = star_detect.find_stars(plane, noise, snr=RENDERED_SNR, max_stars=MAX_STARS,

@@ -74,6 +74,16 @@ seeing): the synthetic evaluation's physics row FWHM 2.13 / 2.07 → 1.99 / 1.97
 2.01), ellipticity centre / corner 0.061 / 0.082 → 0.051 / 0.063, ringing −3.4 → −2.2 σ, noise
 gain with the stars 3.18 → 2.64; σ = 0.5 px sharpened beyond the target (1.92 / 1.90 px).
 
+Where the field widens a node's PSF, RL cannot give back what the aberration took along the
+PSF's narrow axis, and the restored stars keep a little of its anisotropy: at issue 15's 3.8×
+the corner stars came out at 1 − b/a 0.07–0.10, RL with the *true* field too, whatever the
+nodes, iterations or noise (README "The evaluation at issue 15's 3–6×"). So RL also leaves a
+round blur at each node, of variance ``ROUNDING`` × the node's excess effective variance over
+the field's best (:func:`rounding`; none at the sharpest node): taken out of the PSFs but not
+put back by the target, it widens the corners a little and rounds them. ``ROUNDING`` 0.01 on the
+3.8× frame (seed 0, fitted field): corner 1 − b/a 0.073 → 0.026, corner / centre FWHM 0.98 →
+1.04; 0.005: 0.044, 1.01; 0.02: 0.028, 1.09 (README "Rounding the corners").
+
 Large frames are deconvolved tile by tile (:func:`tile_plan`): cores of at most ``TILE`` px
 with ``TILE_HALO`` px of the frame around them (reflected beyond its border), each tile with its
 own node grid (the field's PSFs bilinearly interpolated at the tile's nodes, no farther apart
@@ -114,6 +124,8 @@ PIXEL_COMPENSATION = 1.0  # the target is divided by sinc(ν)^this per axis (mod
 RETAIN_SIGMA = 0.45  # px: RL restores to blobs at least this σ wide, not to points (docstring)
 SPLIT_VARIANCE = 1.0 / 6.0  # px², per axis: RL's split of a point over pixels, mean over offsets
 KERNEL_RL_ITER = 300  # RL iterations that take the retained blur out of the PSFs and the target
+ROUNDING = 0.01  # share of a node's excess PSF variance RL leaves as a round blur (docstring)
+TRACED_BLOB = 1.0  # px: cap on the blob σ RL leaves inside a trace (a static padding of 4 σ)
 TILE = 512  # tile core side, px (a frame larger than this on a side is tiled)
 TILE_HALO = 64  # frame px around each core, ≥ 2 PSF kernels (31 px): RL's edge effects stay out
 TILE_RAMP = 32  # width of the blending ramps across core boundaries, px (inside the halo)
@@ -212,6 +224,25 @@ def restoration(kept):
   return xp.sqrt(r2), PIXEL_COMPENSATION * split * (1.0 - r2 / RETAIN_SIGMA ** 2)
 
 
+def effective_variance(psfs):
+  """``1 / (4π Σ p²)`` per kernel, px² per axis: a Gaussian's σ² for a Gaussian, a width that
+  counts an aberrated PSF's core and halo by its light (``psfs (..., k, k)`` each summing to 1;
+  NumPy float64, or JAX inside a trace)."""
+  xp = jnp if _traced(psfs) else np
+  p = xp.asarray(psfs, xp.float32 if xp is jnp else np.float64)
+  return 1.0 / (4.0 * math.pi * (p ** 2).sum(axis=(-2, -1)))
+
+
+def rounding(psfs):
+  """σ of the round blur RL leaves at each node of a PSF field besides :func:`restoration`'s
+  (module docstring): ``√(ROUNDING · (v − min v))`` px, ``v`` the nodes'
+  :func:`effective_variance` — none at the field's sharpest node, more where the field widens
+  the PSF. ``psfs (gy, gx, k, k)`` → ``(gy, gx)`` (NumPy, or JAX inside a trace)."""
+  v = effective_variance(psfs)
+  xp = jnp if _traced(v) else np
+  return xp.sqrt(ROUNDING * (v - v.min()))
+
+
 def retained(kernels, sigma):
   """Kernels with a round Gaussian of ``sigma`` px taken out, ``K_r ⊛ G_σ ≈ K`` with
   ``K_r ≥ 0``: :data:`KERNEL_RL_ITER` Richardson–Lucy iterations of each kernel by the Gaussian
@@ -224,13 +255,13 @@ def retained(kernels, sigma):
     kernels: ``(..., k, k)`` centred on pixel ``k // 2``, each summing to 1.
     sigma: the Gaussian's σ, px, one or one per kernel (broadcast against ``kernels[..., 0, 0]``);
       0 leaves a kernel as it is. Either may be traced (the training step), ``sigma`` then at
-      most ``RETAIN_SIGMA``.
+      most ``TRACED_BLOB``.
   Returns:
     ``(broadcast shape, k, k) float32``, each summing to 1 (a NumPy array unless traced).
   """
   if _traced(kernels, sigma):
     return _retained(jnp.asarray(kernels, jnp.float32), jnp.asarray(sigma, jnp.float32),
-                     reach=math.ceil(4.0 * RETAIN_SIGMA))
+                     reach=math.ceil(4.0 * TRACED_BLOB))
   kern = np.asarray(kernels, np.float32)
   sigma = np.asarray(sigma, np.float32)
   if not np.any(sigma > 0):
@@ -247,9 +278,7 @@ def _retained(kern, sigma, reach: int):
   n = k + 2 * reach
   edge = [(0, 0)] * len(lead) + [(reach, reach)] * 2
   pad = jnp.pad(jnp.maximum(jnp.broadcast_to(kern, lead + (k, k)), 0.0), edge)
-  nu2 = np.fft.fftfreq(n)[:, None] ** 2 + np.fft.rfftfreq(n)[None, :] ** 2
-  g = jnp.exp(-2.0 * np.pi ** 2 * jnp.broadcast_to(sigma, lead)[..., None, None] ** 2
-              * jnp.asarray(nu2, jnp.float32))
+  g = _gaussian_mtf(jnp.broadcast_to(sigma, lead), n)
   blur = lambda v: jnp.fft.irfft2(jnp.fft.rfft2(v) * g, s=(n, n))  # G_σ, its own adjoint
   floor = 1e-6 * pad.max()  # below: round-off, which RL would amplify
 
@@ -259,6 +288,35 @@ def _retained(kern, sigma, reach: int):
 
   x = jax.lax.fori_loop(0, KERNEL_RL_ITER, step, pad)[..., reach:reach + k, reach:reach + k]
   return x / x.sum(axis=(-2, -1), keepdims=True)
+
+
+def _gaussian_mtf(sigma, n: int):
+  """``(..., n, n // 2 + 1)`` rfft2 of round Gaussians of ``sigma (...)`` px on an ``n × n`` grid."""
+  nu2 = np.fft.fftfreq(n)[:, None] ** 2 + np.fft.rfftfreq(n)[None, :] ** 2
+  return jnp.exp(-2.0 * np.pi ** 2 * jnp.asarray(sigma, jnp.float32)[..., None, None] ** 2
+                 * jnp.asarray(nu2, jnp.float32))
+
+
+def widened(kernels, sigma):
+  """Kernels convolved with a round Gaussian of ``sigma`` px, in JAX (the training's truth
+  where RL leaves :func:`rounding`'s blur: ``data.synthetic.deconvolved_pair``).
+
+  Args:
+    kernels: ``(..., k, k)`` centred on pixel ``k // 2``, each summing to 1.
+    sigma: px, at most ``TRACED_BLOB``, broadcast against ``kernels[..., 0, 0]``.
+  Returns:
+    ``(broadcast shape, k, k) float32``, each summing to 1 (what falls outside ``k`` dropped).
+  """
+  kern = jnp.asarray(kernels, jnp.float32)
+  sigma = jnp.asarray(sigma, jnp.float32)
+  lead = jnp.broadcast_shapes(kern.shape[:-2], sigma.shape)
+  k, reach = kern.shape[-1], math.ceil(4.0 * TRACED_BLOB)
+  n = k + 2 * reach
+  pad = jnp.pad(jnp.broadcast_to(kern, lead + (k, k)),
+                [(0, 0)] * len(lead) + [(reach, reach)] * 2)
+  out = jnp.fft.irfft2(jnp.fft.rfft2(pad) * _gaussian_mtf(jnp.broadcast_to(sigma, lead), n),
+                       s=(n, n))[..., reach:reach + k, reach:reach + k]
+  return out / out.sum(axis=(-2, -1), keepdims=True)
 
 
 def compensated_targets(target, compensation=PIXEL_COMPENSATION):
@@ -442,16 +500,19 @@ def sharpen_traced(image, psfs, target, max_iter: int, kept=0.0):
     max_iter: static cap on the RL iterations.
     kept: variance of the blur the crop keeps besides ``psfs`` (its seeing), px² per axis,
       maybe traced: RL leaves ``restoration(kept)``'s blob and the target is compensated by its
-      power, as ``correct_psf`` does with the seeing it keeps in a frame.
+      power, as ``correct_psf`` does with the seeing it keeps in a frame; and :func:`rounding`'s
+      blur of ``psfs``, which the target does not put back.
   Returns:
-    ``(H, W, C) float32`` the crop with PSF ``target`` everywhere, its sky level kept.
+    ``(H, W, C) float32`` the crop with PSF ``target`` (widened by :func:`rounding`'s blur
+    where the field is wider than at its sharpest node), its sky level kept.
   """
   planes = jnp.moveaxis(image, -1, 0)
   sky = jnp.median(planes.reshape(planes.shape[0], -1), axis=1)
   sigma = jnp.stack([noise.second_difference_sigma(p, p - s) for p, s in zip(planes, sky)])
   y, signal, sigma = _rl_frame(image, sky, sigma)
   retain, compensation = restoration(jnp.asarray(kept, jnp.float32))
-  psfs, target = retained(psfs, retain), retained(jnp.asarray(target), retain)
+  blob = jnp.minimum(jnp.sqrt(retain ** 2 + rounding(jnp.asarray(psfs)) ** 2), TRACED_BLOB)
+  psfs, target = retained(psfs, blob), retained(jnp.asarray(target), retain)
   out, _, _ = _sharpen_tile(y, psfs, sigma, signal, compensated_targets(target, compensation),
                             max_iter=max_iter)
   return out + (image - y)
@@ -471,7 +532,7 @@ def _sharpen_tile(y, psfs, sigma, signal, target, max_iter: int):
 
 def sharpen(image: np.ndarray, psfs: np.ndarray, target: np.ndarray,
             max_iter: int = MAX_ITER, tile: int = TILE, workers: int | None = None,
-            compensation: float = PIXEL_COMPENSATION, retain=0.0
+            compensation: float = PIXEL_COMPENSATION, retain=0.0, round_blur=0.0
             ) -> tuple[np.ndarray, int, float]:
   """Deconvolves a frame with its PSF field to a round target (module docstring).
 
@@ -492,10 +553,13 @@ def sharpen(image: np.ndarray, psfs: np.ndarray, target: np.ndarray,
     retain: σ of the round Gaussian blur RL leaves in the restored frame, px, a float or one per
       node ``(gy, gx)`` (:func:`retained`, taken out of ``psfs`` and ``target``): 0 restores
       stars to points, split over pixels by their sub-pixel offsets.
+    round_blur: σ of a round blur RL leaves besides, taken out of ``psfs`` but not put back by
+      the target, px, a float or one per node (:func:`rounding`: the field's wide nodes come
+      out rounder and a little wider).
   Returns:
-    ``(H, W, C) float32`` the frame with PSF ``target`` everywhere (the sky and its level
-    kept; the sum kept up to the light the reflect-padded border exchanges with the
-    outside); the RL iterations run (tiled: the most of any tile); the last χ² per signal
+    ``(H, W, C) float32`` the frame with PSF ``target`` everywhere, widened by ``round_blur``
+    (the sky and its level kept; the sum kept up to the light the reflect-padded border
+    exchanges with the outside); the RL iterations run (tiled: the most of any tile); the last χ² per signal
     pixel (σ²; tiled: the largest of any tile).
   """
   image = np.asarray(image, np.float32)
@@ -510,8 +574,11 @@ def sharpen(image: np.ndarray, psfs: np.ndarray, target: np.ndarray,
     sigma[c] = star_detect.sky_noise(image[..., c], data)
   y, signal, sigma = _rl_frame(image, sky, sigma)
   h, w, c = image.shape
+  blob = np.hypot(retain, round_blur)
+  if np.any(blob > 0):
+    psfs = retained(psfs, blob)
   if np.any(np.asarray(retain) > 0):
-    psfs, target = retained(psfs, retain), retained(target, retain)
+    target = retained(target, retain)
   target = compensated_targets(target, compensation)
   sigma = jnp.asarray(sigma)
   if max(h, w) <= tile:
