@@ -24,8 +24,11 @@ noise 0.72 → 0.68 (shipped model; README, "A 3-σ pedestal"). Under the sky *l
 the previous release) a 10-σ pedestal was also what kept a frame's darker side above the floor
 — a gradient of more than 10 σ was lifted there. Early stop (the discrepancy principle, made robust to
 PSF-model error): RL stops when χ² per signal pixel of ``y − H x`` reaches the noise (≤ 1) or
-stops falling (by less than ``STALL`` over ``STALL_WINDOW`` iterations: what is left is model
-error, more iterations would only amplify noise), or after ``max_iter``.
+stops falling (its least value so far by less than ``STALL`` over ``STALL_WINDOW`` iterations:
+what is left is model error, more iterations would only amplify noise), or after ``max_iter``.
+The least value, not the last: the extrapolation below can make χ² rise for a step or two, and
+comparing the last values stopped one noise draw of the synthetic 3.8× frame (seed 2) after 19
+iterations at χ² 1671 where the other ran 46 to 137 (README "Rounding the corners").
 
 The update is damped where the data are already fitted to the noise (after White 1994, "Image
 restoration using the damped Richardson–Lucy method"): with ``q`` the local χ² per pixel of
@@ -388,8 +391,8 @@ def richardson_lucy(y, psfs, sigma, signal, max_iter: int = MAX_ITER):
     max_iter: static cap on the iterations.
   Returns:
     ``x (H, W, C) float32`` the restored frame (the PSF removed), ``iterations ()`` int32,
-    ``chi2 ()`` the χ² per signal pixel of the last step's start ``u`` (one step behind ``x``;
-    that of ``y`` when no step ran), in σ².
+    ``chi2 ()`` the least χ² per signal pixel of the steps' starts ``u`` (one step behind
+    ``x``; that of ``y`` when no step ran), in σ².
   """
   blur = optics.blurrer(psfs, y.shape[:2])  # H: the PSF spectra once, not per iteration
   blur_t = optics.blurrer(psfs[..., ::-1, ::-1], y.shape[:2])  # Hᵀ
@@ -404,7 +407,8 @@ def richardson_lucy(y, psfs, sigma, signal, max_iter: int = MAX_ITER):
     q = noise.box_mean(((y - hx) / sigma) ** 2, DAMP_BOX // 2)
     return jnp.clip((q - 1.0) / (DAMP_CHI2 - 1.0), 0.0, 1.0)
 
-  def cond(carry):  # hist[(i − 1) % w]: χ² of the last step's start u, i − w + 1 steps back
+  def cond(carry):  # hist[(i − 1) % w]: the least χ² of the steps' starts u so far; hist[i % w]
+    # that of w − 1 steps back
     i, hist = carry[0], carry[-1]
     now, then = hist[(i - 1) % w], hist[i % w]
     stalled = (i >= w) & (then - now < STALL * then)
@@ -420,7 +424,9 @@ def richardson_lucy(y, psfs, sigma, signal, max_iter: int = MAX_ITER):
     d = damping(hu)
     x_new = u * blur_t(1.0 + d * (y - hu) / jnp.maximum(hu, 1e-12))
     x_new = x_new * (total / jnp.sum(x_new))  # the damped update alone does not keep the sum
-    return i + 1, x_new, x, x_new - u, g, d, hist.at[i % w].set(chi2(hu))
+    # the lowest χ² so far: a transient rise under the extrapolation is not a stall
+    best = jnp.minimum(chi2(hu), hist[(i - 1) % w])
+    return i + 1, x_new, x, x_new - u, g, d, hist.at[i % w].set(best)
 
   hist = jnp.full(w, jnp.inf).at[w - 1].set(chi2(blur(y)))
   zero = jnp.zeros_like(y)
