@@ -58,9 +58,9 @@ def test_noise_sigma_is_one_definition_on_host_and_device(sigma):
 def test_traced_sharpen_is_the_host_sharpen(kept):
   """In a trace (sky from the median, σ in JAX) the same RL, target and restoration rule as
   ``sharpen`` with ``deconvolve.restoration(kept)`` (the correction's): they differ by the two
-  sky and σ estimates only, with the corners' round blur too. The rule: all of ``RETAIN_SIGMA`` retained and no compensation
-  where nothing is kept; none retained above ``RETAIN_SIGMA²``, the compensation then the
-  split's share of the variance."""
+  sky and σ estimates only, with the corners' round blur too. The rule: all of
+  ``RETAIN_SIGMA`` retained and no compensation where nothing is kept; none retained above
+  ``RETAIN_SIGMA²``, the compensation then the split's share of the variance."""
   image = _stars()
   # wider towards the corners: RL leaves its round blur there (deconvolve.rounding), both ways
   psfs = np.stack([np.stack([deconvolve.gaussian_psf(3.0 + 0.6 * (abs(i - 1) + abs(j - 1)), 15)
