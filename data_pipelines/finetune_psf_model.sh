@@ -3,6 +3,7 @@
 # current in-step deconvolution and export it over the shipped one (parameters + config only).
 #
 #   bash data_pipelines/finetune_psf_model.sh [STEPS]   # default 500
+#   RUN=runs/x DEST=runs/x_export bash data_pipelines/finetune_psf_model.sh   # export elsewhere
 #
 # Starts from a copy of the shipped parameters (${RUN}_init, made once: running it again resumes
 # and never fine-tunes the fine-tuned), fresh AdamW at 3e-4 with its cosine schedule. Made the
@@ -14,8 +15,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 RUN=${RUN:-runs/psf_finetune}
+DEST=${DEST:-flatai_jax/assets/psf_model}
 mkdir -p "$(dirname "$RUN")"
 [ -d "${RUN}_init" ] || cp -r flatai_jax/assets/psf_model "${RUN}_init"
 exec bash data_pipelines/train_shipped.sh configs/psf.py:quickstart "$RUN" \
-  flatai_jax/assets/psf_model "${1:-500}" --config.train.init_params="${RUN}_init" \
+  "$DEST" "${1:-500}" --config.train.init_params="${RUN}_init" \
   --config.optim.learning_rate=3e-4
