@@ -1,22 +1,9 @@
-"""Test setup: 8 fake CPU devices, set before JAX is imported anywhere; one persistent XLA
-compilation cache for the whole session, shared by every ``flatai`` subprocess a test starts."""
-import atexit
+"""Test setup: 8 fake CPU devices, set before JAX is imported anywhere."""
 import os
-import shutil
-import tempfile
 
 os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
                            " --xla_force_host_platform_device_count=8").strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
-# The CLI tests' subprocesses compile the same train step, evaluation and correction programs
-# again in each new process; they inherit this environment, so each program is compiled once per
-# session (tests/test_cli.py's 2-step resume: 101 → 79 s). Programs that compile in under a
-# second are not stored (JAX's default threshold). Fresh per session: nothing carries over
-# between runs, and a test that sets its own cache directory keeps it.
-if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
-  _cache = tempfile.mkdtemp(prefix="flatai_tests_xla_")
-  os.environ["JAX_COMPILATION_CACHE_DIR"] = _cache
-  atexit.register(shutil.rmtree, _cache, ignore_errors=True)
 
 import sys  # noqa: E402
 from pathlib import Path  # noqa: E402
